@@ -1,0 +1,76 @@
+"""`ask`: question the running service from the command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .client import RagAnswer, RagClient, RagError
+
+console = Console()
+
+
+def print_sources(sources: list[dict]) -> None:
+    console.print("\n[bold]Sources[/bold]")
+    for i, src in enumerate(sources, 1):
+        where = " - ".join(x for x in (src.get("title"), src.get("section")) if x)
+        console.print(f"  [{i}] chunk {src['chunk_id']}  score {src['score']:.3f}  {where}")
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer from the knowledge base.")],
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they arrive.")] = True,
+    protocol: Annotated[str, typer.Option("--protocol", "-p", help="http or grpc.")] = "http",
+    grpc: Annotated[bool, typer.Option("--grpc", help="Shorthand for --protocol grpc.")] = False,
+    url: Annotated[str | None, typer.Option(help="host:port (default localhost:8000 http, :8001 grpc).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Passages to retrieve.")] = None,
+    template: Annotated[str | None, typer.Option(help="Prompt template name.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer and sources as JSON.")] = False,
+) -> None:
+    """Ask the RAG service a question and print the answer with its sources.
+
+    Examples:\n
+      tritonrag ask "Describe the body of water in Utah"\n
+      tritonrag ask --grpc --top-k 6 "Did Phileas Fogg really rob the bank?"\n
+      tritonrag ask --no-stream --json --url 10.0.0.5:8000 "Who is Passepartout?"
+    """
+    protocol = "grpc" if grpc else protocol
+    url = url or ("localhost:8001" if protocol == "grpc" else "localhost:8000")
+    params = {k: v for k, v in dict(top_k=top_k, template=template, max_tokens=max_tokens,
+                                     temperature=temperature).items() if v is not None}
+    client = RagClient(url, protocol)
+    answer = RagAnswer()
+    try:
+        if stream and not as_json:
+            for event in client.stream(question, **params):
+                answer.add(event)
+                console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
+            console.print()
+        else:
+            answer = client.ask(question, **params)
+    except RagError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        console.print(f"[red]cannot reach the service at {url} ({protocol}):[/red] {exc}\n"
+                      "Start it with `tritonrag serve` (or scripts/demo.sh).")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps({"answer": answer.text, "sources": answer.sources, "finish_reason": answer.finish_reason}))
+        return
+    if not stream:
+        console.print(answer.text, markup=False, highlight=False)
+    print_sources(answer.sources)
+
+
+def main() -> None:
+    typer.run(ask)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Ask the `rag` model questions over HTTP (generate / generate_stream SSE) or gRPC (bidirectional stream)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class RagError(RuntimeError):
+    """The server rejected or failed a request; the message is the server's."""
+
+
+@dataclass(frozen=True)
+class RagEvent:
+    """One streamed piece of an answer: new text, and the sources when they arrive."""
+
+    text: str = ""
+    sources: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class RagAnswer:
+    text: str = ""
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add(self, event: RagEvent) -> None:
+        self.text += event.text
+        if event.sources is not None:
+            self.sources = event.sources
+        if event.finish_reason:
+            self.finish_reason = event.finish_reason
+
+
+def _event(outputs: dict[str, Any]) -> RagEvent:
+    def first(name: str) -> str | None:
+        value = outputs.get(name)
+        if value is None:
+            return None
+        if isinstance(value, list):
+            value = value[0] if value else ""
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    sources = first("sources")
+    return RagEvent(first("text_output") or "", json.loads(sources) if sources else None, first("finish_reason"))
+
+
+class RagClient:
+    """A client of the `rag` model. ``protocol`` is "http" (url host:8000) or "grpc" (url host:8001)."""
+
+    def __init__(self, url: str = "localhost:8000", protocol: str = "http", model: str = "rag",
+                 timeout_s: float = 600.0) -> None:
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+        self.url = url.removeprefix("http://")
+        self.protocol = protocol
+        self.model = model
+        self.timeout_s = timeout_s
+
+    def stream(self, question: str, **parameters: Any) -> Iterator[RagEvent]:
+        """Yield events as the answer is generated (sources come first)."""
+        if self.protocol == "http":
+            yield from self._http_stream(question, parameters)
+        else:
+            yield from self._grpc_stream(question, parameters, stream=True)
+
+    def ask(self, question: str, **parameters: Any) -> RagAnswer:
+        """The whole answer in one response (HTTP /generate or a single gRPC response)."""
+        answer = RagAnswer()
+        if self.protocol == "http":
+            body = {"text_input": question, "stream": False, "parameters": parameters}
+            answer.add(_event(self._post("generate", body)))
+        else:
+            for event in self._grpc_stream(question, parameters, stream=False):
+                answer.add(event)
+        return answer
+
+    def _post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://{self.url}/v2/models/{self.model}/{endpoint}", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise RagError(_http_error_message(exc)) from None
+
+    def _http_stream(self, question: str, parameters: dict[str, Any]) -> Iterator[RagEvent]:
+        body = {"text_input": question, "stream": True, "parameters": parameters}
+        request = urllib.request.Request(
+            f"http://{self.url}/v2/models/{self.model}/generate_stream", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"}, method="POST",
+        )
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout_s)
+        except urllib.error.HTTPError as exc:
+            raise RagError(_http_error_message(exc)) from None
+        with response:
+            for raw in response:
+                line = raw.decode("utf-8").strip()
+                if not line.startswith("data:"):
+                    continue
+                payload = json.loads(line[len("data:"):])
+                if "error" in payload:
+                    raise RagError(payload["error"])
+                yield _event(payload)
+
+    def _grpc_stream(self, question: str, parameters: dict[str, Any], stream: bool) -> Iterator[RagEvent]:
+        import tritonclient.grpc as grpcclient
+
+        results: queue.Queue[Any] = queue.Queue()
+        client = grpcclient.InferenceServerClient(self.url)
+        text = grpcclient.InferInput("text_input", [1], "BYTES")
+        text.set_data_from_numpy(np.array([question.encode("utf-8")], dtype=np.object_))
+        flag = grpcclient.InferInput("stream", [1], "BOOL")
+        flag.set_data_from_numpy(np.array([stream], dtype=bool))
+        try:
+            client.start_stream(callback=lambda result, error: results.put((result, error)),
+                                stream_timeout=self.timeout_s)
+            client.async_stream_infer(self.model, [text, flag], parameters=parameters or None,
+                                      enable_empty_final_response=True)
+            while True:
+                result, error = results.get(timeout=self.timeout_s)
+                if error is not None:
+                    raise RagError(str(error.message() if hasattr(error, "message") else error))
+                response = result.get_response()
+                outputs = {o.name: result.as_numpy(o.name) for o in response.outputs}
+                if outputs:
+                    yield _event({k: v.reshape(-1).tolist() for k, v in outputs.items()})
+                if response.parameters["triton_final_response"].bool_param:
+                    return
+        finally:
+            client.stop_stream(cancel_requests=True)
+            client.close()
+
+
+def _http_error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        return json.loads(exc.read()).get("error", str(exc))
+    except (ValueError, OSError):
+        return str(exc)

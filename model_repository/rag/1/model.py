@@ -1,0 +1,137 @@
+"""Triton adapter for the RAG orchestrator (decoupled, async BLS): embed -> retrieve -> prompt -> generate.
+
+Each request streams `text_output` pieces; the first response also carries `sources` (JSON). Requests
+of one execute call run concurrently on the instance's event loop; a cancelled request cancels its
+generator stream.
+"""
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tritonrag.config import load_settings
+from tritonrag.errors import InvalidInput
+from tritonrag.rag_request import RagParams, sources_json
+from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class StageError(Exception):
+    """A downstream model answered with an error; keeps its code so bad input stays INVALID_ARG."""
+
+    def __init__(self, stage, error):
+        super().__init__(f"{stage}: {error.message()}")
+        self.code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
+
+
+def _error(exc):
+    if isinstance(exc, StageError):
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc), exc.code))
+    return error_response(exc)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        settings = load_settings()
+        self.rag, self.retriever = settings.rag, settings.retriever
+        self.timeout_us = int(self.rag.bls_timeout_s * 1e6)
+        # BLS async_exec runs on the loop's default executor (6 threads on 2 cores): widen it.
+        self.executor = ThreadPoolExecutor(self.rag.max_concurrency, thread_name_prefix="rag-bls")
+        self._loop_ready = False
+
+    async def _infer(self, model, inputs, outputs, parameters=None):
+        request = pb_utils.InferenceRequest(
+            model_name=model, inputs=inputs, requested_output_names=outputs,
+            parameters=parameters or {}, timeout=self.timeout_us,
+        )
+        response = await request.async_exec()
+        if response.has_error():
+            raise StageError(model, response.error())
+        return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
+
+    async def _serve(self, request):
+        sender = request.get_response_sender()
+        try:
+            query = read_string(request, "text_input")
+            if not query.strip():
+                raise InvalidInput("input 'text_input' is empty: send a question")
+            params = RagParams.from_parameters(request_parameters(request), self.rag, self.retriever)
+            stream = read_scalar(request, "stream")
+            stream = True if stream is None else bool(stream)
+            (embedding,) = await self._infer(
+                "embedder", [pb_utils.Tensor("text", np.array([[query.encode()]], np.object_))], ["embedding"]
+            )
+            ids, scores, texts, metadata = await self._infer(
+                "retriever",
+                [pb_utils.Tensor("embedding", embedding), pb_utils.Tensor("top_k", np.array([[params.top_k]], np.int32))],
+                ["chunk_ids", "scores", "texts", "metadata"],
+            )
+            prompt, stop = await self._infer(
+                "prompt_builder",
+                [
+                    pb_utils.Tensor("query", np.array([query.encode()], np.object_)),
+                    pb_utils.Tensor("context", texts.reshape(-1)),
+                    pb_utils.Tensor("metadata", metadata.reshape(-1)),
+                    pb_utils.Tensor("template", np.array([params.template.encode()], np.object_)),
+                ],
+                ["prompt", "stop"],
+            )
+            sources = sources_json(ids[0], scores[0], [json.loads(m) for m in metadata.reshape(-1)])
+            await self._generate(request, sender, prompt, stop, params, sources, stream)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error response
+            sender.send(_error(exc), flags=FINAL)
+
+    async def _generate(self, request, sender, prompt, stop, params, sources, stream):
+        generate = pb_utils.InferenceRequest(
+            model_name="generator",
+            inputs=[
+                pb_utils.Tensor("text_input", prompt.reshape(1)),
+                pb_utils.Tensor("stop", stop.reshape(-1)),
+                pb_utils.Tensor("sampling_parameters", np.array([json.dumps(params.sampling()).encode()], np.object_)),
+                pb_utils.Tensor("stream", np.array([stream], bool)),
+            ],
+            requested_output_names=["text_output", "finish_reason"],
+            timeout=self.timeout_us,
+        )
+        loop = asyncio.get_running_loop()
+        if stream:  # sources first, so a client can show them while the answer streams
+            sender.send(pb_utils.InferenceResponse([string_tensor("text_output", [""]), string_tensor("sources", [sources])]))
+        responses = await generate.async_exec(decoupled=True)
+        pieces, finish_reason = [], "stop"
+        while True:
+            # The iterator's next() blocks: run it off the event loop so other requests keep flowing.
+            response = await loop.run_in_executor(self.executor, next, responses, None)
+            if response is None:
+                break
+            if request.is_cancelled():
+                responses.cancel()
+                return
+            if response.has_error():
+                raise StageError("generator", response.error())
+            reason = pb_utils.get_output_tensor_by_name(response, "finish_reason")
+            if reason is not None:
+                finish_reason = reason.as_numpy().reshape(-1)[0].decode()
+            text = pb_utils.get_output_tensor_by_name(response, "text_output")
+            text = "" if text is None else text.as_numpy().reshape(-1)[0].decode("utf-8")
+            if stream and text:
+                sender.send(pb_utils.InferenceResponse([string_tensor("text_output", [text])]))
+            elif not stream:
+                pieces.append(text)
+        outputs = [string_tensor("text_output", ["".join(pieces)]), string_tensor("finish_reason", [finish_reason])]
+        if not stream:
+            outputs.append(string_tensor("sources", [sources]))
+        sender.send(pb_utils.InferenceResponse(outputs), flags=FINAL)
+
+    async def execute(self, requests):
+        if not self._loop_ready:
+            asyncio.get_running_loop().set_default_executor(self.executor)
+            self._loop_ready = True
+        await asyncio.gather(*(self._serve(request) for request in requests))
+        return None
+
+    def finalize(self):
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,72 @@
+"""Triton adapter for the retriever: query vectors (+ optional top_k) in, chunks out.
+
+The query rows of all requests in one execute call are searched in a single FAISS call.
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tritonrag.config import load_settings
+from tritonrag.errors import InvalidInput
+from tritonrag.knowledge_base import KnowledgeBase
+from tritonrag.rag_request import check_top_k
+from tritonrag.serving import error_response, read_scalar, string_tensor
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.settings = load_settings().retriever
+        self.kb = KnowledgeBase(self.settings.index_dir)
+
+    def _parse(self, request):
+        tensor = pb_utils.get_input_tensor_by_name(request, "embedding")
+        queries = tensor.as_numpy()
+        if queries.ndim != 2 or queries.shape[1] != self.kb.dimension:
+            raise InvalidInput(
+                f"input 'embedding' must be [batch, {self.kb.dimension}] (the index's dimension), "
+                f"got {list(queries.shape)}"
+            )
+        if not np.isfinite(queries).all():
+            raise InvalidInput("input 'embedding' contains NaN or infinite values")
+        top_k = read_scalar(request, "top_k")
+        return queries, check_top_k(self.settings.top_k_default if top_k is None else top_k, self.settings)
+
+    def execute(self, requests):
+        parsed = []
+        for request in requests:
+            try:
+                parsed.append(self._parse(request))
+            except InvalidInput as exc:
+                parsed.append(exc)
+        good = [p for p in parsed if not isinstance(p, Exception)]
+        if good:
+            stacked = np.concatenate([q for q, _ in good])
+            scores, ids = self.kb.search(stacked, max(k for _, k in good))
+        responses, row = [], 0
+        for item in parsed:
+            if isinstance(item, Exception):
+                responses.append(error_response(item))
+                continue
+            queries, k = item
+            n = len(queries)
+            responses.append(self._pack(ids[row : row + n, :k], scores[row : row + n, :k]))
+            row += n
+        return responses
+
+    def _pack(self, ids, scores):
+        hits = [self.kb.fetch(i, s) for i, s in zip(ids, scores)]
+        k = min(len(h) for h in hits)
+        shape = (len(hits), k)
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor("chunk_ids", np.array([[h.chunk_id for h in row[:k]] for row in hits], np.int64).reshape(shape)),
+                pb_utils.Tensor("scores", np.array([[h.score for h in row[:k]] for row in hits], np.float32).reshape(shape)),
+                string_tensor("texts", [h.text for row in hits for h in row[:k]], shape),
+                string_tensor("metadata", [json.dumps(h.metadata()) for row in hits for h in row[:k]], shape),
+            ]
+        )
+
+    def finalize(self):
+        self.kb.close()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install everything tritonrag needs, idempotently: a venv with the project, the Triton server runtime,
+# the embedded models, and the sample knowledge base. A second run only checks and reuses.
+#   TRITONRAG_VENV   venv location (default: <repo>/.venv)
+#   TRITONRAG_HOME   runtime, models, indexes, logs (default: ~/.cache/tritonrag)
+#   TRITONRAG_TORCH  the torch requirement (default: torch==2.13.0, the CPU build; on GPU hosts e.g. "torch")
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+VENV=${TRITONRAG_VENV:-$ROOT/.venv}
+PYTHON=${PYTHON:-python3}
+TORCH=${TRITONRAG_TORCH:-torch==2.13.0}
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating venv $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+stamp="$VENV/.tritonrag-deps"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  step "installing Python dependencies (first run: a few minutes)"
+  "$PY" -m pip install -q --upgrade pip
+  # torch first, so nothing resolves the multi-GB CUDA build on CPU hosts
+  "$PY" -m pip install -q "$TORCH"
+  "$PY" -m pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+elif [ "$("$PY" -c 'import tritonrag, pathlib; print(pathlib.Path(tritonrag.__file__).parent)' 2>/dev/null)" != "$ROOT/src/tritonrag" ]; then
+  step "pointing the venv's tritonrag at this checkout"
+  "$PY" -m pip install -q --no-deps -e .
+else
+  step "Python dependencies up to date"
+fi
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+step "Triton server runtime"
+"$VENV/bin/tritonrag" install-runtime
+step "generator model (Gemma-3-270M)"
+"$VENV/bin/tritonrag" prepare-models
+step "sample knowledge base"
+"$VENV/bin/tritonrag" ingest --sample --if-missing

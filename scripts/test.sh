@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (idempotent), then run lint and the whole test suite: unit tests and integration tests against a
+# real tritonserver. Extra arguments go to pytest (e.g. scripts/test.sh -m "not integration").
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+VENV=${TRITONRAG_VENV:-$ROOT/.venv}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+"$VENV/bin/ruff" check .
+exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,90 @@
+"""The orchestrator's pure logic: request parameters, retrieval limits and the sources it reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import RagSettings, RetrieverSettings
+from .errors import InvalidInput
+from .generation import _as_float, _as_int
+from .prompts import TEMPLATES
+
+
+@dataclass(frozen=True)
+class RagParams:
+    """What a caller may set per request through `parameters` (HTTP generate JSON or gRPC)."""
+
+    top_k: int
+    template: str
+    max_tokens: int
+    temperature: float
+    top_p: float | None = None
+    seed: int | None = None
+
+    @classmethod
+    def from_parameters(
+        cls, raw: Mapping[str, Any], rag: RagSettings, retriever: RetrieverSettings
+    ) -> RagParams:
+        known = {"top_k", "template", "max_tokens", "temperature", "top_p", "seed", "stream"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        top_k = check_top_k(raw.get("top_k", rag.top_k), retriever)
+        template = raw.get("template", rag.template)
+        if not isinstance(template, str) or template not in TEMPLATES:
+            raise InvalidInput(f"unknown template {template!r}; available templates: {', '.join(sorted(TEMPLATES))}")
+        max_tokens = _as_int(raw.get("max_tokens", rag.max_tokens), "max_tokens")
+        temperature = _as_float(raw.get("temperature", rag.temperature), "temperature")
+        top_p = raw.get("top_p")
+        seed = raw.get("seed")
+        return cls(
+            top_k=top_k,
+            template=template,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=None if top_p is None else _as_float(top_p, "top_p"),
+            seed=None if seed is None else _as_int(seed, "seed"),
+        )
+
+    def sampling(self) -> dict[str, Any]:
+        """The generator's sampling inputs; the generator validates them against its own limits."""
+        out: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature}
+        if self.top_p is not None:
+            out["top_p"] = self.top_p
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+
+def check_top_k(value: Any, retriever: RetrieverSettings) -> int:
+    """Validate a requested number of passages against the retriever's limit."""
+    top_k = _as_int(value, "top_k")
+    if not 1 <= top_k <= retriever.top_k_max:
+        raise InvalidInput(f"top_k must be between 1 and {retriever.top_k_max}, got {top_k}")
+    return top_k
+
+
+def parse_parameters(raw: str | None) -> dict[str, Any]:
+    """Decode Triton's request parameters JSON (a missing or empty value means none)."""
+    if not raw:
+        return {}
+    try:
+        params = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"request parameters are not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise InvalidInput("request parameters must be a JSON object")
+    return params
+
+
+def sources_json(chunk_ids: Sequence[int], scores: Sequence[float], metadata: Sequence[Mapping[str, Any]]) -> str:
+    """The `sources` output: one object per retrieved chunk, best first."""
+    return json.dumps(
+        [
+            {"chunk_id": int(cid), "score": round(float(score), 4), **dict(meta)}
+            for cid, score, meta in zip(chunk_ids, scores, metadata)
+        ]
+    )

@@ -1,0 +1,281 @@
+"""Find or install the Triton server runtime and run it on a model repository."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PYTRITON_VERSION = "0.7.0"  # bundles tritonserver 2.51 with the Python backend and per-Python stubs
+_WHEEL_PREFIXES = ("pytriton/tritonserver/", "nvidia_pytriton.libs/")
+
+
+@dataclass(frozen=True)
+class TritonRuntime:
+    """Where a tritonserver binary and its Python backend live."""
+
+    server: Path
+    python_backend: Path  # folder with libtriton_python.so and triton_python_backend_utils.py
+    stub: Path | None  # triton_python_backend_stub for this interpreter; None = the backend's own
+    lib_dirs: tuple[Path, ...]
+    origin: str  # "system" (e.g. NGC container) or "local"
+
+
+def local_runtime_dir(home: Path) -> Path:
+    return home / "triton" / f"pytriton-{PYTRITON_VERSION}"
+
+
+def _python_tag() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def find_runtime(home: Path) -> TritonRuntime:
+    """Prefer a ``tritonserver`` on PATH (the NGC container), else the local install under ``home``."""
+    on_path = shutil.which("tritonserver")
+    if on_path and os.environ.get("TRITONRAG_USE_LOCAL_TRITON") != "1":
+        root = Path(on_path).resolve().parent.parent
+        backend = root / "backends" / "python"
+        if backend.is_dir():
+            return TritonRuntime(Path(on_path), backend, None, (), "system")
+    root = local_runtime_dir(home)
+    server = root / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+    if not server.exists():
+        raise FileNotFoundError(
+            f"no tritonserver on PATH and none installed under {root}: run `tritonrag install-runtime` "
+            "(scripts/setup.sh does it for you)"
+        )
+    base = root / "pytriton" / "tritonserver"
+    stub = base / "python_backend_stubs" / _python_tag() / "triton_python_backend_stub"
+    if not stub.exists():
+        available = sorted(p.name for p in (base / "python_backend_stubs").iterdir())
+        raise FileNotFoundError(
+            f"the bundled Triton has no Python backend stub for Python {_python_tag()} ({sys.executable}); "
+            f"stubs exist for {', '.join(available)}: create the venv with one of those"
+        )
+    return TritonRuntime(server, base / "backends" / "python", stub, (root / "nvidia_pytriton.libs",), "local")
+
+
+def install_runtime(home: Path, wheel: Path | None = None) -> Path:
+    """Unpack tritonserver, its Python backend and libraries from the nvidia-pytriton wheel (idempotent)."""
+    root = local_runtime_dir(home)
+    marker = root / ".installed"
+    if marker.exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+        if wheel is None:
+            log.info("downloading nvidia-pytriton==%s (no dependencies) with pip", PYTRITON_VERSION)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                 "-d", tmp, f"nvidia-pytriton=={PYTRITON_VERSION}"],
+                check=True,
+            )
+            wheel = next(Path(tmp).glob("nvidia_pytriton-*.whl"))
+        staging = Path(tmp) / "runtime"
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                if info.filename.startswith(_WHEEL_PREFIXES) and "__pycache__" not in info.filename:
+                    target = zf.extract(info, staging)
+                    mode = (info.external_attr >> 16) & 0o777
+                    if mode:
+                        os.chmod(target, mode)
+        for binary in staging.glob("pytriton/tritonserver/**/*"):
+            if binary.is_file() and binary.name in {"tritonserver", "triton_python_backend_stub"}:
+                binary.chmod(0o755)
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+    marker.write_text(PYTRITON_VERSION)
+    return root
+
+
+def prepare_backend_dir(runtime: TritonRuntime, home: Path) -> Path:
+    """A backend directory whose python/ holds the backend and the stub matching this interpreter."""
+    folder = home / "triton" / f"backends-py{_python_tag()}"
+    python_dir = folder / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    links = {name: runtime.python_backend / name for name in ("libtriton_python.so", "triton_python_backend_utils.py")}
+    if runtime.stub is not None:
+        links["triton_python_backend_stub"] = runtime.stub
+    for name, src in links.items():
+        dst = python_dir / name
+        if dst.is_symlink() or dst.exists():
+            if dst.resolve() == src.resolve():
+                continue
+            dst.unlink()
+        dst.symlink_to(src)
+    return folder
+
+
+def server_env(runtime: TritonRuntime, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for tritonserver: its libraries, this interpreter's libpython, and this venv first on PATH
+    (the stub's embedded Python finds the venv's site-packages through it)."""
+    env = dict(os.environ)
+    lib_dirs = [str(p) for p in runtime.lib_dirs]
+    libpython_dir = sysconfig.get_config_var("LIBDIR")
+    if libpython_dir:
+        lib_dirs.append(libpython_dir)
+    if env.get("LD_LIBRARY_PATH"):
+        lib_dirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_dirs)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(extra or {})
+    return env
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+    @classmethod
+    def choose(cls, http: int, grpc: int, metrics: int) -> Ports:
+        """The preferred ports where free, otherwise any free ones (logged)."""
+        chosen = []
+        for name, port in (("http", http), ("grpc", grpc), ("metrics", metrics)):
+            if port <= 0 or not port_is_free(port):
+                new = free_port()
+                if port > 0:
+                    log.warning("%s port %d is busy; using %d", name, port, new)
+                port = new
+            chosen.append(port)
+        return cls(*chosen)
+
+
+class TritonServer:
+    """A tritonserver process on a model repository: start, wait until ready, stop cleanly."""
+
+    def __init__(
+        self,
+        model_repository: Path,
+        home: Path,
+        ports: Ports,
+        log_file: Path | None = None,
+        env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.home = home
+        self.ports = ports
+        self.log_file = log_file or home / "logs" / f"tritonserver-{ports.http}.log"
+        self.extra_env = env or {}
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+
+    def command(self) -> list[str]:
+        runtime = find_runtime(self.home)
+        args = [
+            str(runtime.server),
+            f"--model-repository={self.model_repository}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-port={self.ports.metrics}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=20",
+        ]
+        if runtime.origin == "local":
+            args.append(f"--backend-directory={prepare_backend_dir(runtime, self.home)}")
+        return [*args, *self.extra_args]
+
+    def start(self, timeout_s: float = 300.0) -> TritonServer:
+        runtime = find_runtime(self.home)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log.info("starting tritonserver (%s), log: %s", runtime.origin, self.log_file)
+        with open(self.log_file, "wb") as out:
+            self.process = subprocess.Popen(
+                self.command(), stdout=out, stderr=subprocess.STDOUT, env=server_env(runtime, self.extra_env),
+                start_new_session=True,
+            )
+        self.wait_ready(timeout_s)
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with code {self.process.returncode} while loading models; "
+                    f"last lines of {self.log_file}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; see {self.log_file}:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGINT (Triton drains in-flight requests), then SIGKILL for the whole process group if needed."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("tritonserver did not stop in %.0fs; killing it", timeout_s)
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,119 @@
+"""Helpers shared by the Triton Python-backend adapters (model.py files).
+
+This is the only module of the package that touches ``triton_python_backend_utils``; the rest of the
+core is framework-free and unit tested without Triton.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # only importable inside the Python backend stub
+    pb_utils = None
+
+
+def require_backend() -> Any:
+    if pb_utils is None:
+        raise RuntimeError(
+            "triton_python_backend_utils is not importable: this module runs inside Triton's Python backend. "
+            f"interpreter={sys.executable} sys.path={sys.path}"
+        )
+    return pb_utils
+
+
+def _decode(value: Any, name: str, row: int) -> str:
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, (bytes, np.bytes_)):
+        raise InvalidInput(f"input '{name}' row {row}: expected a string, got {type(value).__name__}")
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input '{name}' row {row} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def read_strings(request: Any, name: str, required: bool = True) -> list[str] | None:
+    """All elements of a BYTES input, decoded as UTF-8, flattened in row order."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        if required:
+            raise InvalidInput(f"missing required input '{name}'")
+        return None
+    array = tensor.as_numpy()
+    return [_decode(v, name, i) for i, v in enumerate(array.reshape(-1))]
+
+
+def read_string(request: Any, name: str, required: bool = True) -> str | None:
+    """A single-element BYTES input."""
+    values = read_strings(request, name, required)
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise InvalidInput(f"input '{name}' must hold exactly one string, got {len(values)}")
+    return values[0]
+
+
+def read_scalar(request: Any, name: str) -> Any | None:
+    """A single-element numeric or boolean input as a Python value, or None when absent."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    array = tensor.as_numpy().reshape(-1)
+    if array.size != 1:
+        raise InvalidInput(f"input '{name}' must hold exactly one value, got {array.size}")
+    return array[0].item()
+
+
+def request_parameters(request: Any) -> dict[str, Any]:
+    """The request's parameters (HTTP generate `parameters` / gRPC parameters) as a dict."""
+    raw = request.parameters()
+    if not raw:
+        return {}
+    try:
+        params = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"request parameters are not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise InvalidInput("request parameters must be a JSON object")
+    return params
+
+
+def string_tensor(name: str, values: Sequence[str], shape: tuple[int, ...] | None = None) -> Any:
+    array = np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+    if shape is not None:
+        array = array.reshape(shape)
+    return pb_utils.Tensor(name, array)
+
+
+def error_for(exc: BaseException) -> Any:
+    """A TritonError: INVALID_ARG for bad input, INTERNAL (with the exception type) otherwise."""
+    if isinstance(exc, InvalidInput):
+        return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+    return pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+
+
+def error_response(exc: BaseException) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=error_for(exc))
+
+
+def instance_device(args: dict[str, str], configured: str) -> str:
+    """The torch device for this model instance: the GPU Triton placed it on, or the configured device."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{args.get('model_instance_device_id', '0')}"
+    if configured == "auto":
+        return "cpu"
+    return configured
+
+
+def split_rows(array: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """Split a stacked batch back into per-request pieces of ``counts`` rows each."""
+    return np.split(array, np.cumsum(counts)[:-1]) if counts else []
