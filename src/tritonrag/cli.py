@@ -73,7 +73,8 @@ def ingest(
     paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders of .txt/.md documents.")] = None,
     index_dir: Annotated[Path | None, typer.Option(help="Where to write the knowledge base.")] = None,
     sample: Annotated[bool, typer.Option(help="Index the sample book (Around the World in 80 Days).")] = False,
-    if_missing: Annotated[bool, typer.Option(help="Do nothing when the index already exists.")] = False,
+    if_missing: Annotated[bool, typer.Option(
+        help="Do nothing when the index exists and was built with the current embedder and chunking settings.")] = False,
 ) -> None:
     """Chunk, embed and index documents into a knowledge base.
 
@@ -82,11 +83,12 @@ def ingest(
       tritonrag ingest --sample
     """
     from .ingest import build_index, sample_corpus
-    from .knowledge_base import MANIFEST_FILE
+    from .knowledge_base import is_current
 
     settings = load_settings()
     target = index_dir or settings.index_dir
-    if if_missing and (target / MANIFEST_FILE).exists():
+    chunking = settings.chunking
+    if if_missing and is_current(target, settings.embedder.model, chunking.chunk_tokens, chunking.overlap_tokens):
         console.print(f"knowledge base already in {target}")
         return
     if sample or not paths:

@@ -136,6 +136,16 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest(**raw)
 
 
+def is_current(path: Path, embedder_model: str, chunk_tokens: int, overlap_tokens: int) -> bool:
+    """True when ``path`` holds a knowledge base built with these embedder and chunking settings."""
+    try:
+        manifest = read_manifest(path)
+    except (FileNotFoundError, ValueError, TypeError):
+        return False
+    return (manifest.embedder_model, manifest.chunk_tokens, manifest.overlap_tokens) == (
+        embedder_model, chunk_tokens, overlap_tokens)
+
+
 class KnowledgeBase:
     """A read-only, thread-safe view of a knowledge base for search."""
 

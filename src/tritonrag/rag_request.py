@@ -21,6 +21,7 @@ class RagParams:
     template: str
     max_tokens: int
     temperature: float
+    stream: bool = False
     top_p: float | None = None
     seed: int | None = None
 
@@ -38,6 +39,9 @@ class RagParams:
             raise InvalidInput(f"unknown template {template!r}; available templates: {', '.join(sorted(TEMPLATES))}")
         max_tokens = _as_int(raw.get("max_tokens", rag.max_tokens), "max_tokens")
         temperature = _as_float(raw.get("temperature", rag.temperature), "temperature")
+        stream = raw.get("stream", rag.stream_default)
+        if not isinstance(stream, bool):
+            raise InvalidInput(f"stream must be true or false, got {stream!r}")
         top_p = raw.get("top_p")
         seed = raw.get("seed")
         return cls(
@@ -45,6 +49,7 @@ class RagParams:
             template=template,
             max_tokens=max_tokens,
             temperature=temperature,
+            stream=stream,
             top_p=None if top_p is None else _as_float(top_p, "top_p"),
             seed=None if seed is None else _as_int(seed, "seed"),
         )

@@ -37,7 +37,8 @@ class TritonPythonModel:
         prompt = read_string(request, "text_input")
         if not prompt.strip():
             raise InvalidInput("input 'text_input' is empty: send a prompt")
-        raw = {k: v for k, v in request_parameters(request).items() if k != "stream"}
+        raw = request_parameters(request)
+        stream_param = raw.pop("stream", False)
         sampling_json = read_string(request, "sampling_parameters", required=False)
         if sampling_json:
             try:
@@ -51,7 +52,7 @@ class TritonPythonModel:
         if stop is not None:
             raw["stop"] = [s.decode("utf-8", "replace") for s in stop.as_numpy().reshape(-1)]
         stream = read_scalar(request, "stream")
-        return prompt, SamplingParams.from_request(raw, self.settings), True if stream is None else bool(stream)
+        return prompt, SamplingParams.from_request(raw, self.settings), bool(stream_param if stream is None else stream)
 
     def _serve(self, request):
         sender = request.get_response_sender()

@@ -61,7 +61,7 @@ class TritonPythonModel:
                 raise InvalidInput("input 'text_input' is empty: send a question")
             params = RagParams.from_parameters(request_parameters(request), self.rag, self.retriever)
             stream = read_scalar(request, "stream")
-            stream = True if stream is None else bool(stream)
+            stream = params.stream if stream is None else bool(stream)
             (embedding,) = await self._infer(
                 "embedder", [pb_utils.Tensor("text", np.array([[query.encode()]], np.object_))], ["embedding"]
             )

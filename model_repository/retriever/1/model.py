@@ -12,7 +12,7 @@ from tritonrag.config import load_settings
 from tritonrag.errors import InvalidInput
 from tritonrag.knowledge_base import KnowledgeBase
 from tritonrag.rag_request import check_top_k
-from tritonrag.serving import error_response, read_scalar, string_tensor
+from tritonrag.serving import error_response, string_tensor
 
 
 class TritonPythonModel:
@@ -30,8 +30,13 @@ class TritonPythonModel:
             )
         if not np.isfinite(queries).all():
             raise InvalidInput("input 'embedding' contains NaN or infinite values")
-        top_k = read_scalar(request, "top_k")
-        return queries, check_top_k(self.settings.top_k_default if top_k is None else top_k, self.settings)
+        top_k = pb_utils.get_input_tensor_by_name(request, "top_k")
+        if top_k is None:
+            return queries, self.settings.top_k_default
+        values = set(top_k.as_numpy().reshape(-1).tolist())
+        if len(values) != 1:
+            raise InvalidInput(f"input 'top_k' must be one value for all rows of a request, got {sorted(values)}")
+        return queries, check_top_k(values.pop(), self.settings)
 
     def execute(self, requests):
         parsed = []

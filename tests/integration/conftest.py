@@ -1,0 +1,40 @@
+"""Start one real tritonserver on the committed model repository for the whole test session."""
+
+from pathlib import Path
+
+import pytest
+
+from tritonrag.config import load_settings
+from tritonrag.knowledge_base import MANIFEST_FILE, KnowledgeBase
+from tritonrag.runtime import Ports, TritonServer
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def knowledge_base(settings):
+    if not (settings.index_dir / MANIFEST_FILE).exists():
+        pytest.fail(f"no knowledge base at {settings.index_dir}: run scripts/setup.sh first")
+    kb = KnowledgeBase(settings.index_dir)
+    yield kb
+    kb.close()
+
+
+@pytest.fixture(scope="session")
+def server(settings, knowledge_base):
+    triton = TritonServer(REPOSITORY, settings.home, Ports.choose(0, 0, 0))
+    triton.start(settings.server.startup_timeout_s)
+    yield triton
+    triton.stop()
+    assert triton.process.returncode is not None

@@ -1,0 +1,142 @@
+"""Each model of the pipeline over HTTP and gRPC on a real tritonserver."""
+
+import json
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from .helpers import bytes_input, grpc_stream, outputs_of, post_json
+
+PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
+
+
+@pytest.fixture(params=["http", "grpc"])
+def client(request, server):
+    module = PROTOCOLS[request.param]
+    url = server.http_url if request.param == "http" else server.grpc_url
+    c = module.InferenceServerClient(url)
+    c.module = module
+    yield c
+    c.close()
+
+
+def embed(client, texts, instruction=None):
+    inputs = [bytes_input("text", texts, [len(texts), 1], client.module)]
+    if instruction is not None:
+        inputs.append(bytes_input("instruction", [instruction] * len(texts), [len(texts), 1], client.module))
+    return client.infer("embedder", inputs).as_numpy("embedding")
+
+
+def test_all_models_ready(client):
+    for name in ("embedder", "retriever", "prompt_builder", "generator", "rag"):
+        assert client.is_model_ready(name), name
+
+
+def test_embedder_returns_normalised_vectors(client):
+    vectors = embed(client, ["The Great Salt Lake", "A bank robbery in London", "Passepartout"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] < 0.9
+
+
+def test_embedder_instruction_changes_the_vector(client):
+    plain = embed(client, ["Salt Lake"])
+    instructed = embed(client, ["Salt Lake"], "Represent the question for retrieving passages:")
+    assert instructed.shape == plain.shape
+    assert not np.allclose(plain, instructed)
+
+
+def test_embedder_stacks_concurrent_requests_into_batches(server):
+    client = httpclient.InferenceServerClient(server.http_url, concurrency=16)
+    before = client.get_inference_statistics("embedder")["model_stats"][0]
+    texts = [f"sentence number {i} about travelling around the world" for i in range(48)]
+    pending = [client.async_infer("embedder", [bytes_input("text", [t], [1, 1], httpclient)]) for t in texts]
+    results = [p.get_result().as_numpy("embedding")[0] for p in pending]
+    after = client.get_inference_statistics("embedder")["model_stats"][0]
+    client.close()
+    single = embed_one(httpclient.InferenceServerClient(server.http_url), texts[5])
+    np.testing.assert_allclose(results[5], single, atol=1e-5)
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == 48
+    assert executions < inferences, "dynamic batching should merge concurrent requests into fewer executions"
+
+
+def embed_one(client, text):
+    return client.infer("embedder", [bytes_input("text", [text], [1, 1], httpclient)]).as_numpy("embedding")[0]
+
+
+def test_retriever_batched_search(client, knowledge_base):
+    queries = embed(client, ["the Great Salt Lake in Utah", "fifty-five thousand pounds stolen"])
+    top_k = client.module.InferInput("top_k", [2, 1], "INT32")
+    top_k.set_data_from_numpy(np.array([[3], [3]], dtype=np.int32))
+    emb = client.module.InferInput("embedding", list(queries.shape), "FP32")
+    emb.set_data_from_numpy(queries)
+    result = client.infer("retriever", [emb, top_k])
+    ids, scores = result.as_numpy("chunk_ids"), result.as_numpy("scores")
+    texts, metadata = result.as_numpy("texts"), result.as_numpy("metadata")
+    assert ids.shape == scores.shape == texts.shape == metadata.shape == (2, 3)
+    assert (np.diff(scores, axis=1) <= 1e-6).all(), "scores come best first"
+    assert "Salt Lake" in " ".join(t.decode() for t in texts[0])
+    meta = json.loads(metadata[0][0])
+    assert meta["title"] == "Around the World in 80 Days" and meta["source"] == "around_the_world.txt"
+    stored = knowledge_base.fetch([int(ids[1][0])], [0.0])[0]
+    assert stored.text == texts[1][0].decode()
+
+
+def test_prompt_builder_renders_retrieved_text_as_data(client):
+    inputs = [
+        bytes_input("query", ["What is {{ 7 * 7 }}?"], None, client.module),
+        bytes_input("context", ["The lake {{ config }} {% raw %}", "Second passage."], None, client.module),
+        bytes_input("metadata", [json.dumps({"title": "A Book"}), "{}"], None, client.module),
+        bytes_input("template", ["completion_qa"], None, client.module),
+    ]
+    result = client.infer("prompt_builder", inputs)
+    prompt = result.as_numpy("prompt")[0].decode()
+    assert "The lake {{ config }} {% raw %}" in prompt
+    assert "What is {{ 7 * 7 }}?" in prompt and "49" not in prompt
+    assert "A Book" in prompt
+    assert "\n\n" in [s.decode() for s in result.as_numpy("stop")]
+
+
+def test_generator_streams_token_by_token_over_grpc(server):
+    prompt = bytes_input("text_input", ["The capital of France is"])
+    sampling = bytes_input("sampling_parameters", [json.dumps({"max_tokens": 12, "temperature": 0})])
+    stream = grpcclient.InferInput("stream", [1], "BOOL")
+    stream.set_data_from_numpy(np.array([True]))
+    results, error = grpc_stream(server.grpc_url, "generator", [prompt, sampling, stream])
+    assert error is None
+    pieces = [outputs_of(r, "text_output") for r in results]
+    pieces = [p for p in pieces if p]
+    assert len(pieces) >= 5, "one response per token, not one blob"
+    assert outputs_of(results[-1], "finish_reason") == "length"
+    # the same request without streaming gives the same greedy text in one response
+    flag = grpcclient.InferInput("stream", [1], "BOOL")
+    flag.set_data_from_numpy(np.array([False]))
+    whole, error = grpc_stream(server.grpc_url, "generator", [prompt, sampling, flag])
+    assert error is None and len([r for r in whole if outputs_of(r, "text_output")]) == 1
+    assert outputs_of(whole[-1], "text_output") == "".join(pieces)
+
+
+def test_generator_stops_at_stop_strings(server):
+    url = f"http://{server.http_url}/v2/models/generator/generate"
+    status, free = post_json(url, {"text_input": "Count: one, two, three, four, five,", "parameters": {"max_tokens": 12}})
+    assert status == 200, free
+    words = free["text_output"].split(",")
+    assert len(words) > 2, free
+    stop = words[1].strip()
+    status, stopped = post_json(url, {"text_input": "Count: one, two, three, four, five,",
+                                      "sampling_parameters": json.dumps({"max_tokens": 12, "stop": [stop]})})
+    assert status == 200, stopped
+    assert stop not in stopped["text_output"]
+    assert free["text_output"].startswith(stopped["text_output"])
+    assert stopped["finish_reason"] == "stop"
+
+
+def test_metrics_endpoint(server):
+    import urllib.request
+
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    assert 'nv_inference_request_success{model="embedder"' in text

@@ -1,0 +1,113 @@
+"""The whole pipeline: the seed demo's three questions, over HTTP generate, SSE, gRPC and the client."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tritonrag_client import RagClient
+
+from .helpers import bytes_input, grpc_stream, outputs_of, post_json, sse_events
+
+SEED_QUESTIONS = {
+    "Describe the body of water in Utah": ["Salt Lake"],
+    "Tell me as much as you can about the robbery": ["fifty-five thousand pounds"],
+    "Did Phileas Fogg really rob the bank?": ["James Strand", "real bankrobber", "innocence"],
+}
+FAST = {"max_tokens": 16}
+
+
+def source_texts(knowledge_base, sources):
+    hits = knowledge_base.fetch([s["chunk_id"] for s in sources], [s["score"] for s in sources])
+    return " ".join(h.text for h in hits)
+
+
+@pytest.mark.parametrize("question", list(SEED_QUESTIONS))
+def test_seed_questions_retrieve_the_answering_passages(server, knowledge_base, question):
+    status, body = post_json(f"http://{server.http_url}/v2/models/rag/generate",
+                             {"text_input": question, "parameters": FAST})
+    assert status == 200, body
+    sources = json.loads(body["sources"])
+    assert len(sources) == 4
+    assert all(s["title"] == "Around the World in 80 Days" for s in sources)
+    texts = source_texts(knowledge_base, sources)
+    assert any(marker in texts for marker in SEED_QUESTIONS[question]), (question, texts[:500])
+    assert body["text_output"].strip(), "an answer was generated"
+    assert body["finish_reason"] in ("stop", "length")
+
+
+def test_generate_stream_sse_plain_json(server):
+    body = {"text_input": "Describe the body of water in Utah", "parameters": {"max_tokens": 12, "stream": True}}
+    events = sse_events(f"http://{server.http_url}/v2/models/rag/generate_stream", body)
+    assert "sources" in events[0] and json.loads(events[0]["sources"])
+    pieces = [e["text_output"] for e in events if e.get("text_output")]
+    assert len(pieces) >= 3, "tokens arrive as separate events"
+    assert events[-1]["finish_reason"] in ("stop", "length")
+
+
+def test_generate_stream_with_curl(server):
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    out = subprocess.run(
+        [curl, "-sS", "-N", "-X", "POST", f"http://{server.http_url}/v2/models/rag/generate_stream",
+         "-d", json.dumps({"text_input": "Who is Passepartout?", "stream": True, "parameters": {"max_tokens": 8}})],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    events = [json.loads(line[5:]) for line in out.splitlines() if line.startswith("data:")]
+    assert len(events) >= 3 and "sources" in events[0]
+
+
+def test_generate_stream_without_stream_flag_returns_one_event(server):
+    events = sse_events(f"http://{server.http_url}/v2/models/rag/generate_stream",
+                        {"text_input": "Who is Passepartout?", "parameters": FAST})
+    assert len(events) == 1 and events[0]["text_output"] and "sources" in events[0]
+
+
+def test_grpc_streaming_rag(server):
+    stream = grpcclient.InferInput("stream", [1], "BOOL")
+    stream.set_data_from_numpy(np.array([True]))
+    results, error = grpc_stream(server.grpc_url, "rag", [bytes_input("text_input", ["Who is Phileas Fogg?"]), stream],
+                                 parameters={"max_tokens": 12, "top_k": 2})
+    assert error is None
+    assert len(json.loads(outputs_of(results[0], "sources"))) == 2
+    assert sum(1 for r in results if outputs_of(r, "text_output")) >= 3
+    assert outputs_of(results[-1], "finish_reason") in ("stop", "length")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_python_client_stream_and_ask(server, protocol):
+    client = RagClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
+    events = list(client.stream("Where is the Reform Club?", max_tokens=10, template="beluga_qa"))
+    assert events[0].sources and len(events) >= 3
+    streamed = "".join(e.text for e in events)
+    answer = client.ask("Where is the Reform Club?", max_tokens=10, template="beluga_qa")
+    assert answer.text == streamed, "greedy decoding gives the same answer streamed or not"
+    assert answer.sources == events[0].sources
+
+
+def test_concurrent_rag_requests_all_complete(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = RagClient(server.grpc_url, "grpc")
+    questions = ["Who is Fix?", "Who is Aouda?", "What is the Reform Club?", "Who is Passepartout?"]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda q: client.ask(q, max_tokens=8), questions))
+    assert all(a.sources and a.finish_reason for a in answers)
+
+
+def test_ask_cli(server):
+    from typer.testing import CliRunner
+
+    from tritonrag.cli import app
+
+    result = CliRunner().invoke(app, ["ask", "--url", server.http_url, "--max-tokens", "8", "Who is Fix?"])
+    assert result.exit_code == 0, result.output
+    assert "Sources" in result.output and "Around the World in 80 Days" in result.output
+    result = CliRunner().invoke(app, ["ask", "--grpc", "--url", server.grpc_url, "--json", "--max-tokens", "8",
+                                      "Who is Fix?"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["sources"]

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from tritonrag.config import load_settings
+from tritonrag.embedding import TextEmbedder
+
+TEXTS = [
+    "Phileas Fogg bet twenty thousand pounds that he could go around the world in eighty days.",
+    "Passepartout was his French servant.",
+    "Aouda was rescued from a suttee in India.",
+    "The Reform Club is in Pall Mall, London.",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return TextEmbedder(load_settings().embedder, device="cpu")
+
+
+def test_dimension(embedder):
+    assert embedder.dimension == 384
+    assert embedder.max_seq_length > 0
+
+
+def test_outputs_are_normalised_float32(embedder):
+    vectors = embedder.encode(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384)
+    assert vectors.dtype == np.float32
+    assert vectors.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_encode_empty(embedder):
+    out = embedder.encode([])
+    assert out.shape == (0, 384)
+    assert out.dtype == np.float32
+
+
+def test_related_texts_are_closer(embedder):
+    q = embedder.encode(["Who was Fogg's servant?"])[0]
+    scores = embedder.encode(TEXTS) @ q
+    assert int(np.argmax(scores)) == 1
+
+
+def test_encode_mixed_matches_separate_calls(embedder):
+    instructions = ["Represent the question:", "", "Represent the question:", ""]
+    mixed = embedder.encode_mixed(TEXTS, instructions)
+    assert mixed.shape == (len(TEXTS), 384)
+    assert mixed.dtype == np.float32
+    with_instruction = embedder.encode([TEXTS[0], TEXTS[2]], "Represent the question:")
+    plain = embedder.encode([TEXTS[1], TEXTS[3]])
+    np.testing.assert_allclose(mixed[[0, 2]], with_instruction, atol=1e-5)
+    np.testing.assert_allclose(mixed[[1, 3]], plain, atol=1e-5)
+    # the instruction really changes the embedding, so the rows were not mixed up by accident
+    assert not np.allclose(mixed[0], embedder.encode([TEXTS[0]])[0], atol=1e-3)
+
+
+def test_encode_mixed_length_mismatch(embedder):
+    with pytest.raises(ValueError, match="length"):
+        embedder.encode_mixed(TEXTS, [""])
+
+
+def test_token_spans_index_into_the_text(embedder):
+    text = "Phileas Fogg's wager: 20,000 pounds — around the world in eighty days!"
+    spans = embedder.token_spans(text)
+    assert len(spans) > len(text.split())  # word pieces and punctuation are tokens of their own
+    previous_end = 0
+    for start, end in spans:
+        assert previous_end <= start < end <= len(text)
+        assert text[start:end].strip() == text[start:end]
+        previous_end = end
+    # the spans tile every non-space character of the text, in order
+    assert "".join(text[s:e] for s, e in spans) == "".join(text.split())
+    assert {"world", "eighty"} <= {text[s:e] for s, e in spans}
+
+
+def test_token_spans_do_not_truncate_long_text(embedder):
+    text = " ".join(["word"] * 1000)
+    spans = embedder.token_spans(text)
+    assert len(spans) == 1000
+    assert spans[-1][1] == len(text)

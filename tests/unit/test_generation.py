@@ -1,0 +1,191 @@
+import math
+
+import pytest
+
+from tritonrag.config import load_settings
+from tritonrag.errors import InvalidInput
+from tritonrag.generation import SamplingParams, StopMatcher
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return load_settings().generator
+
+
+def run(matcher, deltas):
+    """Feed all deltas, then flush; return the pieces sent and the full answer."""
+    pieces = [matcher.feed(d) for d in deltas]
+    pieces.append(matcher.flush())
+    return pieces, "".join(pieces)
+
+
+# --- StopMatcher -------------------------------------------------------------------------------------------
+
+
+def test_stop_split_across_deltas_is_never_emitted():
+    pieces, answer = run(StopMatcher(["### User:"]), ["The answer", " is 42.\n#", "##", " Us", "er:", " more"])
+    assert answer == "The answer is 42.\n"
+    assert all("#" not in piece for piece in pieces)
+
+
+def test_text_before_stop_in_same_delta_is_emitted():
+    matcher = StopMatcher(["STOP"])
+    assert matcher.feed("hello STOP world") == "hello "
+    assert matcher.stopped
+    assert matcher.feed("later") == ""
+    assert matcher.flush() == ""
+
+
+def test_nothing_after_stop():
+    matcher = StopMatcher(["\n\n"])
+    pieces, answer = run(matcher, ["one", "\n", "\n", "two", "three"])
+    assert answer == "one"
+    assert pieces[-3:] == ["", "", ""]
+
+
+def test_partial_prefix_held_then_released_when_it_is_not_a_stop():
+    matcher = StopMatcher(["### User:"])
+    assert matcher.feed("Hi ##") == "Hi "  # "##" might start the stop string: held back
+    assert matcher.feed("# Us") == ""
+    assert matcher.feed("a") == "### Usa"  # no longer a prefix of the stop: released
+    assert matcher.feed("end #") == "end "
+    assert matcher.flush() == "#"  # end of generation: held text was never a stop
+    assert not matcher.stopped
+
+
+def test_held_prefix_not_released_twice():
+    matcher = StopMatcher(["abc"])
+    _, answer = run(matcher, ["x", "a", "b", "y", "ab"])
+    assert answer == "xabyab"
+
+
+def test_earliest_of_several_stops_wins():
+    _, answer = run(StopMatcher(["world", "lo w"]), ["hel", "lo wor", "ld"])
+    assert answer == "hel"
+
+
+def test_overlapping_stop_prefix():
+    _, answer = run(StopMatcher(["aab"]), ["aa", "ab", "zzz"])
+    assert answer == "a"  # stream "aaab": the stop starts at the second "a"
+
+
+def test_no_stops_passes_everything_through():
+    matcher = StopMatcher(["", ""])
+    assert matcher.feed("###") == "###"
+    assert matcher.flush() == ""
+
+
+@pytest.mark.parametrize("stop", ["\n\n", "### User:", "A reader asked:", "x"])
+def test_stop_matcher_agrees_with_whole_text_cut_for_every_split(stop):
+    text = f"Some answer text, then {stop} and trailing text {stop} again"
+    expected = text[: text.find(stop)]
+    for size in range(1, 8):
+        deltas = [text[i : i + size] for i in range(0, len(text), size)]
+        pieces, answer = run(StopMatcher([stop]), deltas)
+        assert answer == expected, size
+        assert stop not in "".join(pieces)
+
+
+# --- SamplingParams.from_request ---------------------------------------------------------------------------
+
+
+def test_defaults_come_from_settings(settings):
+    params = SamplingParams.from_request({}, settings)
+    assert params.max_tokens == settings.max_tokens_default
+    assert params.temperature == settings.temperature_default
+    assert params.top_p == settings.top_p_default
+    assert params.repetition_penalty == settings.repetition_penalty_default
+    assert params.top_k == 0
+    assert params.stop == ()
+    assert params.seed is None
+
+
+def test_valid_values_are_accepted_and_converted(settings):
+    params = SamplingParams.from_request(
+        {"max_tokens": "16", "temperature": "0.7", "top_p": 0.9, "top_k": 5.0, "seed": 3, "stop": "END",
+         "repetition_penalty": 1.0},
+        settings,
+    )
+    assert params == SamplingParams(16, 0.7, 0.9, 5, ("END",), 3, 1.0)
+    assert isinstance(params.max_tokens, int)
+    assert isinstance(params.top_k, int)
+
+
+def test_stop_list_is_kept_in_order(settings):
+    params = SamplingParams.from_request({"stop": ["b", "a"]}, settings)
+    assert params.stop == ("b", "a")
+
+
+def test_limits_are_inclusive(settings):
+    assert SamplingParams.from_request({"max_tokens": 1}, settings).max_tokens == 1
+    limit = settings.max_tokens_limit
+    assert SamplingParams.from_request({"max_tokens": limit}, settings).max_tokens == limit
+    assert SamplingParams.from_request({"temperature": 0, "top_p": 1}, settings).top_p == 1.0
+    assert SamplingParams.from_request({"temperature": 2}, settings).temperature == 2.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 10**6}, "max_tokens"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"max_tokens": "abc"}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": None}, "max_tokens"),
+        ({"max_tokens": [5]}, "max_tokens"),
+        ({"max_tokens": float("nan")}, "max_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": 5}, "temperature"),
+        ({"temperature": "NaN"}, "temperature"),
+        ({"temperature": "inf"}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": False}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"repetition_penalty": 0.1}, "repetition_penalty"),
+        ({"repetition_penalty": 3}, "repetition_penalty"),
+        ({"seed": "x"}, "seed"),
+        ({"seed": True}, "seed"),
+        ({"max_token": 5}, "max_token"),
+        ({"bogus": 1}, "bogus"),
+        ({"stop": [""]}, "stop"),
+        ({"stop": ["x" * 1000]}, "stop"),
+        ({"stop": [1]}, "stop"),
+    ],
+)
+def test_invalid_values_name_the_parameter(settings, raw, name):
+    with pytest.raises(InvalidInput, match=name):
+        SamplingParams.from_request(raw, settings)
+
+
+def test_too_many_stop_strings(settings):
+    too_many = [f"s{i}" for i in range(settings.max_stop_strings + 1)]
+    with pytest.raises(InvalidInput, match="stop"):
+        SamplingParams.from_request({"stop": too_many}, settings)
+    assert len(SamplingParams.from_request({"stop": too_many[:-1]}, settings).stop) == settings.max_stop_strings
+
+
+def test_unknown_key_message_lists_known_keys(settings):
+    with pytest.raises(InvalidInput) as info:
+        SamplingParams.from_request({"temprature": 1}, settings)
+    assert "temprature" in str(info.value)
+    assert "temperature" in str(info.value)
+
+
+def test_nan_never_gets_through(settings):
+    for key in ("temperature", "top_p", "repetition_penalty"):
+        with pytest.raises(InvalidInput, match=key):
+            SamplingParams.from_request({key: math.nan}, settings)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="generation.SamplingParams.from_request does tuple(stop) unchecked: a non-list stop (e.g. JSON 5) "
+    "raises TypeError instead of InvalidInput",
+)
+def test_non_list_stop_is_invalid_input(settings):
+    with pytest.raises(InvalidInput, match="stop"):
+        SamplingParams.from_request({"stop": 5}, settings)

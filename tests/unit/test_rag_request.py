@@ -1,0 +1,128 @@
+import json
+
+import pytest
+
+from tritonrag.config import load_settings
+from tritonrag.errors import InvalidInput
+from tritonrag.prompts import TEMPLATES
+from tritonrag.rag_request import RagParams, check_top_k, parse_parameters, sources_json
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return load_settings()
+
+
+def params(raw, settings):
+    return RagParams.from_parameters(raw, settings.rag, settings.retriever)
+
+
+def test_defaults_come_from_settings(settings):
+    p = params({}, settings)
+    assert p.top_k == settings.rag.top_k
+    assert p.template == settings.rag.template
+    assert p.max_tokens == settings.rag.max_tokens
+    assert p.temperature == settings.rag.temperature
+    assert p.stream is settings.rag.stream_default
+    assert p.top_p is None
+    assert p.seed is None
+    assert p.sampling() == {"max_tokens": settings.rag.max_tokens, "temperature": settings.rag.temperature}
+
+
+def test_values_are_converted(settings):
+    template = sorted(TEMPLATES)[0]
+    p = params({"top_k": "3", "template": template, "max_tokens": 7.0, "temperature": "0.5", "top_p": "0.9",
+                "seed": "11", "stream": True}, settings)
+    assert (p.top_k, p.template, p.max_tokens, p.temperature, p.top_p, p.seed, p.stream) == (
+        3, template, 7, 0.5, 0.9, 11, True
+    )
+    assert p.sampling() == {"max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "seed": 11}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_stream_bool_accepted(settings, stream):
+    assert params({"stream": stream}, settings).stream is stream
+
+
+@pytest.mark.parametrize("stream", ["true", 1, 0, None, "yes"])
+def test_stream_must_be_bool(settings, stream):
+    with pytest.raises(InvalidInput, match="stream"):
+        params({"stream": stream}, settings)
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 10**6, "many", 2.5, True])
+def test_bad_top_k_rejected(settings, top_k):
+    with pytest.raises(InvalidInput, match="top_k"):
+        params({"top_k": top_k}, settings)
+
+
+def test_top_k_bounds_inclusive(settings):
+    assert params({"top_k": 1}, settings).top_k == 1
+    assert params({"top_k": settings.retriever.top_k_max}, settings).top_k == settings.retriever.top_k_max
+    assert check_top_k(settings.retriever.top_k_max, settings.retriever) == settings.retriever.top_k_max
+    with pytest.raises(InvalidInput, match=str(settings.retriever.top_k_max)):
+        check_top_k(settings.retriever.top_k_max + 1, settings.retriever)
+
+
+@pytest.mark.parametrize("template", ["nope", "", 3, None, ["beluga_qa"]])
+def test_unknown_template_rejected_with_available_names(settings, template):
+    with pytest.raises(InvalidInput, match="template") as info:
+        params({"template": template}, settings)
+    for name in TEMPLATES:
+        assert name in str(info.value)
+
+
+def test_unknown_parameter_rejected(settings):
+    with pytest.raises(InvalidInput, match="topk"):
+        params({"topk": 3}, settings)
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [({"max_tokens": "x"}, "max_tokens"), ({"temperature": "warm"}, "temperature"), ({"top_p": "nan"}, "top_p"),
+     ({"seed": 0.5}, "seed")],
+)
+def test_bad_sampling_values_rejected(settings, raw, name):
+    with pytest.raises(InvalidInput, match=name):
+        params(raw, settings)
+
+
+# --- parse_parameters --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [None, ""])
+def test_parse_parameters_missing_is_empty(raw):
+    assert parse_parameters(raw) == {}
+
+
+def test_parse_parameters_object():
+    assert parse_parameters('{"top_k": 3, "stream": true}') == {"top_k": 3, "stream": True}
+
+
+@pytest.mark.parametrize("raw", ["{not json", "[1, 2]", '"text"', "3", "null"])
+def test_parse_parameters_rejects_non_objects(raw):
+    with pytest.raises(InvalidInput, match="parameters"):
+        parse_parameters(raw)
+
+
+# --- sources_json ------------------------------------------------------------------------------------------
+
+
+def test_sources_json_one_object_per_chunk_in_order():
+    import numpy as np
+
+    out = json.loads(
+        sources_json(
+            np.array([7, 2], dtype=np.int64),
+            np.array([0.912345678, 0.5], dtype=np.float32),
+            [{"source": "a.txt", "title": "A", "section": "", "position": 3}, {"source": "b.txt"}],
+        )
+    )
+    assert out == [
+        {"chunk_id": 7, "score": 0.9123, "source": "a.txt", "title": "A", "section": "", "position": 3},
+        {"chunk_id": 2, "score": 0.5, "source": "b.txt"},
+    ]
+
+
+def test_sources_json_empty():
+    assert json.loads(sources_json([], [], [])) == []

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+from tritonrag.config import load_settings
+from tritonrag.repository import model_specs, render_repository
+
+COMMITTED = Path(__file__).parents[2] / "model_repository"
+MODELS = {"embedder", "retriever", "prompt_builder", "generator", "rag"}
+
+
+def test_committed_configs_match_the_default_settings():
+    assert render_repository(load_settings(), COMMITTED, check=True) == []
+
+
+def test_render_writes_five_configs(tmp_path):
+    written = render_repository(load_settings(), tmp_path)
+    assert len(written) == 5
+    assert {p.parent.name for p in written} == MODELS
+    assert sorted(tmp_path.glob("*/config.pbtxt")) == sorted(written)
+    for path in written:
+        text = path.read_text()
+        assert f'name: "{path.parent.name}"' in text
+        assert 'backend: "python"' in text
+        assert "instance_group" in text
+    # a second render finds nothing to change, and check mode writes nothing
+    assert render_repository(load_settings(), tmp_path) == []
+    assert render_repository(load_settings(), tmp_path, check=True) == []
+
+
+def test_render_matches_committed_files(tmp_path):
+    render_repository(load_settings(), tmp_path)
+    for model in MODELS:
+        assert (tmp_path / model / "config.pbtxt").read_text() == (COMMITTED / model / "config.pbtxt").read_text()
+
+
+def test_check_mode_reports_without_writing(tmp_path):
+    differing = render_repository(load_settings(), tmp_path, check=True)
+    assert len(differing) == 5
+    assert not list(tmp_path.iterdir())
+    render_repository(load_settings(), tmp_path)
+    target = tmp_path / "generator" / "config.pbtxt"
+    target.write_text(target.read_text() + "\n# edited by hand\n")
+    assert render_repository(load_settings(), tmp_path, check=True) == [target]
+
+
+def test_decoupled_only_for_generator_and_rag(tmp_path):
+    render_repository(load_settings(), tmp_path)
+    decoupled = {m for m in MODELS if "decoupled: true" in (tmp_path / m / "config.pbtxt").read_text()}
+    assert decoupled == {"generator", "rag"}
+
+
+def test_settings_drive_the_rendering(tmp_path):
+    override = tmp_path / "o.toml"
+    override.write_text("[embedder]\ninstances = 3\nmax_batch_size = 16\ndevice = \"cuda\"\n")
+    repo = tmp_path / "repo"
+    render_repository(load_settings(override), repo)
+    text = (repo / "embedder" / "config.pbtxt").read_text()
+    assert "max_batch_size: 16" in text
+    assert "count: 3" in text
+    assert "KIND_GPU" in text
+    assert "dynamic_batching" in text
+    assert "dynamic_batching" not in (repo / "prompt_builder" / "config.pbtxt").read_text()
+
+
+def test_model_specs_names():
+    assert [spec.name for spec in model_specs(load_settings())] == [
+        "embedder", "retriever", "prompt_builder", "generator", "rag"
+    ]
