@@ -59,14 +59,16 @@ def normalize_text(text: str) -> str:
 
 
 def load_document(source: str, raw: str) -> Document:
-    """Clean a raw text file: strip Gutenberg boilerplate, re-flow, and pick a title."""
+    """Clean a raw text file: strip Gutenberg boilerplate, re-flow, and pick a title.
+
+    The title is Gutenberg's "Title:" line, else a leading Markdown heading, else the file name.
+    """
     body, title = strip_gutenberg(raw)
-    text = normalize_text(body)
     if not title:
-        first_line = text.split("\n", 1)[0] if text else ""
-        title = first_line[:120] if first_line.startswith("#") else source.rsplit("/", 1)[-1]
-        title = title.lstrip("# ").strip()
-    return Document(source=source, title=title, text=text)
+        first_line = body.lstrip().split("\n", 1)[0].strip()
+        heading = " ".join(first_line.lstrip("#").split())[:120]
+        title = heading if first_line.startswith("#") and heading else source.rsplit("/", 1)[-1]
+    return Document(source=source, title=title, text=normalize_text(body))
 
 
 def _section_starts(text: str) -> list[tuple[int, str]]:

@@ -74,7 +74,7 @@ def ingest(
     index_dir: Annotated[Path | None, typer.Option(help="Where to write the knowledge base.")] = None,
     sample: Annotated[bool, typer.Option(help="Index the sample book (Around the World in 80 Days).")] = False,
     if_missing: Annotated[bool, typer.Option(
-        help="Do nothing when the index exists and was built with the current embedder and chunking settings.")] = False,
+        help="Do nothing when the index exists and matches the current embedder and chunking settings.")] = False,
 ) -> None:
     """Chunk, embed and index documents into a knowledge base.
 

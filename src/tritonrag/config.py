@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 CONFIG_ENV = "TRITONRAG_CONFIG"
 HOME_ENV = "TRITONRAG_HOME"

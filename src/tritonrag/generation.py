@@ -48,9 +48,11 @@ class SamplingParams:
             raise InvalidInput(f"repetition_penalty must be between 0.5 and 2, got {penalty}")
         seed = raw.get("seed")
         seed = None if seed is None else _as_int(seed, "seed")
-        stop = raw.get("stop", ())
+        stop = raw.get("stop") or ()
         if isinstance(stop, str):
             stop = (stop,)
+        if not isinstance(stop, (list, tuple)):
+            raise InvalidInput(f"stop must be a string or a list of strings, got {stop!r}")
         stop = tuple(stop)
         if len(stop) > settings.max_stop_strings:
             raise InvalidInput(f"at most {settings.max_stop_strings} stop strings, got {len(stop)}")

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ def write_knowledge_base(
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-building-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
     try:
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
@@ -157,7 +159,7 @@ class KnowledgeBase:
         self.index = faiss.read_index(str(self.path / INDEX_FILE))
         if self.index.d != self.manifest.dimension:
             raise ValueError(f"{self.path}: index dimension {self.index.d} != manifest {self.manifest.dimension}")
-        uri = f"file:{self.path / DOCSTORE_FILE}?mode=ro"
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve() / DOCSTORE_FILE))}?mode=ro"
         self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
 
     @property
@@ -172,6 +174,8 @@ class KnowledgeBase:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dimension:
             raise ValueError(f"queries must be [n, {self.dimension}], got {list(queries.shape)}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
         k = min(k, len(self))
         scores, ids = self.index.search(queries, k)
         return scores, ids

@@ -26,7 +26,8 @@ TEMPLATES: dict[str, TemplateSpec] = {
     for spec in (
         TemplateSpec(
             "beluga_qa",
-            "The seed design's prompt for instruction-tuned models in the StableBeluga (### System/User/Assistant) format.",
+            "The seed design's prompt for instruction-tuned models in StableBeluga's "
+            "### System / ### User / ### Assistant format.",
             ("### User:", "### System:"),
         ),
         TemplateSpec(

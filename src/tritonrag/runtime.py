@@ -164,10 +164,12 @@ class Ports:
     @classmethod
     def choose(cls, http: int, grpc: int, metrics: int) -> Ports:
         """The preferred ports where free, otherwise any free ones (logged)."""
-        chosen = []
+        chosen: list[int] = []
         for name, port in (("http", http), ("grpc", grpc), ("metrics", metrics)):
-            if port <= 0 or not port_is_free(port):
+            if port <= 0 or port in chosen or not port_is_free(port):
                 new = free_port()
+                while new in chosen:
+                    new = free_port()
                 if port > 0:
                     log.warning("%s port %d is busy; using %d", name, port, new)
                 port = new

@@ -20,7 +20,7 @@ def rag_http(server, body):
     [
         ({"text_input": ""}, "input 'text_input' is empty"),
         ({"text_input": "   "}, "input 'text_input' is empty"),
-        ({"text_input": "Utah?", "parameters": {"template": "no_such_template"}}, "unknown template 'no_such_template'"),
+        ({"text_input": "Utah?", "parameters": {"template": "nope"}}, "unknown template 'nope'"),
         ({"text_input": "Utah?", "parameters": {"top_k": 0}}, "top_k must be between 1 and 100, got 0"),
         ({"text_input": "Utah?", "parameters": {"top_k": 1000000}}, "top_k must be between 1 and 100, got 1000000"),
         ({"text_input": "Utah?", "parameters": {"max_tokens": 1000000}}, "max_tokens must be between 1 and 1024"),
@@ -39,12 +39,12 @@ def test_wrong_dtype_is_rejected_by_triton(server):
     client = grpcclient.InferenceServerClient(server.grpc_url)
     wrong = grpcclient.InferInput("text", [1, 1], "FP32")
     wrong.set_data_from_numpy(np.array([[1.0]], dtype=np.float32))
-    with pytest.raises(InferenceServerException, match="(?i)datatype|data type|TYPE_STRING|BYTES"):
+    with pytest.raises(InferenceServerException, match=r"(?i)datatype|data type|TYPE_STRING|BYTES"):
         client.infer("embedder", [wrong])
 
 
 def test_invalid_utf8_is_rejected(server):
-    results, error = grpc_stream(server.grpc_url, "rag", [bytes_input("text_input", [b"caf\xc3\x28 in Utah"])])
+    _, error = grpc_stream(server.grpc_url, "rag", [bytes_input("text_input", [b"caf\xc3\x28 in Utah"])])
     assert error is not None and "not valid UTF-8" in str(error)
     client = httpclient.InferenceServerClient(server.http_url)
     with pytest.raises(InferenceServerException, match="not valid UTF-8"):

@@ -7,7 +7,6 @@ import subprocess
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-
 from tritonrag_client import RagClient
 
 from .helpers import bytes_input, grpc_stream, outputs_of, post_json, sse_events

@@ -99,11 +99,6 @@ def test_load_document_falls_back_to_file_name():
     assert doc.text == "Plain words."
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chunking.load_document re-flows before picking the heading, so a '# Heading' line directly followed "
-    "by text (no blank line) yields the heading plus the paragraph as title",
-)
 def test_load_document_markdown_heading_followed_directly_by_text():
     doc = load_document("docs/guide.md", "# User Guide\nSome text right below the heading.")
     assert doc.title == "User Guide"

@@ -181,11 +181,6 @@ def test_nan_never_gets_through(settings):
             SamplingParams.from_request({key: math.nan}, settings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generation.SamplingParams.from_request does tuple(stop) unchecked: a non-list stop (e.g. JSON 5) "
-    "raises TypeError instead of InvalidInput",
-)
 def test_non_list_stop_is_invalid_input(settings):
     with pytest.raises(InvalidInput, match="stop"):
         SamplingParams.from_request({"stop": 5}, settings)

@@ -160,11 +160,6 @@ def test_reader_of_old_version_keeps_working_after_rewrite(tmp_path):
         old.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="knowledge_base.KnowledgeBase.search passes k=0 straight to FAISS, which fails with a bare AssertionError "
-    "instead of a ValueError (or an empty result)",
-)
 def test_search_with_k_zero(kb):
     try:
         scores, ids = kb.search(unit_vectors(1), 0)
@@ -173,12 +168,6 @@ def test_search_with_k_zero(kb):
     assert ids.shape == scores.shape == (1, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="knowledge_base.KnowledgeBase builds the SQLite URI 'file:{path}?mode=ro' without quoting, so a "
-    "folder name with '#', '?' or '%' opens the wrong file (OperationalError; with '#' it even creates a stray "
-    "empty database next to the folder)",
-)
 @pytest.mark.parametrize("name", ["kb#1", "kb?x", "kb%20"])
 def test_paths_with_uri_characters(tmp_path, name):
     build(tmp_path / name)

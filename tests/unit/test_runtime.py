@@ -64,11 +64,6 @@ def test_find_runtime_without_any_install(monkeypatch, tmp_path):
     assert str(local_runtime_dir(home)) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime.Ports.choose checks each preferred port on its own, so the same free port asked for twice "
-    "(e.g. grpc_port == metrics_port in the settings) is handed out twice and tritonserver fails to bind",
-)
 def test_choose_never_hands_out_the_same_port_twice():
     port = three_free_ports()[0]
     ports = Ports.choose(port, port, port)

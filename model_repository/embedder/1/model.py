@@ -49,7 +49,7 @@ class TritonPythonModel:
             instructions += rows_instructions
         try:
             vectors = self.embedder.encode_mixed(texts, instructions)
-        except Exception as exc:  # noqa: BLE001 - one failed forward pass fails this batch, not the server
+        except Exception as exc:
             return [error_response(exc) for _ in requests]
         pieces = iter(split_rows(vectors, [p for p in parsed if isinstance(p, int)]))
         return [

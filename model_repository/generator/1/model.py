@@ -74,7 +74,7 @@ class TritonPythonModel:
 
         try:
             completion = self.engine.generate(prompt, params, on_text)
-        except Exception as exc:  # noqa: BLE001 - report to this caller, keep serving others
+        except Exception as exc:
             sender.send(error_response(exc), flags=FINAL)
             return
         if completion.finish_reason == "cancelled":

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.config import load_settings
@@ -33,10 +32,8 @@ class TritonPythonModel:
             )
         name = read_string(request, "template", required=False) or self.settings.default_template
         prompt = self.builder.build(name, query, documents)
-        stop = list(self.builder.spec(name).stop)
-        return pb_utils.InferenceResponse(
-            [string_tensor("prompt", [prompt]), pb_utils.Tensor("stop", np.array([s.encode() for s in stop], np.object_))]
-        )
+        stop = self.builder.spec(name).stop
+        return pb_utils.InferenceResponse([string_tensor("prompt", [prompt]), string_tensor("stop", stop)])
 
     def execute(self, requests):
         responses = []

@@ -67,7 +67,10 @@ class TritonPythonModel:
             )
             ids, scores, texts, metadata = await self._infer(
                 "retriever",
-                [pb_utils.Tensor("embedding", embedding), pb_utils.Tensor("top_k", np.array([[params.top_k]], np.int32))],
+                [
+                    pb_utils.Tensor("embedding", embedding),
+                    pb_utils.Tensor("top_k", np.array([[params.top_k]], np.int32)),
+                ],
                 ["chunk_ids", "scores", "texts", "metadata"],
             )
             prompt, stop = await self._infer(
@@ -82,7 +85,7 @@ class TritonPythonModel:
             )
             sources = sources_json(ids[0], scores[0], [json.loads(m) for m in metadata.reshape(-1)])
             await self._generate(request, sender, prompt, stop, params, sources, stream)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error response
+        except Exception as exc:
             sender.send(_error(exc), flags=FINAL)
 
     async def _generate(self, request, sender, prompt, stop, params, sources, stream):
@@ -99,7 +102,8 @@ class TritonPythonModel:
         )
         loop = asyncio.get_running_loop()
         if stream:  # sources first, so a client can show them while the answer streams
-            sender.send(pb_utils.InferenceResponse([string_tensor("text_output", [""]), string_tensor("sources", [sources])]))
+            first = [string_tensor("text_output", [""]), string_tensor("sources", [sources])]
+            sender.send(pb_utils.InferenceResponse(first))
         responses = await generate.async_exec(decoupled=True)
         pieces, finish_reason = [], "stop"
         while True:

@@ -61,15 +61,16 @@ class TritonPythonModel:
         return responses
 
     def _pack(self, ids, scores):
-        hits = [self.kb.fetch(i, s) for i, s in zip(ids, scores)]
-        k = min(len(h) for h in hits)
-        shape = (len(hits), k)
+        rows = [self.kb.fetch(i, s) for i, s in zip(ids, scores)]
+        k = min(len(row) for row in rows)  # FAISS pads with -1 only when the index holds fewer than k chunks
+        hits = [hit for row in rows for hit in row[:k]]
+        shape = (len(rows), k)
         return pb_utils.InferenceResponse(
             [
-                pb_utils.Tensor("chunk_ids", np.array([[h.chunk_id for h in row[:k]] for row in hits], np.int64).reshape(shape)),
-                pb_utils.Tensor("scores", np.array([[h.score for h in row[:k]] for row in hits], np.float32).reshape(shape)),
-                string_tensor("texts", [h.text for row in hits for h in row[:k]], shape),
-                string_tensor("metadata", [json.dumps(h.metadata()) for row in hits for h in row[:k]], shape),
+                pb_utils.Tensor("chunk_ids", np.array([h.chunk_id for h in hits], np.int64).reshape(shape)),
+                pb_utils.Tensor("scores", np.array([h.score for h in hits], np.float32).reshape(shape)),
+                string_tensor("texts", [h.text for h in hits], shape),
+                string_tensor("metadata", [json.dumps(h.metadata()) for h in hits], shape),
             ]
         )
 
