@@ -17,7 +17,9 @@ def print_sources(sources: list[dict]) -> None:
     console.print("\n[bold]Sources[/bold]")
     for i, src in enumerate(sources, 1):
         where = " - ".join(x for x in (src.get("title"), src.get("section")) if x)
-        console.print(f"  [{i}] chunk {src['chunk_id']}  score {src['score']:.3f}  {where}")
+        console.print(f"  [{i}] chunk {src['chunk_id']}  score {src['score']:.3f}  {where}", markup=False)
+        if src.get("snippet"):
+            console.print(f"      {src['snippet']}", style="dim", markup=False, highlight=False)
 
 
 def ask(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -118,6 +119,10 @@ def render(
         raise typer.Exit(1)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _start_server(model_repository: Path | None, http_port: int | None, grpc_port: int | None,
                   metrics_port: int | None):
     from .runtime import Ports, TritonServer
@@ -126,6 +131,7 @@ def _start_server(model_repository: Path | None, http_port: int | None, grpc_por
     ports = Ports.choose(http_port or settings.server.http_port, grpc_port or settings.server.grpc_port,
                          metrics_port or settings.server.metrics_port)
     server = TritonServer(_repository(model_repository), settings.home, ports)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops Triton as cleanly as Ctrl-C
     with console.status(f"starting Triton (models loading; log: {server.log_file})..."):
         started = time.monotonic()
         server.start(settings.server.startup_timeout_s)

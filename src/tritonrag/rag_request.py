@@ -85,11 +85,20 @@ def parse_parameters(raw: str | None) -> dict[str, Any]:
     return params
 
 
-def sources_json(chunk_ids: Sequence[int], scores: Sequence[float], metadata: Sequence[Mapping[str, Any]]) -> str:
-    """The `sources` output: one object per retrieved chunk, best first."""
-    return json.dumps(
-        [
-            {"chunk_id": int(cid), "score": round(float(score), 4), **dict(meta)}
-            for cid, score, meta in zip(chunk_ids, scores, metadata)
-        ]
-    )
+SNIPPET_CHARS = 160
+
+
+def sources_json(
+    chunk_ids: Sequence[int],
+    scores: Sequence[float],
+    metadata: Sequence[Mapping[str, Any]],
+    texts: Sequence[str] | None = None,
+) -> str:
+    """The `sources` output: one object per retrieved chunk, best first, with a snippet when texts are given."""
+    sources = [
+        {"chunk_id": int(cid), "score": round(float(score), 4), **dict(meta)}
+        for cid, score, meta in zip(chunk_ids, scores, metadata)
+    ]
+    for source, text in zip(sources, texts or ()):
+        source["snippet"] = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " ..."
+    return json.dumps(sources)

@@ -177,6 +177,18 @@ class Ports:
         return cls(*chosen)
 
 
+def _detach_and_die_with_parent() -> None:
+    """In the child: own process group (Ctrl-C goes to the launcher, which stops Triton in order), and
+    SIGTERM to Triton if the launcher dies without stopping it, so no server outlives its launcher."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class TritonServer:
     """A tritonserver process on a model repository: start, wait until ready, stop cleanly."""
 
@@ -234,7 +246,7 @@ class TritonServer:
         with open(self.log_file, "wb") as out:
             self.process = subprocess.Popen(
                 self.command(), stdout=out, stderr=subprocess.STDOUT, env=server_env(runtime, self.extra_env),
-                start_new_session=True,
+                preexec_fn=_detach_and_die_with_parent,
             )
         self.wait_ready(timeout_s)
         return self

@@ -126,3 +126,11 @@ def test_sources_json_one_object_per_chunk_in_order():
 
 def test_sources_json_empty():
     assert json.loads(sources_json([], [], [])) == []
+
+
+def test_sources_json_snippets_are_short_and_cut_at_a_word():
+    long_text = "word " * 100
+    sources = json.loads(sources_json([1, 2], [0.5, 0.4], [{}, {}], ["short passage", long_text]))
+    assert sources[0]["snippet"] == "short passage"
+    assert sources[1]["snippet"].endswith(" ...") and len(sources[1]["snippet"]) <= 165
+    assert "wor ..." not in sources[1]["snippet"]

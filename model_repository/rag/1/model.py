@@ -83,7 +83,10 @@ class TritonPythonModel:
                 ],
                 ["prompt", "stop"],
             )
-            sources = sources_json(ids[0], scores[0], [json.loads(m) for m in metadata.reshape(-1)])
+            sources = sources_json(
+                ids[0], scores[0], [json.loads(m) for m in metadata.reshape(-1)],
+                [t.decode("utf-8") for t in texts.reshape(-1)],
+            )
             await self._generate(request, sender, prompt, stop, params, sources, stream)
         except Exception as exc:
             sender.send(_error(exc), flags=FINAL)
