@@ -124,13 +124,13 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def _start_server(model_repository: Path | None, http_port: int | None, grpc_port: int | None,
-                  metrics_port: int | None):
+                  metrics_port: int | None, host: str = "127.0.0.1"):
     from .runtime import Ports, TritonServer
 
     settings = load_settings()
     ports = Ports.choose(http_port or settings.server.http_port, grpc_port or settings.server.grpc_port,
                          metrics_port or settings.server.metrics_port)
-    server = TritonServer(_repository(model_repository), settings.home, ports)
+    server = TritonServer(_repository(model_repository), settings.home, ports, address=host)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops Triton as cleanly as Ctrl-C
     with console.status(f"starting Triton (models loading; log: {server.log_file})..."):
         started = time.monotonic()
@@ -146,12 +146,13 @@ def serve(
     http_port: Annotated[int | None, typer.Option()] = None,
     grpc_port: Annotated[int | None, typer.Option()] = None,
     metrics_port: Annotated[int | None, typer.Option()] = None,
+    host: Annotated[str, typer.Option(help="Address for HTTP and gRPC; 0.0.0.0 to serve other hosts.")] = "127.0.0.1",
 ) -> None:
     """Run Triton on the model repository until Ctrl-C.
 
     Example: tritonrag serve --http-port 8000, then: tritonrag ask "Who is Passepartout?"
     """
-    server = _start_server(model_repository, http_port, grpc_port, metrics_port)
+    server = _start_server(model_repository, http_port, grpc_port, metrics_port, host)
     try:
         while server.process is not None and server.process.poll() is None:
             time.sleep(1)

@@ -100,5 +100,6 @@ def sources_json(
         for cid, score, meta in zip(chunk_ids, scores, metadata)
     ]
     for source, text in zip(sources, texts or ()):
+        text = " ".join(text.split())
         source["snippet"] = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " ..."
     return json.dumps(sources)

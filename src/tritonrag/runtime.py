@@ -200,6 +200,7 @@ class TritonServer:
         log_file: Path | None = None,
         env: dict[str, str] | None = None,
         extra_args: tuple[str, ...] = (),
+        address: str = "127.0.0.1",
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.home = home
@@ -207,6 +208,7 @@ class TritonServer:
         self.log_file = log_file or home / "logs" / f"tritonserver-{ports.http}.log"
         self.extra_env = env or {}
         self.extra_args = extra_args
+        self.address = address
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -229,8 +231,8 @@ class TritonServer:
             f"--http-port={self.ports.http}",
             f"--grpc-port={self.ports.grpc}",
             f"--metrics-port={self.ports.metrics}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
+            f"--http-address={self.address}",
+            f"--grpc-address={self.address}",
             "--exit-on-error=true",
             "--strict-readiness=true",
             "--exit-timeout-secs=20",
