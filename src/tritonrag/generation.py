@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from typing import Any
 
 from .config import GeneratorSettings, pick_device
 from .errors import InvalidInput
+from .validation import as_float, as_int
 
 
 @dataclass(frozen=True)
@@ -31,23 +31,23 @@ class SamplingParams:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise InvalidInput(f"unknown sampling parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        max_tokens = _as_int(raw.get("max_tokens", settings.max_tokens_default), "max_tokens")
+        max_tokens = as_int(raw.get("max_tokens", settings.max_tokens_default), "max_tokens")
         if not 1 <= max_tokens <= settings.max_tokens_limit:
             raise InvalidInput(f"max_tokens must be between 1 and {settings.max_tokens_limit}, got {max_tokens}")
-        temperature = _as_float(raw.get("temperature", settings.temperature_default), "temperature")
+        temperature = as_float(raw.get("temperature", settings.temperature_default), "temperature")
         if not 0.0 <= temperature <= 2.0:
             raise InvalidInput(f"temperature must be between 0 and 2, got {temperature}")
-        top_p = _as_float(raw.get("top_p", settings.top_p_default), "top_p")
+        top_p = as_float(raw.get("top_p", settings.top_p_default), "top_p")
         if not 0.0 < top_p <= 1.0:
             raise InvalidInput(f"top_p must be in (0, 1], got {top_p}")
-        top_k = _as_int(raw.get("top_k", 0), "top_k")
+        top_k = as_int(raw.get("top_k", 0), "top_k")
         if top_k < 0:
             raise InvalidInput(f"top_k must be >= 0 (0 disables it), got {top_k}")
-        penalty = _as_float(raw.get("repetition_penalty", settings.repetition_penalty_default), "repetition_penalty")
+        penalty = as_float(raw.get("repetition_penalty", settings.repetition_penalty_default), "repetition_penalty")
         if not 0.5 <= penalty <= 2.0:
             raise InvalidInput(f"repetition_penalty must be between 0.5 and 2, got {penalty}")
         seed = raw.get("seed")
-        seed = None if seed is None else _as_int(seed, "seed")
+        seed = None if seed is None else as_int(seed, "seed")
         stop = raw.get("stop") or ()
         if isinstance(stop, str):
             stop = (stop,)
@@ -60,30 +60,6 @@ class SamplingParams:
             if not isinstance(s, str) or not s or len(s) > settings.max_stop_chars:
                 raise InvalidInput(f"each stop string must be 1 to {settings.max_stop_chars} characters, got {s!r}")
         return cls(max_tokens, temperature, top_p, top_k, stop, seed, penalty)
-
-
-def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidInput(f"{name} must be an integer, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer, got {value!r}") from None
-    if not number.is_integer():
-        raise InvalidInput(f"{name} must be an integer, got {value!r}")
-    return int(number)
-
-
-def _as_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidInput(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise InvalidInput(f"{name} must be finite, got {value!r}")
-    return number
 
 
 class StopMatcher:

@@ -9,8 +9,8 @@ from typing import Any
 
 from .config import RagSettings, RetrieverSettings
 from .errors import InvalidInput
-from .generation import _as_float, _as_int
 from .prompts import TEMPLATES
+from .validation import as_float, as_int
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class RagParams:
         template = raw.get("template", rag.template)
         if not isinstance(template, str) or template not in TEMPLATES:
             raise InvalidInput(f"unknown template {template!r}; available templates: {', '.join(sorted(TEMPLATES))}")
-        max_tokens = _as_int(raw.get("max_tokens", rag.max_tokens), "max_tokens")
-        temperature = _as_float(raw.get("temperature", rag.temperature), "temperature")
+        max_tokens = as_int(raw.get("max_tokens", rag.max_tokens), "max_tokens")
+        temperature = as_float(raw.get("temperature", rag.temperature), "temperature")
         stream = raw.get("stream", rag.stream_default)
         if not isinstance(stream, bool):
             raise InvalidInput(f"stream must be true or false, got {stream!r}")
@@ -50,8 +50,8 @@ class RagParams:
             max_tokens=max_tokens,
             temperature=temperature,
             stream=stream,
-            top_p=None if top_p is None else _as_float(top_p, "top_p"),
-            seed=None if seed is None else _as_int(seed, "seed"),
+            top_p=None if top_p is None else as_float(top_p, "top_p"),
+            seed=None if seed is None else as_int(seed, "seed"),
         )
 
     def sampling(self) -> dict[str, Any]:
@@ -66,23 +66,10 @@ class RagParams:
 
 def check_top_k(value: Any, retriever: RetrieverSettings) -> int:
     """Validate a requested number of passages against the retriever's limit."""
-    top_k = _as_int(value, "top_k")
+    top_k = as_int(value, "top_k")
     if not 1 <= top_k <= retriever.top_k_max:
         raise InvalidInput(f"top_k must be between 1 and {retriever.top_k_max}, got {top_k}")
     return top_k
-
-
-def parse_parameters(raw: str | None) -> dict[str, Any]:
-    """Decode Triton's request parameters JSON (a missing or empty value means none)."""
-    if not raw:
-        return {}
-    try:
-        params = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"request parameters are not valid JSON: {exc}") from None
-    if not isinstance(params, dict):
-        raise InvalidInput("request parameters must be a JSON object")
-    return params
 
 
 SNIPPET_CHARS = 160

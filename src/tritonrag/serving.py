@@ -6,7 +6,6 @@ core is framework-free and unit tested without Triton.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInput
+from .validation import parse_json_object
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -75,16 +75,7 @@ def read_scalar(request: Any, name: str) -> Any | None:
 
 def request_parameters(request: Any) -> dict[str, Any]:
     """The request's parameters (HTTP generate `parameters` / gRPC parameters) as a dict."""
-    raw = request.parameters()
-    if not raw:
-        return {}
-    try:
-        params = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"request parameters are not valid JSON: {exc}") from None
-    if not isinstance(params, dict):
-        raise InvalidInput("request parameters must be a JSON object")
-    return params
+    return parse_json_object(request.parameters(), "request parameters")
 
 
 def string_tensor(name: str, values: Sequence[str], shape: tuple[int, ...] | None = None) -> Any:

@@ -5,7 +5,8 @@ import pytest
 from tritonrag.config import load_settings
 from tritonrag.errors import InvalidInput
 from tritonrag.prompts import TEMPLATES
-from tritonrag.rag_request import RagParams, check_top_k, parse_parameters, sources_json
+from tritonrag.rag_request import RagParams, check_top_k, sources_json
+from tritonrag.validation import parse_json_object
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +93,17 @@ def test_bad_sampling_values_rejected(settings, raw, name):
 
 @pytest.mark.parametrize("raw", [None, ""])
 def test_parse_parameters_missing_is_empty(raw):
-    assert parse_parameters(raw) == {}
+    assert parse_json_object(raw, "request parameters") == {}
 
 
 def test_parse_parameters_object():
-    assert parse_parameters('{"top_k": 3, "stream": true}') == {"top_k": 3, "stream": True}
+    assert parse_json_object('{"top_k": 3, "stream": true}', "request parameters") == {"top_k": 3, "stream": True}
 
 
 @pytest.mark.parametrize("raw", ["{not json", "[1, 2]", '"text"', "3", "null"])
 def test_parse_parameters_rejects_non_objects(raw):
     with pytest.raises(InvalidInput, match="parameters"):
-        parse_parameters(raw)
+        parse_json_object(raw, "request parameters")
 
 
 # --- sources_json ------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ Inputs follow vllm_backend's names (text_input, stream, sampling_parameters as J
 serve this model name. Sampling parameters may also come as request parameters.
 """
 
-import json
 
 import triton_python_backend_utils as pb_utils
 
@@ -12,6 +11,7 @@ from tritonrag.config import load_settings
 from tritonrag.errors import InvalidInput
 from tritonrag.generation import SamplingParams, TransformersEngine
 from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
+from tritonrag.validation import parse_json_object
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -39,15 +39,8 @@ class TritonPythonModel:
             raise InvalidInput("input 'text_input' is empty: send a prompt")
         raw = request_parameters(request)
         stream_param = raw.pop("stream", False)
-        sampling_json = read_string(request, "sampling_parameters", required=False)
-        if sampling_json:
-            try:
-                extra = json.loads(sampling_json)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"input 'sampling_parameters' is not valid JSON: {exc}") from None
-            if not isinstance(extra, dict):
-                raise InvalidInput("input 'sampling_parameters' must be a JSON object")
-            raw.update(extra)
+        sampling = read_string(request, "sampling_parameters", required=False)
+        raw.update(parse_json_object(sampling, "input 'sampling_parameters'"))
         stop = pb_utils.get_input_tensor_by_name(request, "stop")
         if stop is not None:
             raw["stop"] = [s.decode("utf-8", "replace") for s in stop.as_numpy().reshape(-1)]
