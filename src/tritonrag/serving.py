@@ -6,6 +6,7 @@ core is framework-free and unit tested without Triton.
 
 from __future__ import annotations
 
+import locale
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,22 @@ try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # only importable inside the Python backend stub
     pb_utils = None
+
+
+def ensure_utf8_locale() -> None:
+    """The stub's embedded Python starts in the C locale, so open() would read files as ASCII (torch's
+    inductor templates and others then fail); switch LC_CTYPE to a UTF-8 locale."""
+    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        return
+    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+            return
+        except locale.Error:
+            continue
+
+
+ensure_utf8_locale()
 
 
 def require_backend() -> Any:

@@ -1,19 +1,23 @@
 """Triton adapter for the generator (decoupled): prompt + sampling parameters in, text streamed out.
 
-Inputs follow vllm_backend's names (text_input, stream, sampling_parameters as JSON) so either backend can
-serve this model name. Sampling parameters may also come as request parameters.
+The engine (vLLM by default, transformers as fallback; [generator] engine) runs on its own thread; execute
+only validates and submits, so many requests are in flight at once. Inputs follow vllm_backend's names
+(text_input, stream, sampling_parameters as JSON); sampling parameters may also come as request parameters.
 """
 
+import time
 
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.config import load_settings
+from tritonrag.engines import create_engine
 from tritonrag.errors import InvalidInput
-from tritonrag.generation import SamplingParams, TransformersEngine
+from tritonrag.generation import SamplingParams
 from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
 from tritonrag.validation import parse_json_object
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 
 def _text_response(text, finish_reason=None):
@@ -23,15 +27,77 @@ def _text_response(text, finish_reason=None):
     return pb_utils.InferenceResponse(outputs)
 
 
+class Metrics:
+    """Custom metrics on Triton's :8002/metrics endpoint (families must outlive their metrics)."""
+
+    def __init__(self, labels):
+        family = pb_utils.MetricFamily
+        self.families = {
+            "ttft": family("tritonrag_generator_time_to_first_token_seconds", "Time to first token",
+                           family.HISTOGRAM),
+            "tpot": family("tritonrag_generator_time_per_output_token_seconds",
+                           "Time per output token after the first", family.HISTOGRAM),
+            "tokens": family("tritonrag_generator_output_tokens_total", "Tokens generated", family.COUNTER),
+            "in_flight": family("tritonrag_generator_requests_in_flight", "Requests being generated", family.GAUGE),
+            "finished": family("tritonrag_generator_requests_total", "Finished requests by finish reason",
+                               family.COUNTER),
+        }
+        self.ttft = self.families["ttft"].Metric(labels, buckets=LATENCY_BUCKETS)
+        self.tpot = self.families["tpot"].Metric(labels, buckets=LATENCY_BUCKETS)
+        self.tokens = self.families["tokens"].Metric(labels)
+        self.in_flight = self.families["in_flight"].Metric(labels)
+        self.finished = {
+            reason: self.families["finished"].Metric({**labels, "finish_reason": reason})
+            for reason in ("stop", "length", "cancelled", "error")
+        }
+
+
+class _RequestStream:
+    """Sends one request's output as the engine produces it (the engine's GenerationSink)."""
+
+    def __init__(self, model, sender, stream):
+        self.model, self.sender, self.stream = model, sender, stream
+        self.started = time.perf_counter()
+        self.first_at = None
+        self.pieces = []
+
+    def on_text(self, text, tokens):
+        if self.sender.is_cancelled():
+            return False
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+            self.model.metrics.ttft.observe(now - self.started)
+        self.model.metrics.tokens.increment(tokens)
+        if self.stream:
+            if text:
+                self.sender.send(_text_response(text))
+        else:
+            self.pieces.append(text)
+        return True
+
+    def on_finish(self, completion):
+        self.model.request_done(completion.finish_reason)
+        if completion.completion_tokens > 1 and self.first_at is not None:
+            per_token = (time.perf_counter() - self.first_at) / (completion.completion_tokens - 1)
+            self.model.metrics.tpot.observe(per_token)
+        if completion.finish_reason == "cancelled":
+            self.sender.send(flags=FINAL)
+            return
+        text = "" if self.stream else "".join(self.pieces)
+        self.sender.send(_text_response(text, completion.finish_reason), flags=FINAL)
+
+    def on_error(self, error):
+        self.model.request_done("error")
+        self.sender.send(error_response(error), flags=FINAL)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         self.settings = load_settings().generator
-        if self.settings.engine != "transformers":
-            raise ValueError(
-                f"generator engine {self.settings.engine!r} is not available in this build; "
-                "set [generator] engine = \"transformers\" in your TRITONRAG_CONFIG"
-            )
-        self.engine = TransformersEngine(self.settings)
+        self.engine = create_engine(self.settings)
+        self.metrics = Metrics({"model": args["model_name"], "version": args["model_version"],
+                                "engine": self.engine.name})
 
     def _parse(self, request):
         prompt = read_string(request, "text_input")
@@ -47,35 +113,21 @@ class TritonPythonModel:
         stream = read_scalar(request, "stream")
         return prompt, SamplingParams.from_request(raw, self.settings), bool(stream_param if stream is None else stream)
 
-    def _serve(self, request):
-        sender = request.get_response_sender()
-        try:
-            prompt, params, stream = self._parse(request)
-        except InvalidInput as exc:
-            sender.send(error_response(exc), flags=FINAL)
-            return
-        pieces = []
-
-        def on_text(text):
-            if sender.is_cancelled():
-                return False
-            if stream:
-                sender.send(_text_response(text))
-            else:
-                pieces.append(text)
-            return True
-
-        try:
-            completion = self.engine.generate(prompt, params, on_text)
-        except Exception as exc:
-            sender.send(error_response(exc), flags=FINAL)
-            return
-        if completion.finish_reason == "cancelled":
-            sender.send(flags=FINAL)
-            return
-        sender.send(_text_response("" if stream else "".join(pieces), completion.finish_reason), flags=FINAL)
+    def request_done(self, reason):
+        self.metrics.finished[reason].increment(1)
+        self.metrics.in_flight.set(self.engine.in_flight - 1)
 
     def execute(self, requests):
         for request in requests:
-            self._serve(request)
+            sender = request.get_response_sender()
+            try:
+                prompt, params, stream = self._parse(request)
+            except InvalidInput as exc:
+                sender.send(error_response(exc), flags=FINAL)
+                continue
+            self.engine.submit(prompt, params, _RequestStream(self, sender, stream))
+            self.metrics.in_flight.set(self.engine.in_flight)
         return None
+
+    def finalize(self):
+        self.engine.shutdown()
