@@ -73,6 +73,7 @@ class ThreadedTransformersEngine:
         self._pending = 0
         self._lock = threading.Lock()
         self._ids = itertools.count()
+        self._stopping = False
         self._worker = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
         self._worker.start()
 
@@ -90,20 +91,24 @@ class ThreadedTransformersEngine:
         while (item := self._queue.get()) is not None:
             prompt, params, sink = item
             try:
-                sink.on_finish(self.engine.generate(prompt, params, functools.partial(_one_token, sink)))
+                if self._stopping:
+                    sink.on_finish(Completion("cancelled", 0, 0))
+                    continue
+                sink.on_finish(self.engine.generate(prompt, params, functools.partial(self._forward, sink)))
             except Exception as exc:
                 sink.on_error(exc)
             finally:
                 with self._lock:
                     self._pending -= 1
 
+    def _forward(self, sink: GenerationSink, text: str) -> bool:
+        return not self._stopping and sink.on_text(text, 1)
+
     def shutdown(self) -> None:
+        """Cancel the running and queued requests, then stop the worker."""
+        self._stopping = True
         self._queue.put(None)
         self._worker.join(timeout=30)
-
-
-def _one_token(sink: GenerationSink, text: str) -> bool:
-    return sink.on_text(text, 1)
 
 
 class VllmEngine:

@@ -55,14 +55,15 @@ class Metrics:
 class _RequestStream:
     """Sends one request's output as the engine produces it (the engine's GenerationSink)."""
 
-    def __init__(self, model, sender, stream):
-        self.model, self.sender, self.stream = model, sender, stream
+    def __init__(self, model, sender, stream, cancel_key=None):
+        self.model, self.sender, self.stream, self.cancel_key = model, sender, stream, cancel_key
         self.started = time.perf_counter()
         self.first_at = None
         self.pieces = []
+        self.cancelled = False
 
     def on_text(self, text, tokens):
-        if self.sender.is_cancelled():
+        if self.cancelled or self.sender.is_cancelled():
             return False
         now = time.perf_counter()
         if self.first_at is None:
@@ -77,7 +78,7 @@ class _RequestStream:
         return True
 
     def on_finish(self, completion):
-        self.model.request_done(completion.finish_reason)
+        self.model.request_done(completion.finish_reason, self)
         if completion.completion_tokens > 1 and self.first_at is not None:
             per_token = (time.perf_counter() - self.first_at) / (completion.completion_tokens - 1)
             self.model.metrics.tpot.observe(per_token)
@@ -88,7 +89,7 @@ class _RequestStream:
         self.sender.send(_text_response(text, completion.finish_reason), flags=FINAL)
 
     def on_error(self, error):
-        self.model.request_done("error")
+        self.model.request_done("error", self)
         self.sender.send(error_response(error), flags=FINAL)
 
 
@@ -98,12 +99,14 @@ class TritonPythonModel:
         self.engine = create_engine(self.settings)
         self.metrics = Metrics({"model": args["model_name"], "version": args["model_version"],
                                 "engine": self.engine.name})
+        self.by_cancel_key = {}  # streams a BLS caller may cancel by key (see rag's _cancel_generation)
 
     def _parse(self, request):
         prompt = read_string(request, "text_input")
         if not prompt.strip():
             raise InvalidInput("input 'text_input' is empty: send a prompt")
         raw = request_parameters(request)
+        raw.pop("cancel_key", None)
         stream_param = raw.pop("stream", False)
         sampling = read_string(request, "sampling_parameters", required=False)
         raw.update(parse_json_object(sampling, "input 'sampling_parameters'"))
@@ -113,7 +116,8 @@ class TritonPythonModel:
         stream = read_scalar(request, "stream")
         return prompt, SamplingParams.from_request(raw, self.settings), bool(stream_param if stream is None else stream)
 
-    def request_done(self, reason):
+    def request_done(self, reason, stream):
+        self.by_cancel_key.pop(stream.cancel_key, None)
         self.metrics.finished[reason].increment(1)
         self.metrics.in_flight.set(self.engine.in_flight - 1)
 
@@ -121,13 +125,26 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
+                keys = request_parameters(request)
+                if "cancel" in keys:
+                    self._cancel(keys["cancel"])
+                    sender.send(flags=FINAL)
+                    continue
                 prompt, params, stream = self._parse(request)
             except InvalidInput as exc:
                 sender.send(error_response(exc), flags=FINAL)
                 continue
-            self.engine.submit(prompt, params, _RequestStream(self, sender, stream))
+            request_stream = _RequestStream(self, sender, stream, keys.get("cancel_key"))
+            if request_stream.cancel_key:
+                self.by_cancel_key[request_stream.cancel_key] = request_stream
+            self.engine.submit(prompt, params, request_stream)
             self.metrics.in_flight.set(self.engine.in_flight)
         return None
+
+    def _cancel(self, key):
+        stream = self.by_cancel_key.get(key)
+        if stream is not None:
+            stream.cancelled = True  # the engine aborts it at its next token
 
     def finalize(self):
         self.engine.shutdown()

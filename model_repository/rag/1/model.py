@@ -7,6 +7,7 @@ generator stream.
 
 import asyncio
 import json
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,6 +27,10 @@ class StageError(Exception):
     def __init__(self, stage, error):
         super().__init__(f"{stage}: {error.message()}")
         self.code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
+
+
+class RequestCancelled(Exception):
+    """The client cancelled or went away."""
 
 
 def _error(exc):
@@ -89,11 +94,19 @@ class TritonPythonModel:
             )
             await self._generate(request, sender, prompt, stop, params, sources, stream)
         except Exception as exc:
-            sender.send(_error(exc), flags=FINAL)
+            try:
+                if request.is_cancelled():
+                    sender.send(flags=FINAL)  # close the cancelled request; nobody reads an error
+                else:
+                    sender.send(_error(exc), flags=FINAL)
+            except Exception:  # the client is gone; nothing left to tell it
+                pass
 
     async def _generate(self, request, sender, prompt, stop, params, sources, stream):
+        cancel_key = uuid.uuid4().hex
         generate = pb_utils.InferenceRequest(
             model_name="generator",
+            parameters={"cancel_key": cancel_key},
             inputs=[
                 pb_utils.Tensor("text_input", prompt.reshape(1)),
                 pb_utils.Tensor("stop", stop.reshape(-1)),
@@ -108,30 +121,50 @@ class TritonPythonModel:
             first = [string_tensor("text_output", [""]), string_tensor("sources", [sources])]
             sender.send(pb_utils.InferenceResponse(first))
         responses = await generate.async_exec(decoupled=True)
-        pieces, finish_reason = [], "stop"
-        while True:
-            # The iterator's next() blocks: run it off the event loop so other requests keep flowing.
-            response = await loop.run_in_executor(self.executor, next, responses, None)
-            if response is None:
-                break
-            if request.is_cancelled():
-                responses.cancel()
-                return
-            if response.has_error():
-                raise StageError("generator", response.error())
-            reason = pb_utils.get_output_tensor_by_name(response, "finish_reason")
-            if reason is not None:
-                finish_reason = reason.as_numpy().reshape(-1)[0].decode()
-            text = pb_utils.get_output_tensor_by_name(response, "text_output")
-            text = "" if text is None else text.as_numpy().reshape(-1)[0].decode("utf-8")
-            if stream and text:
-                sender.send(pb_utils.InferenceResponse([string_tensor("text_output", [text])]))
-            elif not stream:
-                pieces.append(text)
+        pieces, finish_reason, complete = [], "stop", False
+        try:
+            while True:
+                # The iterator's next() blocks: run it off the event loop so other requests keep flowing.
+                response = await loop.run_in_executor(self.executor, next, responses, None)
+                if response is None:
+                    complete = True
+                    break
+                if request.is_cancelled():
+                    raise RequestCancelled
+                if response.has_error():
+                    raise StageError("generator", response.error())
+                reason = pb_utils.get_output_tensor_by_name(response, "finish_reason")
+                if reason is not None:
+                    finish_reason = reason.as_numpy().reshape(-1)[0].decode()
+                text = pb_utils.get_output_tensor_by_name(response, "text_output")
+                text = "" if text is None else text.as_numpy().reshape(-1)[0].decode("utf-8")
+                if stream and text:
+                    sender.send(pb_utils.InferenceResponse([string_tensor("text_output", [text])]))
+                elif not stream:
+                    pieces.append(text)
+        finally:
+            if not complete:  # cancelled by the client, or failed: stop the generator working for nobody
+                await self._cancel_generation(responses, cancel_key)
         outputs = [string_tensor("text_output", ["".join(pieces)]), string_tensor("finish_reason", [finish_reason])]
         if not stream:
             outputs.append(string_tensor("sources", [sources]))
         sender.send(pb_utils.InferenceResponse(outputs), flags=FINAL)
+
+    async def _cancel_generation(self, responses, cancel_key):
+        """Cancel a generator stream. Triton 2.51's BLS response iterator has no cancel(), so the generator
+        also accepts a cancel request naming the stream's key."""
+        if hasattr(responses, "cancel"):
+            responses.cancel()
+            return
+        cancel = pb_utils.InferenceRequest(
+            model_name="generator",
+            inputs=[pb_utils.Tensor("text_input", np.array([b""], np.object_))],
+            requested_output_names=["text_output"],
+            parameters={"cancel": cancel_key},
+            timeout=self.timeout_us,
+        )
+        for _ in await cancel.async_exec(decoupled=True):
+            pass
 
     async def execute(self, requests):
         if not self._loop_ready:

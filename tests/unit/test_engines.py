@@ -1,0 +1,72 @@
+"""The engine layer: configuration errors, and the transformers fallback's queue, streaming and cancellation."""
+
+import threading
+from dataclasses import replace
+
+import pytest
+
+from tritonrag.config import load_settings
+from tritonrag.engines import ThreadedTransformersEngine, create_engine
+from tritonrag.generation import SamplingParams
+
+
+class Sink:
+    def __init__(self, cancel_after=None):
+        self.texts, self.completion, self.error = [], None, None
+        self.cancel_after = cancel_after
+        self.done = threading.Event()
+
+    def on_text(self, text, tokens):
+        self.texts.append(text)
+        return self.cancel_after is None or len(self.texts) < self.cancel_after
+
+    def on_finish(self, completion):
+        self.completion = completion
+        self.done.set()
+
+    def on_error(self, error):
+        self.error = error
+        self.done.set()
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return replace(load_settings().generator, engine="transformers", device="cpu")
+
+
+def test_unknown_engine_is_a_clear_error(settings):
+    with pytest.raises(ValueError, match=r"engine = 'tensorrt' is unknown; choose one of vllm, transformers"):
+        create_engine(replace(settings, engine="tensorrt"))
+
+
+def test_engine_that_cannot_start_names_the_switch(settings):
+    with pytest.raises(RuntimeError, match=r'could not start .*engine = "vllm"'):
+        create_engine(replace(settings, model="/nonexistent/model"))
+
+
+@pytest.fixture(scope="module")
+def engine(settings):
+    engine = ThreadedTransformersEngine(settings)
+    yield engine
+    engine.shutdown()
+
+
+def test_transformers_engine_streams_queued_requests(engine, settings):
+    params = SamplingParams.from_request({"max_tokens": 6}, settings)
+    sinks = [Sink(), Sink()]
+    for sink in sinks:
+        engine.submit("The capital of France is", params, sink)
+    for sink in sinks:
+        assert sink.done.wait(120)
+        assert sink.error is None and sink.completion.finish_reason in ("length", "stop")
+        assert len(sink.texts) >= 2
+    assert "".join(sinks[0].texts) == "".join(sinks[1].texts)
+    assert engine.in_flight == 0
+
+
+def test_transformers_engine_cancels_when_the_sink_says_so(engine, settings):
+    sink = Sink(cancel_after=2)
+    engine.submit("Once upon a time", SamplingParams.from_request({"max_tokens": 50}, settings), sink)
+    assert sink.done.wait(120)
+    assert sink.completion.finish_reason == "cancelled"
+    assert sink.completion.completion_tokens < 10
