@@ -77,6 +77,7 @@ class GeneratorSettings:
     gpu_memory_utilization: float
     tensor_parallel_size: int
     max_num_seqs: int
+    enable_prefix_caching: bool
     enforce_eager: bool
     cpu_kvcache_gib: float
     max_prompt_tokens: int

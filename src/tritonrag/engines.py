@@ -135,6 +135,7 @@ class VllmEngine:
             gpu_memory_utilization=settings.gpu_memory_utilization,
             tensor_parallel_size=settings.tensor_parallel_size,
             max_num_seqs=settings.max_num_seqs,
+            enable_prefix_caching=settings.enable_prefix_caching,
             enforce_eager=settings.enforce_eager,
             seed=0,
         )
@@ -153,6 +154,8 @@ class VllmEngine:
         future = asyncio.run_coroutine_threadsafe(self._run(request_id, prompt, params, sink), self._loop)
         self._tasks[request_id] = future
         future.add_done_callback(lambda _: self._tasks.pop(request_id, None))
+        if future.done():  # finished before it was registered: the callback above already ran
+            self._tasks.pop(request_id, None)
         return request_id
 
     def _sampling(self, params: SamplingParams) -> Any:

@@ -279,16 +279,23 @@ class TritonServer:
         raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; see {self.log_file}:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGINT (Triton drains in-flight requests), then SIGKILL for the whole process group if needed."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGINT (Triton drains in-flight requests and unloads the models), then SIGKILL whatever is left of
+        its process group."""
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGINT)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop in %.0fs; killing it", timeout_s)
+        # Whatever is left of Triton's process group (a stub, or processes an engine such as vLLM spawned)
+        # would otherwise outlive the server.
         try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("tritonserver did not stop in %.0fs; killing it", timeout_s)
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
 
     def __enter__(self) -> TritonServer:
         return self.start()
