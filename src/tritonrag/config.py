@@ -80,6 +80,7 @@ class GeneratorSettings:
     enable_prefix_caching: bool
     enforce_eager: bool
     cpu_kvcache_gib: float
+    cpu_reserved_cores: int
     max_prompt_tokens: int
     max_tokens_default: int
     max_tokens_limit: int

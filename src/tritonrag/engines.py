@@ -119,6 +119,7 @@ class VllmEngine:
     def __init__(self, settings: GeneratorSettings) -> None:
         if settings.cpu_kvcache_gib > 0:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
