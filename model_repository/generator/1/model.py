@@ -83,14 +83,24 @@ class _RequestStream:
             per_token = (time.perf_counter() - self.first_at) / (completion.completion_tokens - 1)
             self.model.metrics.tpot.observe(per_token)
         if completion.finish_reason == "cancelled":
-            self.sender.send(flags=FINAL)
+            self._close()
             return
         text = "" if self.stream else "".join(self.pieces)
-        self.sender.send(_text_response(text, completion.finish_reason), flags=FINAL)
+        self._close(_text_response(text, completion.finish_reason))
 
     def on_error(self, error):
         self.model.request_done("error", self)
-        self.sender.send(error_response(error), flags=FINAL)
+        self._close(error_response(error))
+
+    def _close(self, response=None):
+        """Send the final response; a client that already went away cannot take it, which is fine."""
+        try:
+            if response is None:
+                self.sender.send(flags=FINAL)
+            else:
+                self.sender.send(response, flags=FINAL)
+        except Exception as exc:  # runs on the engine's thread: never let it escape there
+            pb_utils.Logger.log_verbose(f"generator: final response not delivered: {exc}")
 
 
 class TritonPythonModel:
