@@ -111,11 +111,11 @@ class TritonPythonModel:
                                 "engine": self.engine.name})
         self.by_cancel_key = {}  # streams a BLS caller may cancel by key (see rag's _cancel_generation)
 
-    def _parse(self, request):
+    def _parse(self, request, parameters):
         prompt = read_string(request, "text_input")
         if not prompt.strip():
             raise InvalidInput("input 'text_input' is empty: send a prompt")
-        raw = request_parameters(request)
+        raw = dict(parameters)
         raw.pop("cancel_key", None)
         stream_param = raw.pop("stream", False)
         sampling = read_string(request, "sampling_parameters", required=False)
@@ -140,7 +140,7 @@ class TritonPythonModel:
                     self._cancel(keys["cancel"])
                     sender.send(flags=FINAL)
                     continue
-                prompt, params, stream = self._parse(request)
+                prompt, params, stream = self._parse(request, keys)
             except InvalidInput as exc:
                 sender.send(error_response(exc), flags=FINAL)
                 continue
