@@ -32,6 +32,10 @@ def ask(
     template: Annotated[str | None, typer.Option(help="Prompt template name.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    source: Annotated[list[str] | None, typer.Option(
+        help="Only retrieve from this document (repeat for several), e.g. around_the_world.txt.")] = None,
+    where: Annotated[list[str] | None, typer.Option(
+        help="Only retrieve from documents whose metadata FIELD=VALUE (repeat for several fields).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer and sources as JSON.")] = False,
 ) -> None:
     """Ask the RAG service a question and print the answer with its sources.
@@ -39,12 +43,16 @@ def ask(
     Examples:\n
       tritonrag ask "Describe the body of water in Utah"\n
       tritonrag ask --grpc --top-k 6 "Did Phileas Fogg really rob the bank?"\n
-      tritonrag ask --no-stream --json --url 10.0.0.5:8000 "Who is Passepartout?"
+      tritonrag ask --no-stream --json --url 10.0.0.5:8000 "Who is Passepartout?"\n
+      tritonrag ask --source around_the_world.txt "Who is Aouda?"
     """
     protocol = "grpc" if grpc else protocol
     url = url or ("localhost:8001" if protocol == "grpc" else "localhost:8000")
     params = {k: v for k, v in dict(top_k=top_k, template=template, max_tokens=max_tokens,
                                      temperature=temperature).items() if v is not None}
+    flt = _filter(source, where)
+    if flt:
+        params["filter"] = flt
     client = RagClient(url, protocol)
     answer = RagAnswer()
     try:
@@ -68,6 +76,18 @@ def ask(
     if not stream:
         console.print(answer.text, markup=False, highlight=False)
     print_sources(answer.sources)
+
+
+def _filter(sources: list[str] | None, where: list[str] | None) -> dict[str, object]:
+    flt: dict[str, object] = {}
+    if sources:
+        flt["source"] = list(sources)
+    for item in where or ():
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise typer.BadParameter(f"--where takes FIELD=VALUE, got {item!r}")
+        flt[field.strip()] = value
+    return flt
 
 
 def main() -> None:

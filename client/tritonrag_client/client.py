@@ -66,7 +66,11 @@ class RagClient:
         self.timeout_s = timeout_s
 
     def stream(self, question: str, **parameters: Any) -> Iterator[RagEvent]:
-        """Yield events as the answer is generated (sources come first)."""
+        """Yield events as the answer is generated (sources come first).
+
+        ``filter`` (a dict such as ``{"source": "book.txt"}``) restricts retrieval to matching documents.
+        """
+        parameters = _wire_parameters(parameters)
         if self.protocol == "http":
             yield from self._http_stream(question, parameters)
         else:
@@ -75,6 +79,7 @@ class RagClient:
     def ask(self, question: str, **parameters: Any) -> RagAnswer:
         """The whole answer in one response (HTTP /generate or a single gRPC response)."""
         answer = RagAnswer()
+        parameters = _wire_parameters(parameters)
         if self.protocol == "http":
             body = {"text_input": question, "stream": False, "parameters": parameters}
             answer.add(_event(self._post("generate", body)))
@@ -141,6 +146,29 @@ class RagClient:
         finally:
             client.stop_stream(cancel_requests=True)
             client.close()
+
+
+def _wire_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Triton request parameters are scalars: a filter given as a dict travels as its JSON."""
+    flt = parameters.get("filter")
+    if isinstance(flt, dict):
+        parameters = {**parameters, "filter": json.dumps(flt)}
+    return parameters
+
+
+def retriever_stats(url: str = "localhost:8000", model: str = "retriever", timeout_s: float = 30.0) -> dict[str, Any]:
+    """What the running retriever serves: version, index type, vectors, memory, docstore counts (HTTP)."""
+    request = urllib.request.Request(
+        f"http://{url.removeprefix('http://')}/v2/models/{model}/generate", data=b'{"stats": true}',
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RagError(_http_error_message(exc)) from None
+    stats = body["stats"]
+    return json.loads(stats[0] if isinstance(stats, list) else stats)
 
 
 def _http_error_message(exc: urllib.error.HTTPError) -> str:

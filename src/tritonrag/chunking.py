@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 _GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.M | re.I)
 _GUTENBERG_END = re.compile(r"^\*\*\*\s*END OF (THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.M | re.I)
@@ -22,7 +23,7 @@ class Document:
     source: str
     title: str
     text: str
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,16 @@ def chunk_document(doc: Document, token_spans: TokenSpans, chunk_tokens: int, ov
     """Split ``doc`` into windows of ``chunk_tokens`` tokens that overlap by ``overlap_tokens``.
 
     Windows are cut on token boundaries of the embedder's own tokenizer, so no chunk is truncated when
-    embedded; each window is widened to whole words.
+    embedded; each window is widened to whole words. ``chunk_tokens`` 0 keeps each document whole (one
+    chunk; the embedder reads only its first max_seq_length tokens), as BEIR/MTEB evaluate short documents.
     """
-    if chunk_tokens <= 0 or not 0 <= overlap_tokens < chunk_tokens:
-        raise ValueError(f"need chunk_tokens > overlap_tokens >= 0, got {chunk_tokens} and {overlap_tokens}")
+    if chunk_tokens < 0 or not 0 <= overlap_tokens < max(chunk_tokens, 1):
+        raise ValueError(f"need chunk_tokens > overlap_tokens >= 0 (or both 0), got {chunk_tokens}, {overlap_tokens}")
     spans = list(token_spans(doc.text))
     if not spans:
         return []
+    if chunk_tokens == 0:
+        chunk_tokens = len(spans)
     sections = _section_starts(doc.text)
     stride = chunk_tokens - overlap_tokens
     chunks: list[Chunk] = []

@@ -49,6 +49,16 @@ class EmbedderSettings:
 
 
 @dataclass(frozen=True)
+class IndexSettings:
+    type: str
+    ivf_nlist: int
+    hnsw_m: int
+    hnsw_ef_construction: int
+    embed_batch_size: int
+    keep_versions: int
+
+
+@dataclass(frozen=True)
 class RetrieverSettings:
     index_dir: str
     instances: int
@@ -56,6 +66,11 @@ class RetrieverSettings:
     max_queue_delay_us: int
     top_k_default: int
     top_k_max: int
+    device: str
+    nprobe: int
+    ef_search: int
+    reload_interval_s: float
+    filter_exact_max: int
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,7 @@ class Settings:
     server: ServerSettings
     chunking: ChunkingSettings
     embedder: EmbedderSettings
+    index: IndexSettings
     retriever: RetrieverSettings
     prompt_builder: PromptBuilderSettings
     generator: GeneratorSettings
@@ -165,6 +181,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         server=_build(ServerSettings, "server", raw, home),
         chunking=_build(ChunkingSettings, "chunking", raw, home),
         embedder=_build(EmbedderSettings, "embedder", raw, home),
+        index=_build(IndexSettings, "index", raw, home),
         retriever=_build(RetrieverSettings, "retriever", raw, home),
         prompt_builder=_build(PromptBuilderSettings, "prompt_builder", raw, home),
         generator=_build(GeneratorSettings, "generator", raw, home),

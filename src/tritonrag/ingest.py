@@ -1,35 +1,355 @@
-"""Build a knowledge base from folders of .txt/.md files: clean -> chunk -> batch-embed -> index."""
+"""Build and update knowledge bases: load -> chunk -> batch-embed -> index -> publish a new version.
+
+Every operation writes a new version from the published one: chunks of unchanged documents keep their ids and
+vectors (no re-embedding), and embeddings made so far are journalled, so an interrupted build resumes.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from .chunking import Chunk, chunk_document, load_document
+import numpy as np
+
+from .chunking import Chunk, Document, chunk_document
 from .config import Settings
-from .knowledge_base import Manifest, write_knowledge_base
+from .index_types import IndexSpec, build_index
+from .kb_store import (
+    DOCSTORE_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    VECTORS_FILE,
+    DocumentRecord,
+    Manifest,
+    VersionContents,
+    build_lock,
+    current_manifest,
+    prune_versions,
+    publish,
+    published_path,
+    remove_stale_builds,
+    write_version,
+)
+from .loaders import content_hash
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".txt", ".md")
 DATA_ENV = "TRITONRAG_DATA"
+JOURNAL_FILE = ".embedding-journal.sqlite"
 
 
-def discover(paths: Iterable[Path]) -> list[Path]:
-    """Every .txt/.md file under ``paths`` (files are taken as given), sorted for reproducible ids."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_file():
-            found.append(path)
-        elif path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+class Embedder(Protocol):
+    """What ingestion needs of an embedder (in-process or the served Triton `embedder`)."""
+
+    model_name: str
+
+    def encode(self, texts: Sequence[str], instruction: str = "") -> np.ndarray: ...
+
+    def token_spans(self, text: str) -> Sequence[tuple[int, int]]: ...
+
+
+class LocalEmbedder:
+    """The embedder in this process (sentence-transformers)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from .embedding import TextEmbedder
+
+        self._embedder = TextEmbedder(settings.embedder)
+        self.model_name = settings.embedder.model
+        self.token_spans = self._embedder.token_spans
+
+    def encode(self, texts: Sequence[str], instruction: str = "") -> np.ndarray:
+        return self._embedder.encode(texts, instruction)
+
+
+@dataclass
+class BuildReport:
+    """What a build did."""
+
+    manifest: Manifest
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    embedded: int = 0
+    reused: int = 0
+    resumed: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        m = self.manifest
+        return (f"published {m.version} ({m.index_type} index): {m.documents} documents, {m.chunks} chunks; "
+                f"documents +{self.added} ~{self.updated} ={self.unchanged} -{self.deleted}; chunks embedded "
+                f"{self.embedded}, reused {self.reused}, resumed from an interrupted build {self.resumed}")
+
+
+class EmbeddingJournal:
+    """Embeddings of the build in progress, committed batch by batch so an interrupted build resumes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path)
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+
+    @staticmethod
+    def key(model: str, instruction: str, text: str) -> str:
+        return hashlib.sha256(f"{model}\0{instruction}\0{text}".encode()).hexdigest()
+
+    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            part = list(keys[start : start + 500])
+            marks = ",".join("?" * len(part))
+            for key, blob in self._db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({marks})", part):
+                found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                                 [(k, np.ascontiguousarray(v, np.float32).tobytes()) for k, v in zip(keys, vectors)])
+
+    def close(self, delete: bool = False) -> None:
+        self._db.close()
+        if delete:
+            self.path.unlink(missing_ok=True)
+
+
+def _progress(total: int, desc: str, unit: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total == 0, dynamic_ncols=True)
+
+
+def embed_chunks(texts: Sequence[str], embedder: Embedder, instruction: str, journal: EmbeddingJournal,
+                 batch_size: int, progress: bool) -> tuple[np.ndarray, int]:
+    """Vectors of ``texts``, taking those already in the journal; returns (vectors, how many were resumed)."""
+    keys = [EmbeddingJournal.key(embedder.model_name, instruction, t) for t in texts]
+    done = journal.get(keys)
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    with _progress(len(todo), "embedding", "chunk", progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start : start + batch_size]
+            vectors = embedder.encode([texts[i] for i in rows], instruction)
+            journal.put([keys[i] for i in rows], vectors)
+            done.update({keys[i]: v for i, v in zip(rows, vectors)})
+            bar.update(len(rows))
+    resumed = len(texts) - len(todo)
+    if not texts:
+        return np.zeros((0, 0), np.float32), 0
+    return np.stack([done[k] for k in keys]).astype(np.float32), resumed
+
+
+@dataclass(frozen=True)
+class _OldVersion:
+    manifest: Manifest
+    documents: dict[str, DocumentRecord]
+    chunk_ids: np.ndarray
+    chunks: list[Chunk]
+    vectors: np.ndarray
+
+
+def _load_version(path: Path, manifest: Manifest) -> _OldVersion:
+    import json
+
+    with sqlite3.connect(f"file:{path / DOCSTORE_FILE}?mode=ro", uri=True) as db:
+        documents = {
+            row[0]: DocumentRecord(row[0], row[1], row[2], json.loads(row[3]), row[4])
+            for row in db.execute("SELECT source, title, content_hash, metadata, n_chunks FROM documents")
+        }
+        rows = db.execute(
+            "SELECT id, source, title, section, position, n_tokens, text FROM chunks ORDER BY id").fetchall()
+    db.close()
+    chunk_ids = np.array([r[0] for r in rows], np.int64)
+    chunks = [Chunk(source=r[1], title=r[2], section=r[3], position=r[4], n_tokens=r[5], text=r[6]) for r in rows]
+    vectors = np.load(path / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+    return _OldVersion(manifest, documents, chunk_ids, chunks, vectors)
+
+
+def _compatible(old: Manifest, settings: Settings) -> str | None:
+    """Why the old version's vectors cannot be reused with these settings (None when they can)."""
+    c = settings.chunking
+    if old.embedder_model != settings.embedder.model:
+        return f"it was embedded with {old.embedder_model}, the settings say {settings.embedder.model}"
+    if (old.chunk_tokens, old.overlap_tokens) != (c.chunk_tokens, c.overlap_tokens):
+        return (f"it was chunked {old.chunk_tokens}/{old.overlap_tokens}, the settings say "
+                f"{c.chunk_tokens}/{c.overlap_tokens}")
+    return None
+
+
+def update_knowledge_base(
+    root: Path,
+    settings: Settings,
+    upserts: Sequence[Document] = (),
+    deletes: Sequence[str] = (),
+    *,
+    replace_all: bool = False,
+    embedder: Embedder | None = None,
+    spec: IndexSpec | None = None,
+    progress: bool = True,
+) -> BuildReport:
+    """Publish a new version of the knowledge base at ``root``.
+
+    ``upserts`` are added, or replace the stored document of the same source when their content changed;
+    ``deletes`` are sources to remove; with ``replace_all`` the new version holds exactly ``upserts``.
+    ``embedder`` is created on demand (in-process) when there is something to embed.
+    """
+    root = Path(root)
+    spec = spec or IndexSpec.from_settings(settings.index)
+    timings: dict[str, float] = {}
+    with build_lock(root):
+        remove_stale_builds(root)
+        manifest = current_manifest(root)
+        old = _load_version(published_path(root), manifest) if manifest else None
+        reason = _compatible(manifest, settings) if manifest else None
+        if old is not None and reason:
+            if not replace_all:
+                raise ValueError(f"cannot update {root} in place: {reason}; rebuild it with `tritonrag ingest`")
+            log.warning("re-embedding every document of %s: %s", root, reason)
+        old_docs = old.documents if old is not None and not reason else {}
+
+        new_docs = {doc.source: doc for doc in upserts}
+        missing = sorted(set(deletes) - set(old_docs))
+        if missing:
+            raise ValueError(f"no document(s) {', '.join(map(repr, missing[:5]))} in {root}; "
+                             "`tritonrag kb stats` shows what is stored")
+        overlap = sorted(set(deletes) & set(new_docs))
+        if overlap:
+            raise ValueError(f"document(s) {', '.join(overlap[:5])} both added and deleted")
+        if replace_all:
+            final_sources = set(new_docs)
         else:
-            raise FileNotFoundError(f"{path} does not exist")
-    if not found:
-        raise FileNotFoundError(f"no {'/'.join(SUFFIXES)} files under {', '.join(map(str, paths))}")
-    return found
+            final_sources = (set(old_docs) - set(deletes)) | set(new_docs)
+        hashes = {source: content_hash(doc) for source, doc in new_docs.items()}
+        changed = [doc for source, doc in new_docs.items()
+                   if source not in old_docs or old_docs[source].content_hash != hashes[source]]
+        changed_sources = {doc.source for doc in changed}
+        kept = final_sources - changed_sources
+        report_counts = {
+            "added": sum(s not in old_docs for s in changed_sources),
+            "updated": sum(s in old_docs for s in changed_sources),
+            "unchanged": len(set(new_docs) - changed_sources),
+            "deleted": len(set(old_docs) - final_sources),
+        }
+
+        if changed and embedder is None:
+            embedder = LocalEmbedder(settings)
+        started = time.monotonic()
+        next_id = old.manifest.next_chunk_id if old is not None else 0
+        new_chunks: list[Chunk] = []
+        records: dict[str, DocumentRecord] = {s: old_docs[s] for s in kept}
+        for doc in _iter_progress(changed, "chunking", "doc", progress):
+            pieces = chunk_document(doc, embedder.token_spans, settings.chunking.chunk_tokens,
+                                    settings.chunking.overlap_tokens)
+            if not pieces:
+                log.warning("%s has no text; skipped", doc.source)
+                continue
+            new_chunks += pieces
+            records[doc.source] = DocumentRecord(doc.source, doc.title, hashes[doc.source], doc.metadata, len(pieces))
+        timings["chunk_s"] = time.monotonic() - started
+
+        started = time.monotonic()
+        journal = EmbeddingJournal(root / JOURNAL_FILE)
+        instruction = settings.embedder.document_instruction
+        new_vectors, resumed = embed_chunks([c.text for c in new_chunks], embedder, instruction, journal,
+                                            settings.index.embed_batch_size, progress) if new_chunks else (None, 0)
+        timings["embed_s"] = time.monotonic() - started
+
+        keep_rows = np.array([i for i, c in enumerate(old.chunks) if c.source in kept], np.int64) \
+            if old is not None and not reason else np.zeros(0, np.int64)
+        parts_ids = [old.chunk_ids[keep_rows] if len(keep_rows) else np.zeros(0, np.int64),
+                     np.arange(next_id, next_id + len(new_chunks), dtype=np.int64)]
+        chunks = [old.chunks[i] for i in keep_rows] + new_chunks if old is not None else new_chunks
+        dim = _dimension(old, new_vectors)
+        vectors = np.concatenate([
+            np.asarray(old.vectors[keep_rows], np.float32) if len(keep_rows) else np.zeros((0, dim), np.float32),
+            new_vectors if new_vectors is not None else np.zeros((0, dim), np.float32),
+        ])
+        contents = VersionContents(np.concatenate(parts_ids), chunks, vectors,
+                                   sorted(records.values(), key=lambda r: r.source))
+        built_with = {"embedder_model": settings.embedder.model, "chunk_tokens": settings.chunking.chunk_tokens,
+                      "overlap_tokens": settings.chunking.overlap_tokens}
+        report = _write_and_publish(root, contents, spec, manifest, built_with, settings.index.keep_versions,
+                                    timings)
+        journal.close(delete=True)
+    report.embedded, report.resumed = len(new_chunks) - resumed, resumed
+    report.reused = len(keep_rows)
+    for name, value in report_counts.items():
+        setattr(report, name, value)
+    return report
+
+
+def _dimension(old: _OldVersion | None, new_vectors: np.ndarray | None) -> int:
+    if new_vectors is not None and new_vectors.size:
+        return int(new_vectors.shape[1])
+    if old is not None:
+        return old.manifest.dimension
+    raise ValueError("nothing to index: no documents with text were given")
+
+
+def _iter_progress(items: Sequence, desc: str, unit: str, enabled: bool):
+    with _progress(len(items), desc, unit, enabled and len(items) > 1) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
+
+
+def _write_and_publish(root: Path, contents: VersionContents, spec: IndexSpec, parent: Manifest | None,
+                       built_with: dict[str, object], keep_versions: int, timings: dict[str, float]) -> BuildReport:
+    """Build the index, write the version, flip the pointer, prune old versions."""
+    started = time.monotonic()
+    if len(contents.vectors) > 50000:
+        log.warning("building a %s index over %d vectors...", spec.type, len(contents.vectors))
+    index = build_index(contents.vectors, spec)
+    timings["index_s"] = time.monotonic() - started
+    started = time.monotonic()
+    manifest = write_version(root, contents, index, {
+        "parent": parent.version if parent else None,
+        "dimension": int(contents.vectors.shape[1]),
+        "metric": "inner_product",
+        "index": spec.describe(len(contents.vectors)),
+        "build": {k: round(v, 3) for k, v in timings.items()},
+        **built_with,
+    })
+    publish(root, manifest.version)
+    prune_versions(root, keep_versions)
+    for legacy in (INDEX_FILE, DOCSTORE_FILE, MANIFEST_FILE):  # the pre-versioning single-folder layout
+        (root / legacy).unlink(missing_ok=True)
+    timings["write_s"] = time.monotonic() - started
+    return BuildReport(manifest, seconds=dict(timings))
+
+
+def reindex(root: Path, spec: IndexSpec, keep_versions: int = 3) -> BuildReport:
+    """Publish the current contents again with another index type or parameters, from the stored vectors."""
+    root = Path(root)
+    with build_lock(root):
+        remove_stale_builds(root)
+        manifest = current_manifest(root)
+        if manifest is None:
+            published_path(root)  # raises with the "build one first" hint
+            raise FileNotFoundError(f"the published version of {root} is unreadable; rebuild it")
+        old = _load_version(published_path(root), manifest)
+        contents = VersionContents(old.chunk_ids, old.chunks, np.asarray(old.vectors, np.float32),
+                                   sorted(old.documents.values(), key=lambda r: r.source))
+        built_with = {"embedder_model": manifest.embedder_model, "chunk_tokens": manifest.chunk_tokens,
+                      "overlap_tokens": manifest.overlap_tokens}
+        report = _write_and_publish(root, contents, spec, manifest, built_with, keep_versions, {})
+    report.reused = manifest.chunks
+    report.unchanged = manifest.documents
+    return report
+
+
+def rollback(root: Path, version: str) -> None:
+    """Publish an older (still stored) version again."""
+    with build_lock(Path(root)):
+        publish(Path(root), version)
 
 
 def sample_corpus() -> Path:
@@ -45,35 +365,5 @@ def sample_corpus() -> Path:
     raise FileNotFoundError(
         "the sample corpus (shared/data/eighty_days/around_the_world.txt) was not found next to this checkout; "
         f"set {DATA_ENV} to the folder holding eighty_days/, or index your own documents with "
-        "`tritonrag ingest PATH...` (a folder of .txt/.md files)"
-    )
-
-
-def chunk_files(files: Sequence[Path], token_spans, settings: Settings) -> list[Chunk]:
-    chunks: list[Chunk] = []
-    for file in files:
-        try:
-            raw = file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            log.warning("%s is not UTF-8; decoding as latin-1", file)
-            raw = file.read_text(encoding="latin-1")
-        doc = load_document(file.name, raw)
-        chunks += chunk_document(doc, token_spans, settings.chunking.chunk_tokens, settings.chunking.overlap_tokens)
-    return chunks
-
-
-def build_index(paths: Sequence[Path], settings: Settings, index_dir: Path | None = None,
-                progress: bool = True) -> Manifest:
-    """Ingest ``paths`` into ``index_dir`` (default: the configured index) and return its manifest."""
-    from .embedding import TextEmbedder
-
-    files = discover(paths)
-    embedder = TextEmbedder(settings.embedder)
-    chunks = chunk_files(files, embedder.token_spans, settings)
-    log.info("%d files -> %d chunks; embedding on %s", len(files), len(chunks), embedder.device)
-    vectors = embedder.encode([c.text for c in chunks], settings.embedder.document_instruction, show_progress=progress)
-    return write_knowledge_base(
-        Path(index_dir or settings.index_dir), vectors, chunks,
-        embedder_model=settings.embedder.model,
-        chunk_tokens=settings.chunking.chunk_tokens, overlap_tokens=settings.chunking.overlap_tokens,
+        "`tritonrag ingest PATH...` (a folder of .txt/.md/.html/.pdf/.jsonl files)"
     )

@@ -1,55 +1,30 @@
-"""On-disk knowledge base: a FAISS index, a SQLite docstore of chunks, and a JSON manifest."""
+"""Search one version of a knowledge base: FAISS index, vectors, SQLite docstore, metadata filters, stats."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
-import time
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .chunking import Chunk
-
-INDEX_FILE = "index.faiss"
-DOCSTORE_FILE = "docstore.sqlite"
-MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE chunks (
-    id INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    title TEXT NOT NULL,
-    section TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    n_tokens INTEGER NOT NULL,
-    text TEXT NOT NULL
-);
-CREATE INDEX chunks_source ON chunks(source);
-"""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What an index was built from; the retriever refuses an index whose dimension does not match."""
-
-    format_version: int
-    embedder_model: str
-    dimension: int
-    metric: str
-    index_type: str
-    chunk_tokens: int
-    overlap_tokens: int
-    documents: int
-    chunks: int
-    created_at: str
+from .filters import Filter
+from .index_types import index_type_of, on_gpu, place_index, search_parameters
+from .kb_store import (
+    DOCSTORE_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    POINTER_FILE,
+    VECTORS_FILE,
+    Manifest,
+    current_manifest,
+    published_path,
+    read_manifest,
+)
 
 
 @dataclass(frozen=True)
@@ -63,139 +38,175 @@ class Hit:
     title: str
     section: str
     position: int
+    doc_metadata: str = "{}"
 
     def metadata(self) -> dict[str, object]:
-        return {"source": self.source, "title": self.title, "section": self.section, "position": self.position}
+        extra = json.loads(self.doc_metadata)
+        core = {"source": self.source, "title": self.title, "section": self.section, "position": self.position}
+        return {**extra, **core}
 
 
-def write_knowledge_base(
-    target: Path,
-    vectors: np.ndarray,
-    chunks: Sequence[Chunk],
-    *,
-    embedder_model: str,
-    chunk_tokens: int,
-    overlap_tokens: int,
-) -> Manifest:
-    """Write index, docstore and manifest into a temporary folder, then swap it into ``target``.
-
-    Chunk ids are the row numbers of ``vectors``. Readers never see a half-written knowledge base.
-    """
-    import faiss
-
-    if len(vectors) != len(chunks):
-        raise ValueError(f"{len(vectors)} vectors for {len(chunks)} chunks")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-building-"))
-    staging.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
-    try:
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(vectors)
-        faiss.write_index(index, str(staging / INDEX_FILE))
-        with sqlite3.connect(staging / DOCSTORE_FILE) as db:
-            db.executescript(_SCHEMA)
-            db.executemany(
-                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(i, c.source, c.title, c.section, c.position, c.n_tokens, c.text) for i, c in enumerate(chunks)],
-            )
-        db.close()
-        manifest = Manifest(
-            format_version=FORMAT_VERSION,
-            embedder_model=embedder_model,
-            dimension=int(vectors.shape[1]),
-            metric="inner_product",
-            index_type="flat",
-            chunk_tokens=chunk_tokens,
-            overlap_tokens=overlap_tokens,
-            documents=len({c.source for c in chunks}),
-            chunks=len(chunks),
-            created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        (staging / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
-        old = target.with_name(f".{target.name}-old-{os.getpid()}")
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest
+def resolve(path: Path) -> Path:
+    """A version folder as given, or the published version of a knowledge base root."""
+    path = Path(path)
+    if (path / POINTER_FILE).exists() or not (path / MANIFEST_FILE).exists():
+        return published_path(path)
+    return path
 
 
-def read_manifest(path: Path) -> Manifest:
-    """Read and check a knowledge base's manifest, with a hint when there is none."""
-    manifest_path = Path(path) / MANIFEST_FILE
-    if not manifest_path.exists():
-        raise FileNotFoundError(
-            f"no knowledge base at {path}: build one with `tritonrag ingest PATH...` (or scripts/setup.sh)"
-        )
-    raw = json.loads(manifest_path.read_text())
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{manifest_path}: format_version {raw.get('format_version')} is not {FORMAT_VERSION}")
-    return Manifest(**raw)
-
-
-def is_current(path: Path, embedder_model: str, chunk_tokens: int, overlap_tokens: int) -> bool:
-    """True when ``path`` holds a knowledge base built with these embedder and chunking settings."""
-    try:
-        manifest = read_manifest(path)
-    except (FileNotFoundError, ValueError, TypeError):
+def is_current(root: Path, embedder_model: str, chunk_tokens: int, overlap_tokens: int,
+               index_type: str | None = None) -> bool:
+    """True when ``root`` has a published version built with these embedder, chunking (and index) settings."""
+    manifest = current_manifest(root)
+    if manifest is None:
         return False
-    return (manifest.embedder_model, manifest.chunk_tokens, manifest.overlap_tokens) == (
+    same = (manifest.embedder_model, manifest.chunk_tokens, manifest.overlap_tokens) == (
         embedder_model, chunk_tokens, overlap_tokens)
+    return same and (index_type is None or manifest.index_type == index_type)
 
 
 class KnowledgeBase:
-    """A read-only, thread-safe view of a knowledge base for search."""
+    """A read-only view of one version for search; ``search`` and ``fetch`` may be called from any thread.
 
-    def __init__(self, path: Path) -> None:
+    FAISS ids are rows of the version's vectors; ``ids`` maps rows to the stable chunk ids of the docstore.
+    """
+
+    def __init__(self, path: Path, device: str = "cpu", nprobe: int = 16, ef_search: int = 128,
+                 filter_exact_max: int = 50000) -> None:
         import faiss
 
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        self.index = faiss.read_index(str(self.path / INDEX_FILE))
-        if self.index.d != self.manifest.dimension:
-            raise ValueError(f"{self.path}: index dimension {self.index.d} != manifest {self.manifest.dimension}")
+        self.path = resolve(path)
+        self.manifest: Manifest = read_manifest(self.path)
+        self.nprobe, self.ef_search, self.filter_exact_max = nprobe, ef_search, filter_exact_max
+        cpu_index = faiss.read_index(str(self.path / INDEX_FILE))
+        if cpu_index.d != self.manifest.dimension:
+            raise ValueError(f"{self.path}: index dimension {cpu_index.d} != manifest {self.manifest.dimension}")
+        self.index = place_index(cpu_index, device)
+        self.vectors = np.load(self.path / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
         uri = f"file:{urllib.parse.quote(str(self.path.resolve() / DOCSTORE_FILE))}?mode=ro"
         self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self.ids = np.array([row[0] for row in self._db.execute("SELECT id FROM chunks ORDER BY id")], np.int64)
+        if not (len(self.ids) == len(self.vectors) == self.index.ntotal):
+            raise ValueError(f"{self.path}: {len(self.ids)} chunks, {len(self.vectors)} vectors and "
+                             f"{self.index.ntotal} indexed vectors differ; rebuild it")
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
     @property
     def dimension(self) -> int:
         return self.manifest.dimension
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return len(self.ids)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batched exact inner-product search: returns (scores, ids), each [n_queries, k'] with k' <= k."""
+    def _check(self, queries: np.ndarray, k: int) -> np.ndarray:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dimension:
             raise ValueError(f"queries must be [n, {self.dimension}], got {list(queries.shape)}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        k = min(k, len(self))
-        scores, ids = self.index.search(queries, k)
-        return scores, ids
+        return queries
 
-    def fetch(self, ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
-        """Docstore rows for ``ids`` (FAISS pads missing results with -1; those are skipped)."""
-        wanted = [int(i) for i in ids if i >= 0]
+    def _to_chunk_ids(self, rows: np.ndarray) -> np.ndarray:
+        return np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], -1) if len(self.ids) else rows
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Batched search: (scores, chunk ids), each [n_queries, min(k, len)]; missing results are id -1."""
+        queries = self._check(queries, k)
+        k = min(k, len(self))
+        if k == 0:
+            empty = np.zeros((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        params = search_parameters(self.index, nprobe or self.nprobe, ef_search or self.ef_search)
+        scores, rows = self.index.search(queries, k, params=params) if params else self.index.search(queries, k)
+        return scores, self._to_chunk_ids(rows)
+
+    def filter_rows(self, flt: Filter) -> np.ndarray:
+        """Rows (FAISS ids) of the chunks that match ``flt``."""
+        where, params = flt.sql()
+        chunk_ids = np.array(
+            [r[0] for r in self._db.execute(
+                f"SELECT c.id FROM chunks c JOIN documents d ON c.source = d.source WHERE {where}", params)],
+            np.int64,
+        )
+        return np.searchsorted(self.ids, np.sort(chunk_ids))
+
+    def search_filtered(self, queries: np.ndarray, k: int, flt: Filter, nprobe: int | None = None,
+                        ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Search only chunks matching ``flt``: exactly over them when they are few, else the index with an
+        ID selector (exact again where the index cannot take one, e.g. on a GPU)."""
+        import faiss
+
+        queries = self._check(queries, k)
+        rows = self.filter_rows(flt)
+        k = min(k, len(rows))
+        if k == 0:
+            empty = np.zeros((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        if len(rows) > self.filter_exact_max and not on_gpu(self.index):
+            selector = faiss.IDSelectorBatch(rows.astype(np.int64))
+            params = search_parameters(self.index, nprobe or self.nprobe, ef_search or self.ef_search, selector)
+            scores, found = self.index.search(queries, k, params=params)
+            return scores, self._to_chunk_ids(found)
+        sims = queries @ np.asarray(self.vectors[rows]).T  # [n_queries, len(rows)]
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(rows) else np.tile(np.arange(len(rows)),
+                                                                                             (len(queries), 1))
+        top_scores = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        best = np.take_along_axis(top, order, axis=1)
+        return np.take_along_axis(top_scores, order, axis=1).astype(np.float32), self.ids[rows[best]]
+
+    def fetch(self, chunk_ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
+        """Docstore rows for ``chunk_ids``, in the given order (ids of -1 are skipped)."""
+        wanted = [int(i) for i in chunk_ids if i >= 0]
         if not wanted:
             return []
         marks = ",".join("?" * len(wanted))
         rows = self._db.execute(
-            f"SELECT id, text, source, title, section, position FROM chunks WHERE id IN ({marks})", wanted
+            "SELECT c.id, c.text, c.source, c.title, c.section, c.position, d.metadata "
+            f"FROM chunks c JOIN documents d ON c.source = d.source WHERE c.id IN ({marks})", wanted
         ).fetchall()
         by_id = {row[0]: row for row in rows}
         hits = []
-        for chunk_id, score in zip(ids, scores):
+        for chunk_id, score in zip(chunk_ids, scores):
             row = by_id.get(int(chunk_id))
             if row is not None:
-                hits.append(Hit(row[0], float(score), row[1], row[2], row[3], row[4], row[5]))
+                hits.append(Hit(row[0], float(score), *row[1:]))
         return hits
 
+    def documents(self, limit: int = 0) -> list[tuple[str, str, int]]:
+        """(source, title, chunks) of the stored documents, by source; ``limit`` 0 means all."""
+        sql = "SELECT source, title, n_chunks FROM documents ORDER BY source"
+        return self._db.execute(sql + (" LIMIT ?" if limit > 0 else ""), (limit,) if limit > 0 else ()).fetchall()
+
+    def stats(self) -> dict[str, Any]:
+        """Version, index type and size, vector count and dimension, docstore counts."""
+        m = self.manifest
+        documents = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        return {
+            "version": m.version,
+            "parent": m.parent,
+            "created_at": m.created_at,
+            "path": str(self.path),
+            "index": {**m.index, "device": "gpu" if on_gpu(self.index) else "cpu",
+                      "loaded_type": index_type_of(self.index),
+                      "bytes": (self.path / INDEX_FILE).stat().st_size},
+            "query": {"nprobe": self.nprobe, "ef_search": self.ef_search},
+            "vectors": int(self.index.ntotal),
+            "dimension": m.dimension,
+            "vectors_bytes": (self.path / VECTORS_FILE).stat().st_size,
+            "docstore": {"documents": documents, "chunks": len(self.ids),
+                         "bytes": (self.path / DOCSTORE_FILE).stat().st_size},
+            "embedder_model": m.embedder_model,
+            "chunking": {"chunk_tokens": m.chunk_tokens, "overlap_tokens": m.overlap_tokens},
+            "build": m.build,
+        }
+
     def close(self) -> None:
+        """Release the index, vectors and docstore (memory of an old version after a swap)."""
         self._db.close()
+        self.index = None
+        self.vectors = None

@@ -9,6 +9,7 @@ from typing import Any
 
 from .config import RagSettings, RetrieverSettings
 from .errors import InvalidInput
+from .filters import Filter, parse_filter
 from .prompts import TEMPLATES
 from .validation import as_float, as_int
 
@@ -24,12 +25,13 @@ class RagParams:
     stream: bool = False
     top_p: float | None = None
     seed: int | None = None
+    filter: Filter | None = None
 
     @classmethod
     def from_parameters(
         cls, raw: Mapping[str, Any], rag: RagSettings, retriever: RetrieverSettings
     ) -> RagParams:
-        known = {"top_k", "template", "max_tokens", "temperature", "top_p", "seed", "stream"}
+        known = {"top_k", "template", "max_tokens", "temperature", "top_p", "seed", "stream", "filter"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -52,6 +54,7 @@ class RagParams:
             stream=stream,
             top_p=None if top_p is None else as_float(top_p, "top_p"),
             seed=None if seed is None else as_int(seed, "seed"),
+            filter=parse_filter(raw.get("filter")),
         )
 
     def sampling(self) -> dict[str, Any]:

@@ -44,12 +44,18 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
         ),
         ModelSpec(
             "retriever",
-            inputs=(s("embedding", "TYPE_FP32", (-1,)), s("top_k", "TYPE_INT32", (1,), optional=True)),
+            inputs=(
+                s("embedding", "TYPE_FP32", (-1,), optional=True),
+                s("top_k", "TYPE_INT32", (1,), optional=True),
+                s("filter", "TYPE_STRING", (1,), optional=True),
+                s("stats", "TYPE_BOOL", (1,), optional=True),
+            ),
             outputs=(
                 s("chunk_ids", "TYPE_INT64", (-1,)),
                 s("scores", "TYPE_FP32", (-1,)),
                 s("texts", "TYPE_STRING", (-1,)),
                 s("metadata", "TYPE_STRING", (-1,)),
+                s("stats", "TYPE_STRING", (1,)),
             ),
             instances=r.instances, device="cpu",
             max_batch_size=r.max_batch_size, max_queue_delay_us=r.max_queue_delay_us,

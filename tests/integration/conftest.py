@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from tritonrag.config import load_settings
-from tritonrag.knowledge_base import MANIFEST_FILE, KnowledgeBase
+from tritonrag.kb_store import published_version
+from tritonrag.knowledge_base import KnowledgeBase
 from tritonrag.runtime import Ports, TritonServer
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -24,7 +25,7 @@ def settings():
 
 @pytest.fixture(scope="session")
 def knowledge_base(settings):
-    if not (settings.index_dir / MANIFEST_FILE).exists():
+    if published_version(settings.index_dir) is None:
         pytest.fail(f"no knowledge base at {settings.index_dir}: run scripts/setup.sh first")
     kb = KnowledgeBase(settings.index_dir)
     yield kb

@@ -144,11 +144,17 @@ def test_chunk_document_empty_text(token_spans):
     assert chunk_document(Document(source="s", title="s", text=""), token_spans, 10, 2) == []
 
 
-@pytest.mark.parametrize(("chunk_tokens", "overlap"), [(0, 0), (-5, 0), (10, 10), (10, 11), (10, -1)])
+@pytest.mark.parametrize(("chunk_tokens", "overlap"), [(0, 3), (-5, 0), (10, 10), (10, 11), (10, -1)])
 def test_chunk_document_rejects_bad_sizes(token_spans, chunk_tokens, overlap):
     doc = Document(source="s", title="s", text=words(50))
     with pytest.raises(ValueError, match="chunk_tokens"):
         chunk_document(doc, token_spans, chunk_tokens, overlap)
+
+
+def test_chunk_tokens_zero_keeps_each_document_whole(token_spans):
+    doc = Document(source="s", title="s", text=words(500))
+    (chunk,) = chunk_document(doc, token_spans, 0, 0)
+    assert chunk.text == doc.text and chunk.n_tokens == 500 and chunk.position == 0
 
 
 def test_chunk_document_widens_partial_word_spans_to_whole_words():

@@ -2,178 +2,180 @@ import json
 
 import numpy as np
 import pytest
+from fakes import DIM, FakeEmbedder, doc, small_settings
 
-from tritonrag.chunking import Chunk
-from tritonrag.knowledge_base import KnowledgeBase, read_manifest, write_knowledge_base
+from tritonrag.filters import parse_filter
+from tritonrag.ingest import update_knowledge_base
+from tritonrag.kb_store import MANIFEST_FILE, published_path
+from tritonrag.knowledge_base import KnowledgeBase, is_current
 
-DIM = 16
-N = 12
-
-
-def unit_vectors(n, dim=DIM, seed=0):
-    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def make_chunks(n, source_count=3):
-    return [
-        Chunk(source=f"doc{i % source_count}.txt", title=f"Doc {i % source_count}", position=i // source_count,
-              text=f"chunk text number {i}", n_tokens=4, section=f"CHAPTER {i}.")
-        for i in range(n)
-    ]
+DOCS = [
+    doc("book1.txt", 40, metadata={"author": "Verne", "year": 1872}),
+    doc("book2.txt", 40, metadata={"author": "Verne", "year": 1870}),
+    doc("notes.md", 16, metadata={"author": "me"}),
+]
 
 
-def build(target, vectors=None, chunks=None, **kw):
-    vectors = unit_vectors(N) if vectors is None else vectors
-    chunks = make_chunks(len(vectors)) if chunks is None else chunks
-    args = {"embedder_model": "test-model", "chunk_tokens": 10, "overlap_tokens": 2, **kw}
-    return write_knowledge_base(target, vectors, chunks, **args)
+def build(root, index_type="flat", docs=DOCS):
+    return update_knowledge_base(root, small_settings(index_type=index_type), docs, replace_all=True,
+                                 embedder=FakeEmbedder(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kb")
+    build(path)
+    return path
 
 
 @pytest.fixture
-def kb(tmp_path):
-    build(tmp_path / "kb")
-    base = KnowledgeBase(tmp_path / "kb")
+def kb(root):
+    base = KnowledgeBase(root)
     yield base
     base.close()
 
 
-def test_manifest_describes_the_index(tmp_path):
-    manifest = build(tmp_path / "kb")
-    assert manifest.dimension == DIM
-    assert manifest.chunks == N
-    assert manifest.documents == 3
-    assert manifest.embedder_model == "test-model"
-    assert (manifest.chunk_tokens, manifest.overlap_tokens) == (10, 2)
-    assert read_manifest(tmp_path / "kb") == manifest
+def chunk_texts(kb):
+    return dict(kb._db.execute("SELECT id, text FROM chunks"))
 
 
-def test_open_and_size(kb):
-    assert len(kb) == N
-    assert kb.dimension == DIM
-
-
-def test_each_vector_finds_itself_first(kb):
-    vectors = unit_vectors(N)
-    scores, ids = kb.search(vectors, 3)
-    assert scores.shape == ids.shape == (N, 3)
-    assert ids[:, 0].tolist() == list(range(N))
+def test_each_chunk_finds_itself_first(kb):
+    texts = chunk_texts(kb)
+    queries = np.stack([FakeEmbedder.vector(t) for t in texts.values()])
+    scores, ids = kb.search(queries, 3)
+    assert ids[:, 0].tolist() == list(texts)
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
-    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
 
 
-def test_fetch_returns_texts_and_metadata_in_order(kb):
-    scores, ids = kb.search(unit_vectors(N)[5:6], 4)
-    hits = kb.fetch(ids[0], scores[0])
-    assert [h.chunk_id for h in hits] == ids[0].tolist()
-    assert hits[0].chunk_id == 5
-    chunks = make_chunks(N)
-    for hit, score in zip(hits, scores[0], strict=True):
-        chunk = chunks[hit.chunk_id]
-        assert hit.text == chunk.text
-        assert hit.score == pytest.approx(float(score))
-        assert hit.metadata() == {
-            "source": chunk.source, "title": chunk.title, "section": chunk.section, "position": chunk.position
-        }
-
-
-def test_fetch_keeps_requested_order_and_skips_padding(kb):
+def test_fetch_returns_text_and_metadata_in_the_given_order(kb):
+    texts = chunk_texts(kb)
     hits = kb.fetch([9, -1, 2, 0], [0.3, 0.0, 0.2, 0.1])
     assert [h.chunk_id for h in hits] == [9, 2, 0]
-    assert [h.score for h in hits] == pytest.approx([0.3, 0.2, 0.1])
-    assert [h.text for h in hits] == ["chunk text number 9", "chunk text number 2", "chunk text number 0"]
-    assert kb.fetch([-1, -1], [0.0, 0.0]) == []
-    assert kb.fetch([], []) == []
+    assert [h.text for h in hits] == [texts[9], texts[2], texts[0]]
+    assert hits[-1].metadata() == {"author": "Verne", "year": 1872, "source": "book1.txt", "title": "Title book1.txt",
+                                   "section": "", "position": 0}
+    assert kb.fetch([-1], [0.0]) == [] and kb.fetch([], []) == []
 
 
-def test_k_larger_than_index_is_clipped(kb):
-    _, ids = kb.search(unit_vectors(2, seed=7), 1000)
-    assert ids.shape == (2, N)
-    assert sorted(ids[0].tolist()) == list(range(N))
-    assert (ids >= 0).all()
+def test_k_larger_than_the_index_is_clipped(kb):
+    _, ids = kb.search(np.ones((2, DIM), np.float32), 1000)
+    assert ids.shape == (2, len(kb)) and (ids >= 0).all()
 
 
-@pytest.mark.parametrize("shape", [(1, DIM + 1), (1, DIM - 1), (DIM,), (1, 1, DIM)])
+@pytest.mark.parametrize("shape", [(1, DIM + 1), (DIM,), (1, 1, DIM)])
 def test_wrong_query_shape_rejected(kb, shape):
     with pytest.raises(ValueError, match=str(DIM)):
-        kb.search(np.zeros(shape, dtype=np.float32), 3)
+        kb.search(np.zeros(shape, np.float32), 3)
 
 
-def test_float64_queries_accepted(kb):
-    _, ids = kb.search(unit_vectors(N).astype(np.float64)[:2], 1)
-    assert ids[:, 0].tolist() == [0, 1]
+@pytest.mark.parametrize(
+    ("flt", "sources"),
+    [
+        ({"source": "notes.md"}, {"notes.md"}),
+        ({"source": ["book2.txt", "notes.md"]}, {"book2.txt", "notes.md"}),
+        ({"author": "Verne"}, {"book1.txt", "book2.txt"}),
+        ({"author": "Verne", "year": 1870}, {"book2.txt"}),
+        ({"title": "Title notes.md"}, {"notes.md"}),
+        ({"author": "nobody"}, set()),
+    ],
+)
+@pytest.mark.parametrize("exact_max", [0, 50000])  # index with an ID selector / exact over the matching chunks
+def test_filters_restrict_results(kb, flt, sources, exact_max):
+    kb.filter_exact_max = exact_max
+    scores, ids = kb.search_filtered(np.ones((2, DIM), np.float32), 50, parse_filter(flt))
+    found = {h.source for h in kb.fetch(ids[0], scores[0])}
+    assert found == sources
+    expected = kb._db.execute(
+        f"SELECT COUNT(*) FROM chunks WHERE source IN ({','.join('?' * len(sources))})", sorted(sources)
+    ).fetchone()[0]
+    assert ids.shape == (2, expected)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
 
 
-def test_read_manifest_on_empty_dir_hints_ingest(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tritonrag ingest"):
-        read_manifest(tmp_path)
-    with pytest.raises(FileNotFoundError, match="tritonrag ingest"):
-        KnowledgeBase(tmp_path)
+def test_filtered_exact_and_selector_searches_agree(kb):
+    flt = parse_filter({"author": "Verne"})
+    queries = np.random.default_rng(3).normal(size=(4, DIM)).astype(np.float32)
+    kb.filter_exact_max = 0
+    s1, i1 = kb.search_filtered(queries, 5, flt)
+    kb.filter_exact_max = 10**6
+    s2, i2 = kb.search_filtered(queries, 5, flt)
+    assert (i1 == i2).all()
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
 
 
-def test_read_manifest_rejects_other_format_version(tmp_path):
-    build(tmp_path / "kb")
-    path = tmp_path / "kb" / "manifest.json"
-    raw = json.loads(path.read_text())
-    raw["format_version"] = 999
-    path.write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match="format_version"):
-        read_manifest(tmp_path / "kb")
-
-
-def test_vector_chunk_count_mismatch_rejected(tmp_path):
-    with pytest.raises(ValueError, match="chunks"):
-        build(tmp_path / "kb", vectors=unit_vectors(3), chunks=make_chunks(2))
-    assert not (tmp_path / "kb").exists()
-    assert list(tmp_path.iterdir()) == []  # the staging folder was removed
-
-
-def test_rewrite_replaces_target_atomically(tmp_path):
-    target = tmp_path / "kb"
-    build(target)
-    new_vectors = unit_vectors(4, seed=42)
-    new_chunks = [Chunk(source="new.txt", title="New", position=i, text=f"new {i}", n_tokens=2) for i in range(4)]
-    manifest = build(target, new_vectors, new_chunks)
-    assert manifest.chunks == 4
-    assert [p.name for p in tmp_path.iterdir()] == ["kb"]  # no staging or old folders left behind
-    kb = KnowledgeBase(target)
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+def test_approximate_indexes_search_and_filter(tmp_path, index_type):
+    build(tmp_path, index_type)
+    kb = KnowledgeBase(tmp_path, nprobe=1000, ef_search=200, filter_exact_max=0)
     try:
-        assert len(kb) == 4
-        scores, ids = kb.search(new_vectors[3:4], 10)
-        assert ids.shape == (1, 4)
-        assert kb.fetch(ids[0], scores[0])[0].text == "new 3"
+        texts = chunk_texts(kb)
+        queries = np.stack([FakeEmbedder.vector(t) for t in texts.values()])
+        _, ids = kb.search(queries, 1)
+        assert ids[:, 0].tolist() == list(texts)
+        scores, ids = kb.search_filtered(queries[:1], 3, parse_filter({"source": "notes.md"}))
+        assert {h.source for h in kb.fetch(ids[0], scores[0])} == {"notes.md"}
+        assert kb.stats()["index"]["type"] == index_type
     finally:
         kb.close()
 
 
-def test_reader_of_old_version_keeps_working_after_rewrite(tmp_path):
-    target = tmp_path / "kb"
-    build(target)
-    old = KnowledgeBase(target)
-    try:
-        build(target, unit_vectors(4, seed=42), make_chunks(4))
-        new = KnowledgeBase(target)
-        assert len(new) == 4
-        new.close()
-        assert len(old) == N  # the open index is in memory; the swap did not corrupt it
-    finally:
-        old.close()
+def test_stats(kb):
+    stats = kb.stats()
+    assert stats["version"] == "v000001"
+    assert stats["vectors"] == len(kb) and stats["dimension"] == DIM
+    assert stats["index"]["type"] == "flat" and stats["index"]["device"] == "cpu"
+    assert stats["index"]["bytes"] > DIM * 4 * len(kb)
+    assert stats["docstore"]["documents"] == 3 and stats["docstore"]["chunks"] == len(kb)
+    assert stats["chunking"] == {"chunk_tokens": 8, "overlap_tokens": 2}
+    json.dumps(stats)
 
 
-def test_search_with_k_zero(kb):
-    try:
-        scores, ids = kb.search(unit_vectors(1), 0)
-    except ValueError:
-        return
-    assert ids.shape == scores.shape == (1, 0)
+def test_documents_listing(kb):
+    assert [d[0] for d in kb.documents()] == ["book1.txt", "book2.txt", "notes.md"]
+    assert len(kb.documents(limit=1)) == 1
+
+
+def test_a_version_folder_opens_directly(root):
+    kb = KnowledgeBase(published_path(root))
+    assert kb.version == "v000001"
+    kb.close()
+
+
+def test_empty_folder_hints_ingest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tritonrag ingest"):
+        KnowledgeBase(tmp_path)
+
+
+def test_old_single_folder_format_says_rebuild(tmp_path):
+    (tmp_path / "index.faiss").write_bytes(b"x")
+    (tmp_path / "docstore.sqlite").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="old single-folder format"):
+        KnowledgeBase(tmp_path)
+
+
+def test_other_format_version_rejected(tmp_path):
+    build(tmp_path)
+    path = published_path(tmp_path) / MANIFEST_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 999}))
+    with pytest.raises(ValueError, match="format_version"):
+        KnowledgeBase(tmp_path)
+
+
+def test_is_current(root):
+    s = small_settings()
+    assert is_current(root, s.embedder.model, 8, 2)
+    assert is_current(root, s.embedder.model, 8, 2, "flat")
+    assert not is_current(root, s.embedder.model, 8, 2, "hnsw")
+    assert not is_current(root, "other", 8, 2)
+    assert not is_current(root / "nowhere", s.embedder.model, 8, 2)
 
 
 @pytest.mark.parametrize("name", ["kb#1", "kb?x", "kb%20"])
 def test_paths_with_uri_characters(tmp_path, name):
-    build(tmp_path / name)
+    build(tmp_path / name, docs=[doc("a.txt")])
     kb = KnowledgeBase(tmp_path / name)
     try:
-        scores, ids = kb.search(unit_vectors(N)[:1], 1)
-        assert kb.fetch(ids[0], scores[0])[0].text == "chunk text number 0"
+        assert kb.fetch([0], [1.0])[0].source == "a.txt"
     finally:
         kb.close()

@@ -73,6 +73,15 @@ def test_unknown_template_rejected_with_available_names(settings, template):
         assert name in str(info.value)
 
 
+def test_filter_parameter_is_validated(settings):
+    assert params({}, settings).filter is None
+    p = params({"filter": '{"source": ["b.txt", "a.txt"]}'}, settings)
+    assert p.filter.to_json() == '{"source": ["a.txt", "b.txt"]}'
+    assert "filter" not in p.sampling()
+    with pytest.raises(InvalidInput, match="filter"):
+        params({"filter": '{"source": {"$ne": 1}}'}, settings)
+
+
 def test_unknown_parameter_rejected(settings):
     with pytest.raises(InvalidInput, match="topk"):
         params({"topk": 3}, settings)

@@ -70,14 +70,18 @@ class TritonPythonModel:
             (embedding,) = await self._infer(
                 "embedder", [pb_utils.Tensor("text", np.array([[query.encode()]], np.object_))], ["embedding"]
             )
+            retrieve = [
+                pb_utils.Tensor("embedding", embedding),
+                pb_utils.Tensor("top_k", np.array([[params.top_k]], np.int32)),
+            ]
+            if params.filter is not None:
+                retrieve.append(pb_utils.Tensor("filter", np.array([[params.filter.to_json().encode()]], np.object_)))
             ids, scores, texts, metadata = await self._infer(
-                "retriever",
-                [
-                    pb_utils.Tensor("embedding", embedding),
-                    pb_utils.Tensor("top_k", np.array([[params.top_k]], np.int32)),
-                ],
-                ["chunk_ids", "scores", "texts", "metadata"],
+                "retriever", retrieve, ["chunk_ids", "scores", "texts", "metadata"]
             )
+            if ids.size == 0:
+                raise InvalidInput(f"the filter {params.filter.to_json()} matches no document in the knowledge base"
+                                   if params.filter else "the knowledge base is empty: ingest documents first")
             prompt, stop = await self._infer(
                 "prompt_builder",
                 [

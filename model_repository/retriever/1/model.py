@@ -1,6 +1,7 @@
-"""Triton adapter for the retriever: query vectors (+ optional top_k) in, chunks out.
+"""Triton adapter for the retriever: query vectors (+ top_k, filter) in, chunks out; or `stats` in, stats out.
 
-The query rows of all requests in one execute call are searched in a single FAISS call.
+Requests of one execute call that share options are searched in a single FAISS call. A newly published
+knowledge base version is swapped in by a watcher thread without dropping a request.
 """
 
 import json
@@ -10,59 +11,92 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.config import load_settings
 from tritonrag.errors import InvalidInput
+from tritonrag.kb_store import version_number
 from tritonrag.knowledge_base import KnowledgeBase
-from tritonrag.rag_request import check_top_k
-from tritonrag.serving import error_response, string_tensor
+from tritonrag.live_kb import LiveKnowledgeBase
+from tritonrag.retrieval import parse_search, run_searches
+from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
+
+
+class Metrics:
+    """Gauges of the served version on :8002/metrics (families must outlive their metrics)."""
+
+    def __init__(self, labels):
+        family = pb_utils.MetricFamily
+        self.families = [
+            family("tritonrag_retriever_index_version", "Published knowledge base version served", family.GAUGE),
+            family("tritonrag_retriever_index_vectors", "Vectors in the served index", family.GAUGE),
+            family("tritonrag_retriever_index_bytes", "Size of the served FAISS index", family.GAUGE),
+            family("tritonrag_retriever_reloads_total", "Knowledge base versions swapped in", family.COUNTER),
+        ]
+        self.version, self.vectors, self.bytes, self.reloads = (f.Metric(labels) for f in self.families)
+        self._first = True
+
+    def swapped(self, kb):
+        stats = kb.stats()
+        self.version.set(version_number(kb.version))
+        self.vectors.set(stats["vectors"])
+        self.bytes.set(stats["index"]["bytes"])
+        if not self._first:
+            self.reloads.increment(1)
+        self._first = False
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.settings = load_settings().retriever
-        self.kb = KnowledgeBase(self.settings.index_dir)
+        self.settings = s = load_settings().retriever
+        self.metrics = Metrics({"model": args["model_name"], "instance": args["model_instance_name"]})
 
-    def _parse(self, request):
+        def load(path):
+            return KnowledgeBase(path, s.device, s.nprobe, s.ef_search, s.filter_exact_max)
+
+        self.live = LiveKnowledgeBase(s.index_dir, load, s.reload_interval_s, on_swap=self.metrics.swapped)
+
+    def _parse(self, request, kb):
+        if read_scalar(request, "stats"):
+            return "stats"
         tensor = pb_utils.get_input_tensor_by_name(request, "embedding")
-        queries = tensor.as_numpy()
-        if queries.ndim != 2 or queries.shape[1] != self.kb.dimension:
-            raise InvalidInput(
-                f"input 'embedding' must be [batch, {self.kb.dimension}] (the index's dimension), "
-                f"got {list(queries.shape)}"
-            )
-        if not np.isfinite(queries).all():
-            raise InvalidInput("input 'embedding' contains NaN or infinite values")
+        if tensor is None:
+            raise InvalidInput("send input 'embedding' to search, or 'stats': true for the index's statistics")
         top_k = pb_utils.get_input_tensor_by_name(request, "top_k")
-        if top_k is None:
-            return queries, self.settings.top_k_default
-        values = set(top_k.as_numpy().reshape(-1).tolist())
-        if len(values) != 1:
-            raise InvalidInput(f"input 'top_k' must be one value for all rows of a request, got {sorted(values)}")
-        return queries, check_top_k(values.pop(), self.settings)
+        if top_k is not None:
+            values = set(top_k.as_numpy().reshape(-1).tolist())
+            if len(values) != 1:
+                raise InvalidInput(f"input 'top_k' must be one value for all rows of a request, got {sorted(values)}")
+            top_k = values.pop()
+        raw_filter = read_string(request, "filter", required=False)
+        return parse_search(tensor.as_numpy(), kb.dimension, top_k, raw_filter, request_parameters(request),
+                            self.settings)
 
     def execute(self, requests):
-        parsed = []
-        for request in requests:
+        with self.live.use() as kb:
+            parsed = []
+            for request in requests:
+                try:
+                    parsed.append(self._parse(request, kb))
+                except InvalidInput as exc:
+                    parsed.append(exc)
+            searches = [p for p in parsed if not isinstance(p, Exception | str)]
             try:
-                parsed.append(self._parse(request))
-            except InvalidInput as exc:
-                parsed.append(exc)
-        good = [p for p in parsed if not isinstance(p, Exception)]
-        if good:
-            stacked = np.concatenate([q for q, _ in good])
-            scores, ids = self.kb.search(stacked, max(k for _, k in good))
-        responses, row = [], 0
-        for item in parsed:
-            if isinstance(item, Exception):
-                responses.append(error_response(item))
-                continue
-            queries, k = item
-            n = len(queries)
-            responses.append(self._pack(ids[row : row + n, :k], scores[row : row + n, :k]))
-            row += n
-        return responses
+                results = iter(run_searches(kb, searches))
+            except Exception as exc:
+                return [error_response(exc) for _ in requests]
+            responses = []
+            for item in parsed:
+                if isinstance(item, Exception):
+                    responses.append(error_response(item))
+                elif item == "stats":
+                    responses.append(self._stats())
+                else:
+                    responses.append(self._pack(next(results)))
+            return responses
 
-    def _pack(self, ids, scores):
-        rows = [self.kb.fetch(i, s) for i, s in zip(ids, scores)]
-        k = min(len(row) for row in rows)  # FAISS pads with -1 only when the index holds fewer than k chunks
+    def _stats(self):
+        stats = self.live.stats()
+        return pb_utils.InferenceResponse([string_tensor("stats", [json.dumps(stats)], (1, 1))])
+
+    def _pack(self, rows):
+        k = min(len(row) for row in rows)  # fewer than top_k when the index (or a filter) holds fewer chunks
         hits = [hit for row in rows for hit in row[:k]]
         shape = (len(rows), k)
         return pb_utils.InferenceResponse(
@@ -75,4 +109,4 @@ class TritonPythonModel:
         )
 
     def finalize(self):
-        self.kb.close()
+        self.live.close()

