@@ -219,7 +219,7 @@ def update_knowledge_base(
         missing = sorted(set(deletes) - set(old_docs))
         if missing:
             raise ValueError(f"no document(s) {', '.join(map(repr, missing[:5]))} in {root}; "
-                             "`tritonrag kb stats` shows what is stored")
+                             "`tritonrag kb documents` lists what is stored")
         overlap = sorted(set(deletes) & set(new_docs))
         if overlap:
             raise ValueError(f"document(s) {', '.join(overlap[:5])} both added and deleted")
@@ -232,12 +232,8 @@ def update_knowledge_base(
                    if source not in old_docs or old_docs[source].content_hash != hashes[source]]
         changed_sources = {doc.source for doc in changed}
         kept = final_sources - changed_sources
-        report_counts = {
-            "added": sum(s not in old_docs for s in changed_sources),
-            "updated": sum(s in old_docs for s in changed_sources),
-            "unchanged": len(set(new_docs) - changed_sources),
-            "deleted": len(set(old_docs) - final_sources),
-        }
+        counts = (sum(s not in old_docs for s in changed_sources), sum(s in old_docs for s in changed_sources),
+                  len(set(new_docs) - changed_sources), len(set(old_docs) - final_sources))
 
         if changed and embedder is None:
             embedder = LocalEmbedder(settings)
@@ -281,8 +277,7 @@ def update_knowledge_base(
         journal.close(delete=True)
     report.embedded, report.resumed = len(new_chunks) - resumed, resumed
     report.reused = len(keep_rows)
-    for name, value in report_counts.items():
-        setattr(report, name, value)
+    report.added, report.updated, report.unchanged, report.deleted = counts
     return report
 
 

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 Loader = Callable[[Path], KnowledgeBase]
 
 
+class NoKnowledgeBase(RuntimeError):
+    """Nothing has been published yet."""
+
+
 class LiveKnowledgeBase:
     """The published version of the knowledge base at ``root``, kept current by ``check()`` (or a thread)."""
 
@@ -32,9 +36,13 @@ class LiveKnowledgeBase:
         self._loader = loader
         self._on_swap = on_swap
         self._lock = threading.RLock()  # stats() may run inside use()
-        self._current = loader(self.root)
-        if on_swap:
-            on_swap(self._current)
+        self._current: KnowledgeBase | None = None
+        if published_version(self.root) is None:  # a new cluster may build its index through its own embedder
+            log.warning("no knowledge base published at %s yet; serving none until one is", self.root)
+        else:
+            self._current = loader(self.root)
+            if on_swap:
+                on_swap(self._current)
         self.reloads = 0
         self.last_error: str | None = None
         self._failed: str | None = None
@@ -48,16 +56,19 @@ class LiveKnowledgeBase:
     def use(self) -> Iterator[KnowledgeBase]:
         """The current version, guaranteed not to be swapped out (and closed) while the block runs."""
         with self._lock:
+            if self._current is None:
+                raise NoKnowledgeBase(
+                    f"no knowledge base published at {self.root} yet: build one with `tritonrag ingest PATH...`")
             yield self._current
 
     @property
-    def version(self) -> str:
-        return self._current.version
+    def version(self) -> str | None:
+        return self._current.version if self._current else None
 
     def check(self) -> bool:
         """Load and swap in the published version if it changed; True when a new one is now served."""
         name = published_version(self.root)
-        if name is None or name == self._current.version or name == self._failed:
+        if name is None or name == self.version or name == self._failed:
             return False
         try:
             new = self._loader(versions_dir(self.root) / name)
@@ -67,9 +78,10 @@ class LiveKnowledgeBase:
             return False
         with self._lock:
             old, self._current = self._current, new
-        old.close()
-        del old
-        gc.collect()
+        if old is not None:
+            old.close()
+            del old
+            gc.collect()
         self.reloads += 1
         self._failed = self.last_error = None
         if self._on_swap:
@@ -97,4 +109,5 @@ class LiveKnowledgeBase:
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
-            self._current.close()
+            if self._current is not None:
+                self._current.close()

@@ -27,6 +27,10 @@ def rag_http(server, body):
         ({"text_input": "Utah?", "parameters": {"temperature": -1}}, "temperature must be between 0 and 2"),
         ({"text_input": "Utah?", "parameters": {"colour": "blue"}}, "unknown parameter(s) colour"),
         ({"text_input": "x" * 20000}, "characters; the limit is"),
+        ({"text_input": "Utah?", "parameters": {"filter": "{source"}}, "filter is not valid JSON"),
+        ({"text_input": "Utah?", "parameters": {"filter": '{"source": {"$ne": 1}}'}}, "strings, numbers or booleans"),
+        ({"text_input": "Utah?", "parameters": {"filter": '{"source": "no-such-book.txt"}'}},
+         'the filter {"source": ["no-such-book.txt"]} matches no document'),
     ],
 )
 def test_rag_rejects_bad_requests_clearly(server, body, message):

@@ -38,6 +38,15 @@ def test_seed_questions_retrieve_the_answering_passages(server, knowledge_base, 
     assert body["finish_reason"] in ("stop", "length")
 
 
+def test_filter_restricts_sources_to_one_document(server):
+    client = RagClient(server.http_url)
+    answer = client.ask("Who is Passepartout?", max_tokens=4, top_k=3, filter={"source": "around_the_world.txt"})
+    assert [s["source"] for s in answer.sources] == ["around_the_world.txt"] * 3
+    grpc = RagClient(server.grpc_url, "grpc")
+    answer = grpc.ask("Who is Passepartout?", max_tokens=4, top_k=2, filter={"title": "Around the World in 80 Days"})
+    assert len(answer.sources) == 2
+
+
 def test_generate_stream_sse_plain_json(server):
     body = {"text_input": "Describe the body of water in Utah", "parameters": {"max_tokens": 12, "stream": True}}
     events = sse_events(f"http://{server.http_url}/v2/models/rag/generate_stream", body)

@@ -2,12 +2,13 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from fakes import DIM, FakeEmbedder, doc, small_settings
 
 from tritonrag.ingest import update_knowledge_base
 from tritonrag.kb_store import publish
 from tritonrag.knowledge_base import KnowledgeBase
-from tritonrag.live_kb import LiveKnowledgeBase
+from tritonrag.live_kb import LiveKnowledgeBase, NoKnowledgeBase
 
 
 def add(root, source, words=10):
@@ -89,3 +90,15 @@ def test_searches_never_fail_while_versions_are_published(tmp_path):
     assert errors == []
     assert live.reloads >= 1 and searches[0] > 0
     assert live.version == "v000007"
+
+
+def test_starting_before_anything_is_published(tmp_path):
+    live = LiveKnowledgeBase(tmp_path, interval_s=0)
+    try:
+        assert live.version is None
+        with pytest.raises(NoKnowledgeBase, match="tritonrag ingest"), live.use():
+            pass
+        add(tmp_path, "a.txt")
+        assert live.check() and live.version == "v000001"
+    finally:
+        live.close()

@@ -13,7 +13,7 @@ from tritonrag.config import load_settings
 from tritonrag.errors import InvalidInput
 from tritonrag.kb_store import version_number
 from tritonrag.knowledge_base import KnowledgeBase
-from tritonrag.live_kb import LiveKnowledgeBase
+from tritonrag.live_kb import LiveKnowledgeBase, NoKnowledgeBase
 from tritonrag.retrieval import parse_search, run_searches
 from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
 
@@ -69,27 +69,33 @@ class TritonPythonModel:
                             self.settings)
 
     def execute(self, requests):
-        with self.live.use() as kb:
-            parsed = []
-            for request in requests:
-                try:
-                    parsed.append(self._parse(request, kb))
-                except InvalidInput as exc:
-                    parsed.append(exc)
-            searches = [p for p in parsed if not isinstance(p, Exception | str)]
+        try:
+            with self.live.use() as kb:
+                return self._execute(requests, kb)
+        except NoKnowledgeBase as exc:
+            return [error_response(exc) for _ in requests]
+
+    def _execute(self, requests, kb):
+        parsed = []
+        for request in requests:
             try:
-                results = iter(run_searches(kb, searches))
-            except Exception as exc:
-                return [error_response(exc) for _ in requests]
-            responses = []
-            for item in parsed:
-                if isinstance(item, Exception):
-                    responses.append(error_response(item))
-                elif item == "stats":
-                    responses.append(self._stats())
-                else:
-                    responses.append(self._pack(next(results)))
-            return responses
+                parsed.append(self._parse(request, kb))
+            except InvalidInput as exc:
+                parsed.append(exc)
+        searches = [p for p in parsed if not isinstance(p, Exception | str)]
+        try:
+            results = iter(run_searches(kb, searches))
+        except Exception as exc:
+            return [error_response(exc) for _ in requests]
+        responses = []
+        for item in parsed:
+            if isinstance(item, Exception):
+                responses.append(error_response(item))
+            elif item == "stats":
+                responses.append(self._stats())
+            else:
+                responses.append(self._pack(next(results)))
+        return responses
 
     def _stats(self):
         stats = self.live.stats()
