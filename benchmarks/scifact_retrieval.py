@@ -154,7 +154,8 @@ def bench_mode(mode: str, folder: Path, work: Path, types: list[str], queries: d
         report = update_knowledge_base(settings.index_dir, settings, docs, replace_all=True, embedder=embedder,
                                        spec=IndexSpec("flat"))
         build = {"documents": report.manifest.documents, "chunks": report.manifest.chunks,
-                 "embed_s": report.seconds["embed_s"], "total_s": time.monotonic() - started}
+                 "embedded": report.embedded, "embed_s": report.seconds["embed_s"],
+                 "total_s": time.monotonic() - started}
         print(f"[{mode}] {build}", flush=True)
         served = Served(server.grpc_url)
         qids = list(queries)
@@ -206,8 +207,13 @@ def markdown(rows: list[dict], builds: dict[str, dict], command: str) -> str:
         "",
     ]
     for mode, build in builds.items():
-        out.append(f"- `{mode}` knowledge base: {build['documents']} documents, {build['chunks']} chunks, embedded "
-                   f"through Triton in {build['embed_s']:.0f} s ({build['chunks'] / build['embed_s']:.1f} chunks/s).")
+        line = f"- `{mode}` knowledge base: {build['documents']} documents, {build['chunks']} chunks"
+        if build["embedded"]:
+            line += (f", {build['embedded']} embedded through Triton in {build['embed_s']:.0f} s "
+                     f"({build['embedded'] / build['embed_s']:.1f} chunks/s).")
+        else:
+            line += ": vectors reused from an earlier run in the same --work folder (nothing re-embedded)."
+        out.append(line)
     exact = {r["mode"]: r for r in rows if r["type"] == "flat"}
     out += ["", "| mode | index | query setting | nDCG@10 | Recall@100 | ΔR@100 vs exact | build s | index MiB | "
             "p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
