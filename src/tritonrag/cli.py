@@ -77,9 +77,12 @@ Concurrency = Annotated[int, typer.Option(help="Concurrent embedding requests wi
 
 
 def _index_spec(settings, index_type: str | None, nlist: int | None = None, m: int | None = None,
-                ef_construction: int | None = None):
+                ef_construction: int | None = None, keep_current: bool = False):
+    """The index to build: as asked, else (``keep_current``: None, the current version's) the settings'."""
     from .index_types import IndexSpec
 
+    if keep_current and index_type is None:
+        return None
     base = IndexSpec.from_settings(settings.index)
     try:
         return IndexSpec(index_type or base.type, base.ivf_nlist if nlist is None else nlist,
@@ -180,11 +183,14 @@ def kb_add(
 ) -> None:
     """Add documents, or update stored ones whose content changed; only those are embedded.
 
+    The index keeps its current type unless --index-type says otherwise.
+
     Example: tritonrag kb add ~/notes/new-chapter.md
     """
     settings = load_settings()
     _run_update(index_dir or settings.index_dir, settings, upserts=_load(paths),
-                spec=_index_spec(settings, index_type), embedder=_embedder(settings, via, concurrency))
+                spec=_index_spec(settings, index_type, keep_current=True),
+                embedder=_embedder(settings, via, concurrency))
 
 
 @kb_app.command("delete")
@@ -198,7 +204,8 @@ def kb_delete(
     Example: tritonrag kb delete notes/old.md "corpus.jsonl#4983"
     """
     settings = load_settings()
-    _run_update(index_dir or settings.index_dir, settings, deletes=sources, spec=_index_spec(settings, index_type))
+    _run_update(index_dir or settings.index_dir, settings, deletes=sources,
+                spec=_index_spec(settings, index_type, keep_current=True))
 
 
 @kb_app.command("reindex")
@@ -271,7 +278,11 @@ def kb_documents(
 
     from .knowledge_base import KnowledgeBase
 
-    kb = KnowledgeBase(index_dir or load_settings().index_dir)
+    try:
+        kb = KnowledgeBase(index_dir or load_settings().index_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     table = Table("source", "title", "chunks")
     for source, title, n in kb.documents(limit):
         table.add_row(source, title[:60], str(n))

@@ -33,6 +33,12 @@ class IndexSpec:
     def from_settings(cls, index) -> IndexSpec:  # index: config.IndexSettings
         return cls(index.type, index.ivf_nlist, index.hnsw_m, index.hnsw_ef_construction)
 
+    @classmethod
+    def from_manifest(cls, index: dict) -> IndexSpec:
+        """The spec a version was built with (its manifest's ``index``), to rebuild it the same way."""
+        return cls(str(index["type"]), int(index.get("nlist", 0)), int(index.get("m", 32)),
+                   int(index.get("ef_construction", 80)))
+
     def describe(self, n: int) -> dict[str, object]:
         """The parameters that matter for this type, as recorded in a manifest."""
         if self.type == "ivf":

@@ -199,14 +199,17 @@ def update_knowledge_base(
 
     ``upserts`` are added, or replace the stored document of the same source when their content changed;
     ``deletes`` are sources to remove; with ``replace_all`` the new version holds exactly ``upserts``.
-    ``embedder`` is created on demand (in-process) when there is something to embed.
+    ``embedder`` is created on demand (in-process) when there is something to embed. Without ``spec``, an
+    update keeps the current version's index type and parameters; ``replace_all`` uses the settings'.
     """
     root = Path(root)
-    spec = spec or IndexSpec.from_settings(settings.index)
     timings: dict[str, float] = {}
     with build_lock(root):
         remove_stale_builds(root)
         manifest = current_manifest(root)
+        if spec is None:
+            keep = manifest is not None and not replace_all
+            spec = IndexSpec.from_manifest(manifest.index) if keep else IndexSpec.from_settings(settings.index)
         old = _load_version(published_path(root), manifest) if manifest else None
         reason = _compatible(manifest, settings) if manifest else None
         if old is not None and reason:

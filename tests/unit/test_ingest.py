@@ -218,3 +218,14 @@ def test_sample_corpus_missing(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="TRITONRAG_DATA"):
         sample_corpus()
+
+
+def test_updates_keep_the_current_index_type_and_a_full_build_uses_the_settings(tmp_path):
+    build(tmp_path, [doc("a.txt")], replace_all=True)
+    reindex(tmp_path, IndexSpec("hnsw", hnsw_m=16))
+    report = build(tmp_path, [doc("b.txt")])
+    assert report.manifest.index == {"type": "hnsw", "m": 16, "ef_construction": 80}
+    report = update_knowledge_base(tmp_path, small_settings(), deletes=["a.txt"], progress=False)
+    assert report.manifest.index_type == "hnsw"
+    assert build(tmp_path, [doc("b.txt")], replace_all=True).manifest.index_type == "flat"
+    assert build(tmp_path, [doc("c.txt")], spec=IndexSpec("ivf")).manifest.index_type == "ivf"
