@@ -9,6 +9,12 @@ import numpy as np
 from .config import EmbedderSettings, pick_device, resolve_model_ref
 
 
+def tokenizer_spans(tokenizer, text: str) -> list[tuple[int, int]]:
+    """Character spans of the tokens a Hugging Face (fast) tokenizer makes of ``text``, no special tokens."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
+    return [tuple(span) for span in encoded["offset_mapping"]]
+
+
 class TextEmbedder:
     """Encode texts into L2-normalised float32 vectors.
 
@@ -39,10 +45,7 @@ class TextEmbedder:
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the tokens the embedder's tokenizer makes of ``text`` (for chunking)."""
-        encoded = self.model.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
-        )
-        return [tuple(span) for span in encoded["offset_mapping"]]
+        return tokenizer_spans(self.model.tokenizer, text)
 
     def encode(self, texts: Sequence[str], instruction: str = "", show_progress: bool = False) -> np.ndarray:
         """Embed ``texts`` (all with the same instruction) in one call; returns [len(texts), dim] float32."""

@@ -46,6 +46,10 @@ class Hit:
         return {**extra, **core}
 
 
+def _no_results(n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
+
+
 def resolve(path: Path) -> Path:
     """A version folder as given, or the published version of a knowledge base root."""
     path = Path(path)
@@ -118,8 +122,7 @@ class KnowledgeBase:
         queries = self._check(queries, k)
         k = min(k, len(self))
         if k == 0:
-            empty = np.zeros((len(queries), 0))
-            return empty.astype(np.float32), empty.astype(np.int64)
+            return _no_results(len(queries))
         params = search_parameters(self.index, nprobe or self.nprobe, ef_search or self.ef_search)
         scores, rows = self.index.search(queries, k, params=params) if params else self.index.search(queries, k)
         return scores, self._to_chunk_ids(rows)
@@ -144,8 +147,7 @@ class KnowledgeBase:
         rows = self.filter_rows(flt)
         k = min(k, len(rows))
         if k == 0:
-            empty = np.zeros((len(queries), 0))
-            return empty.astype(np.float32), empty.astype(np.int64)
+            return _no_results(len(queries))
         if len(rows) > self.filter_exact_max and not on_gpu(self.index):
             selector = faiss.IDSelectorBatch(rows.astype(np.int64))
             params = search_parameters(self.index, nprobe or self.nprobe, ef_search or self.ef_search, selector)

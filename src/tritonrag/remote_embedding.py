@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .config import EmbedderSettings, resolve_model_ref
+from .embedding import tokenizer_spans
 
 
 class TritonEmbedder:
@@ -45,9 +46,7 @@ class TritonEmbedder:
         return self._local.client
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoded = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
-                                  verbose=False)
-        return [tuple(span) for span in encoded["offset_mapping"]]
+        return tokenizer_spans(self._tokenizer, text)
 
     def _request(self, texts: Sequence[str], instruction: str) -> np.ndarray:
         import tritonclient.grpc as grpcclient
