@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -76,6 +78,23 @@ Via = Annotated[str | None, typer.Option(
 Concurrency = Annotated[int, typer.Option(help="Concurrent embedding requests with --via.")]
 
 
+@contextmanager
+def _exit_on(*errors: type[BaseException], prefix: str = "") -> Iterator[None]:
+    """Turn the expected ``errors`` into their message in red and exit status 1 (no traceback)."""
+    try:
+        yield
+    except errors as exc:
+        console.print(f"{prefix}{exc}", style="red", markup=False)
+        raise typer.Exit(1) from None
+
+
+def _open_knowledge_base(index_dir: Path | None):
+    from .knowledge_base import KnowledgeBase
+
+    with _exit_on(FileNotFoundError, ValueError):
+        return KnowledgeBase(index_dir or load_settings().index_dir)
+
+
 def _index_spec(settings, index_type: str | None, nlist: int | None = None, m: int | None = None,
                 ef_construction: int | None = None, keep_current: bool = False):
     """The index to build: as asked, else (``keep_current``: None, the current version's) the settings'."""
@@ -96,33 +115,23 @@ def _embedder(settings, via: str | None, concurrency: int):
         return None
     from .remote_embedding import TritonEmbedder
 
-    try:
+    with _exit_on(RuntimeError):
         return TritonEmbedder(via, settings.embedder, concurrency=concurrency)
-    except RuntimeError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
 
 
 def _load(paths: list[Path]):
     from .loaders import load_documents
 
-    try:
-        with console.status("reading documents..."):
-            return load_documents(paths)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    with _exit_on(FileNotFoundError, ValueError), console.status("reading documents..."):
+        return load_documents(paths)
 
 
 def _run_update(target: Path, settings, **kwargs) -> None:
     from .ingest import update_knowledge_base
 
     started = time.monotonic()
-    try:
+    with _exit_on(ValueError, RuntimeError, FileNotFoundError):
         report = update_knowledge_base(target, settings, **kwargs)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
     console.print(f"{report.summary()}\n  into {target} in {time.monotonic() - started:.0f}s")
 
 
@@ -158,11 +167,8 @@ def ingest(
         console.print(f"knowledge base already in {target}")
         return
     if sample or not paths:
-        try:
+        with _exit_on(FileNotFoundError):
             paths = [sample_corpus()]
-        except FileNotFoundError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
     docs = _load(paths)
     _run_update(target, settings, upserts=docs, replace_all=True, spec=_index_spec(settings, index_type),
                 embedder=_embedder(settings, via, concurrency))
@@ -224,12 +230,9 @@ def kb_reindex(
 
     settings = load_settings()
     target = index_dir or settings.index_dir
-    try:
+    with _exit_on(FileNotFoundError, RuntimeError):
         report = reindex(target, _index_spec(settings, index_type, nlist, m, ef_construction),
                          settings.index.keep_versions)
-    except (FileNotFoundError, RuntimeError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
     console.print(f"{report.summary()}; index built in {report.seconds['index_s']:.1f}s")
 
 
@@ -250,19 +253,10 @@ def kb_stats(
     if url:
         from tritonrag_client import retriever_stats
 
-        try:
+        with _exit_on(Exception, prefix=f"could not ask {url}: "):
             stats = retriever_stats(url)
-        except Exception as exc:
-            console.print(f"[red]could not ask {url}: {exc}[/red]")
-            raise typer.Exit(1) from None
     else:
-        from .knowledge_base import KnowledgeBase
-
-        try:
-            kb = KnowledgeBase(index_dir or load_settings().index_dir)
-        except (FileNotFoundError, ValueError) as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+        kb = _open_knowledge_base(index_dir)
         stats = kb.stats()
         kb.close()
     console.print_json(json.dumps(stats))
@@ -276,13 +270,7 @@ def kb_documents(
     """List the stored documents: source, title, chunks."""
     from rich.table import Table
 
-    from .knowledge_base import KnowledgeBase
-
-    try:
-        kb = KnowledgeBase(index_dir or load_settings().index_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    kb = _open_knowledge_base(index_dir)
     table = Table("source", "title", "chunks")
     for source, title, n in kb.documents(limit):
         table.add_row(source, title[:60], str(n))
@@ -316,11 +304,8 @@ def kb_rollback(
     from .ingest import rollback
 
     root = index_dir or load_settings().index_dir
-    try:
+    with _exit_on(FileNotFoundError, RuntimeError):
         rollback(root, version)
-    except (FileNotFoundError, RuntimeError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
     console.print(f"published {version} of {root}")
 
 
