@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -79,19 +78,13 @@ def write_config(work: Path, mode: str) -> Path:
 
 
 class Served:
-    """gRPC calls to the running embedder and retriever."""
+    """gRPC searches of the running retriever."""
 
     def __init__(self, url: str) -> None:
         import tritonclient.grpc as grpcclient
 
         self.grpc = grpcclient
         self.client = grpcclient.InferenceServerClient(url)
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        array = np.array([t.encode() for t in texts], dtype=np.object_).reshape(-1, 1)
-        tensor = self.grpc.InferInput("text", list(array.shape), "BYTES")
-        tensor.set_data_from_numpy(array)
-        return self.client.infer("embedder", [tensor]).as_numpy("embedding")
 
     def search(self, vector: np.ndarray, top_k: int, params: dict[str, int]) -> tuple[list[dict], np.ndarray]:
         inputs = [self.grpc.InferInput("embedding", [1, vector.shape[-1]], "FP32"),
@@ -159,10 +152,7 @@ def bench_mode(mode: str, folder: Path, work: Path, types: list[str], queries: d
         print(f"[{mode}] {build}", flush=True)
         served = Served(server.grpc_url)
         qids = list(queries)
-        with ThreadPoolExecutor(4) as pool:
-            parts = list(pool.map(lambda i: served.embed([queries[q] for q in qids[i : i + 32]]),
-                                  range(0, len(qids), 32)))
-        vectors = np.concatenate(parts)
+        vectors = embedder.encode([queries[q] for q in qids])  # the served embedder, concurrent gRPC requests
         top_k = 100 if mode == "doc" else 1000
         for kind in types:
             spec = IndexSpec(kind, settings.index.ivf_nlist, settings.index.hnsw_m, settings.index.hnsw_ef_construction)
