@@ -30,13 +30,8 @@ import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-QUESTIONS = [
-    "Describe the body of water in Utah", "Tell me as much as you can about the robbery",
-    "Did Phileas Fogg really rob the bank?", "Who is Passepartout?", "What happened in the Indian forest?",
-    "How did Fogg cross the Atlantic?", "Who is Detective Fix?", "Why did Fogg make the wager?",
-    "What is the Reform Club?", "Who is Aouda?", "What happened at Hong Kong?", "How did they cross the prairie?",
-    "What did Fogg bet?", "How was Passepartout rescued?", "Describe the elephant ride", "How does the story end?",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import QUESTIONS
 
 
 @dataclass
@@ -47,6 +42,11 @@ class Result:
     tokens: int
     seconds: float
     ttft: list[float]
+
+    def as_dict(self) -> dict:
+        return {"system": self.system, "concurrency": self.concurrency, "requests": self.requests,
+                "tokens": self.tokens, "seconds": self.seconds, "tokens_per_s": self.tokens / self.seconds,
+                "ttft_s": self.ttft}
 
     def row(self) -> str:
         ttft = sorted(self.ttft)
@@ -104,9 +104,6 @@ def token_counter(metrics_url: str) -> float:
 
 
 def bench_triton(system: str, engine: str, levels: list[int], prompts_for, max_tokens: int) -> list[Result]:
-    import numpy as np
-    import tritonclient.grpc as grpcclient
-
     from tritonrag.cli import REPOSITORY
     from tritonrag.config import CONFIG_ENV, load_settings
     from tritonrag.runtime import Ports, TritonServer
@@ -117,11 +114,24 @@ def bench_triton(system: str, engine: str, levels: list[int], prompts_for, max_t
     server = TritonServer(REPOSITORY, settings.home, Ports.choose(0, 0, 0), env={CONFIG_ENV: cfg.name})
     print(f"[{system}] starting Triton...", flush=True)
     server.start(900)
+    try:
+        return drive_generator(system, server.grpc_url, server.metrics_url, levels, prompts_for, max_tokens)
+    finally:
+        server.stop()
+        os.unlink(cfg.name)
+
+
+def drive_generator(system: str, grpc_url: str, metrics_url: str, levels: list[int], prompts_for,
+                    max_tokens: int) -> list[Result]:
+    """Closed-loop gRPC streams to a running server's `generator`; tokens counted by its metrics."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
     sampling = json.dumps({"max_tokens": max_tokens, "temperature": 0, "repetition_penalty": 1.0})
 
     def one(prompt: str) -> float:
         results: queue.Queue = queue.Queue()
-        client = grpcclient.InferenceServerClient(server.grpc_url)
+        client = grpcclient.InferenceServerClient(grpc_url)
         text = grpcclient.InferInput("text_input", [1], "BYTES")
         text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
         params = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
@@ -144,18 +154,14 @@ def bench_triton(system: str, engine: str, levels: list[int], prompts_for, max_t
         return ttft or time.perf_counter() - started
 
     out = []
-    try:
-        one(prompts_for(1)[0])  # warm-up
-        for c in levels:
-            prompts = prompts_for(c)
-            before = token_counter(server.metrics_url)
-            seconds, ttfts = closed_loop(c, prompts, one)
-            tokens = int(token_counter(server.metrics_url) - before)
-            out.append(Result(system, c, len(prompts), tokens, seconds, ttfts))
-            print(out[-1].row(), flush=True)
-    finally:
-        server.stop()
-        os.unlink(cfg.name)
+    one(prompts_for(1)[0])  # warm-up
+    for c in levels:
+        prompts = prompts_for(c)
+        before = token_counter(metrics_url)
+        seconds, ttfts = closed_loop(c, prompts, one)
+        tokens = int(token_counter(metrics_url) - before)
+        out.append(Result(system, c, len(prompts), tokens, seconds, ttfts))
+        print(out[-1].row(), flush=True)
     return out
 
 
@@ -212,6 +218,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--systems", default="vllm-triton,vllm-inprocess,transformers-triton")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON (for benchmarks/suite.py)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     all_prompts = rag_prompts(max(*levels, 4))
@@ -243,6 +250,8 @@ def main() -> None:
             parts.append(f"{served / fallback:.1f}x the transformers fallback")
         ratios.append(" ".join(parts))
     table = "\n".join([header, *(r.row() for r in results)])
+    if args.json:
+        args.json.write_text(json.dumps([r.as_dict() for r in results], indent=2))
     print("\n" + table + "\n\n" + "\n".join(ratios))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

