@@ -58,6 +58,8 @@ def latency_summary(seconds: Sequence[float], prefix: str = "") -> dict[str, flo
 
 def fmt(value: Any) -> str:
     """A table cell: floats with sensible precision, everything else as text."""
+    if value is None:
+        return "–"
     if isinstance(value, float):
         if value != value:  # NaN
             return "–"

@@ -12,6 +12,8 @@ import tomllib
 
 CONFIG_ENV = "TRITONRAG_CONFIG"
 HOME_ENV = "TRITONRAG_HOME"
+# [generator] engine values; "stand-in" emits words at once, to measure the serving path without a model.
+GENERATOR_ENGINES = ("vllm", "transformers", "stand-in")
 
 
 def default_home() -> Path:
@@ -176,6 +178,9 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     unknown = sorted(set(raw) - {f.name for f in fields(Settings)})
     if unknown:
         raise ValueError(f"unknown settings section(s): {', '.join(unknown)}")
+    engine = raw.get("generator", {}).get("engine")
+    if engine not in GENERATOR_ENGINES:
+        raise ValueError(f"[generator] engine = {engine!r} is unknown; choose one of {', '.join(GENERATOR_ENGINES)}")
     return Settings(
         home=home,
         server=_build(ServerSettings, "server", raw, home),

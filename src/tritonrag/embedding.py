@@ -1,18 +1,66 @@
-"""Sentence embedding with sentence-transformers: one forward pass for many requests, optional instructions."""
+"""Sentence embedding with sentence-transformers: one forward pass for many requests, optional instructions.
+
+``[embedder] model = "stand-in"`` (or ``"stand-in:DIM"``) selects a model-free stand-in instead: each text's hash
+seeds a vector, so serving-path benchmarks can measure everything but the model (no torch is imported).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from .config import EmbedderSettings, pick_device, resolve_model_ref
 
+STAND_IN = "stand-in"
+STAND_IN_DIMENSION = 384  # all-MiniLM-L6-v2's, so the stand-in queries the sample knowledge base
+
 
 def tokenizer_spans(tokenizer, text: str) -> list[tuple[int, int]]:
     """Character spans of the tokens a Hugging Face (fast) tokenizer makes of ``text``, no special tokens."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
     return [tuple(span) for span in encoded["offset_mapping"]]
+
+
+def stand_in_dimension(model: str) -> int | None:
+    """The vector size when ``model`` names the stand-in (``stand-in`` or ``stand-in:DIM``), else None."""
+    name, _, dim = model.partition(":")
+    if name != STAND_IN:
+        return None
+    if not dim:
+        return STAND_IN_DIMENSION
+    if not dim.isdigit() or not 1 <= int(dim) <= 65536:
+        raise ValueError(f"[embedder] model = {model!r}: write {STAND_IN!r} or '{STAND_IN}:DIM' with DIM 1 to 65536")
+    return int(dim)
+
+
+class StandInEncoder:
+    """Deterministic model-free vectors: a hash of (instruction, text) seeds a Gaussian vector (microseconds).
+
+    Equal texts get equal vectors and different texts unrelated ones; the ranking means nothing, the cost is
+    the point. Tokens are whitespace-separated words, and the whole text is read (no truncation).
+    """
+
+    def __init__(self, dimension: int, normalize: bool = True) -> None:
+        self.dimension = dimension
+        self.normalize = normalize
+
+    def vector(self, text: str, instruction: str = "") -> np.ndarray:
+        digest = hashlib.blake2b(f"{instruction}\0{text}".encode(), digest_size=8).digest()
+        v = np.random.default_rng(int.from_bytes(digest, "little")).standard_normal(self.dimension, np.float32)
+        return v / np.linalg.norm(v) if self.normalize else v
+
+    def encode(self, texts: Sequence[str], instruction: str = "") -> np.ndarray:
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i] = self.vector(text, instruction)
+        return out
+
+    @staticmethod
+    def token_spans(text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", text)]
 
 
 class TextEmbedder:
@@ -24,9 +72,16 @@ class TextEmbedder:
     """
 
     def __init__(self, settings: EmbedderSettings, device: str | None = None) -> None:
+        self.settings = settings
+        self.stand_in: StandInEncoder | None = None
+        stand_in_dim = stand_in_dimension(settings.model)
+        if stand_in_dim is not None:
+            self.device = "cpu"
+            self.dimension = stand_in_dim
+            self.stand_in = StandInEncoder(stand_in_dim, settings.normalize)
+            return
         from sentence_transformers import SentenceTransformer
 
-        self.settings = settings
         self.device = device or pick_device(settings.device)
         self.model = SentenceTransformer(resolve_model_ref(settings.model), device=self.device)
         if settings.instructor_pooling:
@@ -41,16 +96,22 @@ class TextEmbedder:
 
     @property
     def max_seq_length(self) -> int:
+        if self.stand_in is not None:  # reads the whole text, which has at most max_text_chars words
+            return self.settings.max_text_chars
         return int(self.model.max_seq_length)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the tokens the embedder's tokenizer makes of ``text`` (for chunking)."""
+        if self.stand_in is not None:
+            return self.stand_in.token_spans(text)
         return tokenizer_spans(self.model.tokenizer, text)
 
     def encode(self, texts: Sequence[str], instruction: str = "", show_progress: bool = False) -> np.ndarray:
         """Embed ``texts`` (all with the same instruction) in one call; returns [len(texts), dim] float32."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.stand_in is not None:
+            return self.stand_in.encode(texts, instruction)
         vectors = self.model.encode(
             list(texts),
             prompt=instruction or None,

@@ -16,12 +16,12 @@ import threading
 import time
 from typing import Any, Protocol
 
-from .config import GeneratorSettings
+from .config import GENERATOR_ENGINES, GeneratorSettings
 from .errors import InvalidInput
 from .generation import Completion, SamplingParams, TransformersEngine
 
 log = logging.getLogger(__name__)
-ENGINES = ("vllm", "transformers")
+ENGINES = GENERATOR_ENGINES  # "vllm", "transformers", "stand-in"
 
 
 class GenerationSink(Protocol):
@@ -50,6 +50,8 @@ def create_engine(settings: GeneratorSettings) -> Engine:
     """The configured engine; a clear error naming the config switch when it cannot start."""
     if settings.engine not in ENGINES:
         raise ValueError(f"[generator] engine = {settings.engine!r} is unknown; choose one of {', '.join(ENGINES)}")
+    if settings.engine == "stand-in":
+        return StandInEngine(settings)
     try:
         return VllmEngine(settings) if settings.engine == "vllm" else ThreadedTransformersEngine(settings)
     except Exception as exc:
@@ -62,19 +64,18 @@ def create_engine(settings: GeneratorSettings) -> Engine:
         ) from exc
 
 
-class ThreadedTransformersEngine:
-    """The transformers fallback: one worker thread generates the queued requests one at a time."""
+class WorkerThreadEngine:
+    """Serves queued requests one at a time on a worker thread; subclasses implement ``_generate``."""
 
-    name = "transformers"
+    name = ""
 
-    def __init__(self, settings: GeneratorSettings) -> None:
-        self.engine = TransformersEngine(settings)
+    def __init__(self) -> None:
         self._queue: queue.Queue[tuple[str, SamplingParams, GenerationSink] | None] = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._stopping = False
-        self._worker = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
+        self._worker = threading.Thread(target=self._work, name=f"{self.name}-engine", daemon=True)
         self._worker.start()
 
     @property
@@ -85,7 +86,10 @@ class ThreadedTransformersEngine:
         with self._lock:
             self._pending += 1
         self._queue.put((prompt, params, sink))
-        return f"tf-{next(self._ids)}"
+        return f"{self.name}-{next(self._ids)}"
+
+    def _generate(self, prompt: str, params: SamplingParams, sink: GenerationSink) -> Completion:
+        raise NotImplementedError
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -94,21 +98,65 @@ class ThreadedTransformersEngine:
                 if self._stopping:
                     sink.on_finish(Completion("cancelled", 0, 0))
                     continue
-                sink.on_finish(self.engine.generate(prompt, params, functools.partial(self._forward, sink)))
+                sink.on_finish(self._generate(prompt, params, sink))
             except Exception as exc:
                 sink.on_error(exc)
             finally:
                 with self._lock:
                     self._pending -= 1
 
-    def _forward(self, sink: GenerationSink, text: str) -> bool:
-        return not self._stopping and sink.on_text(text, 1)
-
     def shutdown(self) -> None:
         """Cancel the running and queued requests, then stop the worker."""
         self._stopping = True
         self._queue.put(None)
         self._worker.join(timeout=30)
+
+
+class ThreadedTransformersEngine(WorkerThreadEngine):
+    """The transformers fallback: one worker thread generates the queued requests one at a time."""
+
+    name = "transformers"
+
+    def __init__(self, settings: GeneratorSettings) -> None:
+        self.engine = TransformersEngine(settings)
+        super().__init__()
+
+    def _generate(self, prompt: str, params: SamplingParams, sink: GenerationSink) -> Completion:
+        return self.engine.generate(prompt, params, functools.partial(self._forward, sink))
+
+    def _forward(self, sink: GenerationSink, text: str) -> bool:
+        return not self._stopping and sink.on_text(text, 1)
+
+
+class StandInEngine(WorkerThreadEngine):
+    """A model-free engine for measuring the serving path: each request gets ``max_tokens`` words taken from its
+    prompt, sent at once one per ``on_text`` call from the worker thread; finish reason "length".
+
+    Deterministic, no sleep, no weights, no tokenizer (prompt tokens are whitespace-separated words); stop strings
+    are not applied.
+    """
+
+    name = "stand-in"
+
+    def __init__(self, settings: GeneratorSettings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    @staticmethod
+    def pieces(prompt: str, max_tokens: int) -> list[str]:
+        """The ``max_tokens`` pieces answering ``prompt``: its words in order from an offset its length picks."""
+        words = prompt.split() or ["token"]
+        start = len(prompt) % len(words)
+        return [" " + words[(start + i) % len(words)] for i in range(max_tokens)]
+
+    def _generate(self, prompt: str, params: SamplingParams, sink: GenerationSink) -> Completion:
+        tokens, reason = 0, "length"
+        for piece in self.pieces(prompt, params.max_tokens):
+            if self._stopping or not sink.on_text(piece, 1):
+                reason = "cancelled"
+                break
+            tokens += 1
+        return Completion(reason, len(prompt.split()), tokens)
 
 
 class VllmEngine:
