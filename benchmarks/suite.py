@@ -121,13 +121,19 @@ def write_config(path: Path, mode: Mode) -> Path:
 
 
 def run_limits(run: Run) -> list[dict[str, Any]]:
-    from component_limits import embedder_limit, query_vectors, retriever_limit
-    from perf_inputs import embedder_texts
+    import numpy as np
+    from component_limits import embedder_limit, retriever_limit
+    from perf_inputs import build_inputs
 
     from tritonrag.config import load_settings
 
-    rows = [embedder_limit(embedder_texts(), run.mode.limit_seconds)]
-    rows += retriever_limit(query_vectors(), load_settings().rag.top_k, run.mode.limit_seconds)
+    # the very inputs perf_analyzer sends the served models
+    paths = build_inputs(run.out / "raw" / "perf_analyzer" / "inputs", run.mode.max_tokens)
+    texts = [entry["text"]["content"][0] for entry in json.loads(paths["embedder"].read_text())["data"]]
+    vectors = np.array([e["embedding"]["content"] for e in json.loads(paths["retriever"].read_text())["data"]],
+                       dtype=np.float32)
+    rows = [embedder_limit(texts, run.mode.limit_seconds)]
+    rows += retriever_limit(vectors, load_settings().rag.top_k, run.mode.limit_seconds)
     for row in rows:
         run.log(f"{row['component']} ({row['measure']}): {row['limit']:.0f} {row['unit']}")
     json_path = run.out / "raw" / "generator_inprocess.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -73,6 +74,7 @@ def install_runtime(home: Path, wheel: Path | None = None) -> Path:
     root = local_runtime_dir(home)
     marker = root / ".installed"
     if marker.exists():
+        prepare_perf_analyzer(home)
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
@@ -99,8 +101,81 @@ def install_runtime(home: Path, wheel: Path | None = None) -> Path:
             shutil.rmtree(root)
         staging.rename(root)
     marker.write_text(PYTRITON_VERSION)
+    prepare_perf_analyzer(home)
     return root
 
+
+
+# perf_analyzer (installed by the tritonclient wheel) links these; the nvidia-pytriton wheel ships them under
+# auditwheel-mangled names (libb64-98cb6333.so.0d, libcudart-09529672.so.12.6.77).
+PERF_ANALYZER_LIBS = ("libb64.so.0d", "libcudart.so.12")
+
+
+def perf_analyzer_libs_dir(home: Path) -> Path:
+    return home / "triton" / "perf-analyzer-libs"
+
+
+def find_mangled_lib(soname: str, folders: tuple[Path, ...]) -> Path | None:
+    """The file in ``folders`` that auditwheel renamed from ``soname`` (``libX-<hash>.so.N[.M...]``)."""
+    stem, _, suffix = soname.partition(".")
+    pattern = re.compile(rf"{re.escape(stem)}-[0-9a-f]+\.{re.escape(suffix)}(\.[0-9]+)*")
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for candidate in sorted(folder.iterdir()):
+            if candidate.name == soname or pattern.fullmatch(candidate.name):
+                return candidate
+    return None
+
+
+def link_libs(folder: Path, targets: dict[str, Path]) -> Path:
+    """Make ``folder/name`` a symlink to each target (idempotent; a stale link is replaced)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, target in targets.items():
+        link = folder / name
+        if link.is_symlink() or link.exists():
+            if link.resolve() == target.resolve():
+                continue
+            link.unlink()
+        link.symlink_to(target)
+    return folder
+
+
+def prepare_perf_analyzer(home: Path) -> Path | None:
+    """Link the libraries perf_analyzer needs, under their real names, into ``perf_analyzer_libs_dir(home)``.
+
+    Returns the folder, or None when the local runtime is not installed or lacks them (e.g. in the NGC SDK
+    container, where perf_analyzer finds its libraries itself)."""
+    source = local_runtime_dir(home) / "nvidia_pytriton.libs"
+    found = {name: find_mangled_lib(name, (source,)) for name in PERF_ANALYZER_LIBS}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        log.debug("perf_analyzer libraries %s not found in %s", ", ".join(missing), source)
+        return None
+    return link_libs(perf_analyzer_libs_dir(home), {name: path for name, path in found.items() if path})
+
+
+def perf_analyzer_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment to run perf_analyzer with: the linked libraries first on LD_LIBRARY_PATH."""
+    env = dict(os.environ)
+    folder = prepare_perf_analyzer(home)
+    if folder is not None:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(folder), env.get("LD_LIBRARY_PATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+def find_perf_analyzer() -> Path:
+    """perf_analyzer next to this interpreter (the tritonclient wheel's, same version as the client), else on PATH."""
+    beside = Path(sys.executable).parent / "perf_analyzer"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    on_path = shutil.which("perf_analyzer")
+    if on_path:
+        return Path(on_path)
+    raise FileNotFoundError(
+        f"no perf_analyzer next to {sys.executable} or on PATH: install tritonclient[all] (its wheel ships the binary)"
+    )
 
 def prepare_backend_dir(runtime: TritonRuntime, home: Path) -> Path:
     """A backend directory whose python/ holds the backend and the stub matching this interpreter."""

@@ -7,6 +7,7 @@ generator stream.
 
 import asyncio
 import json
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +20,7 @@ from tritonrag.rag_request import RagParams, sources_json
 from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+CANCEL_CHECK_S = 0.05  # is_cancelled() is a round trip to the server: ask at most this often, not per token
 
 
 class StageError(Exception):
@@ -126,6 +128,7 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse(first))
         responses = await generate.async_exec(decoupled=True)
         pieces, finish_reason, complete = [], "stop", False
+        next_cancel_check = 0.0
         try:
             while True:
                 # The iterator's next() blocks: run it off the event loop so other requests keep flowing.
@@ -133,8 +136,10 @@ class TritonPythonModel:
                 if response is None:
                     complete = True
                     break
-                if request.is_cancelled():
-                    raise RequestCancelled
+                if (now := time.monotonic()) >= next_cancel_check:
+                    next_cancel_check = now + CANCEL_CHECK_S
+                    if request.is_cancelled():
+                        raise RequestCancelled
                 if response.has_error():
                     raise StageError("generator", response.error())
                 reason = pb_utils.get_output_tensor_by_name(response, "finish_reason")

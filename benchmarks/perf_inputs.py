@@ -1,0 +1,148 @@
+"""perf_analyzer ``--input-data`` JSON files for every model, built from the sample knowledge base.
+
+Each file is ``{"data": [{input: {"content": [...], "shape": [...]}, ...}, ...]}``; perf_analyzer sends the
+entries round-robin. Shapes exclude the batch dimension for the batched models (embedder, retriever: perf_analyzer
+adds it with ``-b``) and are full shapes for the others. The data is what the ``rag`` model itself sends each stage
+for the question mix (``common.QUESTIONS``): the same embeddings, retrieved passages, prompts and sampling.
+
+    .venv/bin/python benchmarks/perf_inputs.py --out /tmp/perf-inputs          # quick (max_tokens 32)
+    .venv/bin/python benchmarks/perf_inputs.py --out /tmp/perf-inputs --full   # max_tokens = [rag] max_tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import QUESTIONS, write_json
+
+MODELS = ("embedder", "retriever", "prompt_builder", "generator", "rag")
+QUICK_MAX_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """One question with what the pipeline computes for it."""
+
+    question: str
+    embedding: list[float]
+    texts: list[str]
+    metadata: list[str]  # JSON per passage, as the retriever's `metadata` output
+    prompt: str
+    stop: list[str]
+
+
+def tensor(content: list[Any], shape: list[int] | None = None) -> dict[str, Any]:
+    """One input of one request: its flattened content and shape."""
+    return {"content": content, "shape": shape if shape is not None else [len(content)]}
+
+
+def passages(kb: Any, n: int) -> list[str]:
+    """``n`` chunk texts spread evenly over the knowledge base."""
+    ids = kb.ids[:: max(1, len(kb.ids) // n)][:n]
+    return [hit.text for hit in kb.fetch(ids.tolist(), [0.0] * len(ids))]
+
+
+def retrieve_all(settings: Any, kb: Any, questions: list[str]) -> list[Retrieved]:
+    """Embed, retrieve and build the prompt for each question, in-process, as the `rag` model would."""
+    from tritonrag.embedding import TextEmbedder
+    from tritonrag.prompts import PromptBuilder
+
+    embedder = TextEmbedder(settings.embedder, "cpu")
+    builder = PromptBuilder(settings.prompt_builder.max_query_chars, settings.prompt_builder.max_context_chars)
+    vectors = embedder.encode(questions)
+    scores, ids = kb.search(vectors, settings.rag.top_k)
+    out = []
+    for question, vector, row_ids, row_scores in zip(questions, vectors, ids, scores):
+        hits = kb.fetch(row_ids, row_scores)
+        docs = [{"text": h.text, "title": h.title, "source": h.source, "section": h.section} for h in hits]
+        out.append(Retrieved(
+            question=question,
+            embedding=[float(x) for x in vector],
+            texts=[h.text for h in hits],
+            metadata=[json.dumps(h.metadata()) for h in hits],
+            prompt=builder.build(settings.rag.template, question, docs),
+            stop=list(builder.spec(settings.rag.template).stop),
+        ))
+    return out
+
+
+def embedder_data(questions: list[str], chunks: list[str]) -> list[dict[str, Any]]:
+    """Queries and passages interleaved: one text per request (the model's `text` is [1] per batch row)."""
+    texts = [t for pair in zip(questions, chunks) for t in pair] + chunks[len(questions):]
+    return [{"text": tensor([t], [1])} for t in texts]
+
+
+def retriever_data(rows: list[Retrieved], top_k: int) -> list[dict[str, Any]]:
+    return [{"embedding": tensor(r.embedding), "top_k": tensor([top_k], [1])} for r in rows]
+
+
+def prompt_builder_data(rows: list[Retrieved], template: str) -> list[dict[str, Any]]:
+    return [
+        {"query": tensor([r.question], [1]), "context": tensor(r.texts), "metadata": tensor(r.metadata),
+         "template": tensor([template], [1])}
+        for r in rows
+    ]
+
+
+def generator_data(rows: list[Retrieved], max_tokens: int, temperature: float) -> list[dict[str, Any]]:
+    sampling = json.dumps({"max_tokens": max_tokens, "temperature": temperature})
+    return [
+        {"text_input": tensor([r.prompt], [1]), "stop": tensor(r.stop), "sampling_parameters": tensor([sampling], [1]),
+         "stream": tensor([True], [1])}
+        for r in rows
+    ]
+
+
+def rag_data(questions: list[str]) -> list[dict[str, Any]]:
+    return [{"text_input": tensor([q], [1]), "stream": tensor([True], [1])} for q in questions]
+
+
+def build_inputs(out_dir: Path, max_tokens: int | None = None, n_passages: int = 48) -> dict[str, Path]:
+    """Write ``<model>.json`` for every model into ``out_dir``; returns model -> path.
+
+    ``max_tokens`` is the generator's budget per request (default ``[rag] max_tokens``); a summary of what was
+    written goes to ``inputs.json``."""
+    from tritonrag.config import load_settings
+    from tritonrag.knowledge_base import KnowledgeBase
+
+    settings = load_settings()
+    max_tokens = settings.rag.max_tokens if max_tokens is None else max_tokens
+    kb = KnowledgeBase(settings.index_dir)
+    questions = list(QUESTIONS)
+    rows = retrieve_all(settings, kb, questions)
+    data = {
+        "embedder": embedder_data(questions, passages(kb, n_passages)),
+        "retriever": retriever_data(rows, settings.rag.top_k),
+        "prompt_builder": prompt_builder_data(rows, settings.rag.template),
+        "generator": generator_data(rows, max_tokens, settings.rag.temperature),
+        "rag": rag_data(questions),
+    }
+    paths = {model: write_json(out_dir / f"{model}.json", {"data": entries}) for model, entries in data.items()}
+    write_json(out_dir / "inputs.json", {
+        "knowledge_base": str(kb.path), "kb_version": kb.version, "chunks": len(kb), "dimension": kb.dimension,
+        "questions": len(questions), "embedder_texts": len(data["embedder"]), "top_k": settings.rag.top_k,
+        "template": settings.rag.template, "generator_max_tokens": max_tokens,
+        "prompt_chars_mean": sum(len(r.prompt) for r in rows) / len(rows),
+    })
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the <model>.json files")
+    parser.add_argument("--full", action="store_true", help="generator max_tokens = [rag] max_tokens (default 32)")
+    args = parser.parse_args()
+    paths = build_inputs(args.out, None if args.full else QUICK_MAX_TOKENS)
+    for model, path in paths.items():
+        print(f"{model}: {path}")
+
+
+if __name__ == "__main__":
+    main()
