@@ -49,13 +49,17 @@ class Mode:
     locust_seconds: int
     limit_seconds: float
     enforce_eager: bool
+    # Ray Serve baselines: (system name, launcher arguments, concurrency levels)
+    baselines: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...]
 
     def rag_requests(self, concurrency: int) -> int:
         return max(8, 2 * concurrency) if self.name == "full" else max(4, concurrency)
 
 
-QUICK = Mode("quick", [8], [8], 32, 20, 3.0, True)
-FULL = Mode("full", [1, 4, 8, 16], [8, 16], 96, 60, 10.0, False)
+QUICK = Mode("quick", [8], [8], 32, 20, 3.0, True, (("ray-serve", (), (8,)),))
+# The original design's Chat may run on transformers: measured too, at c=8 only (one request at a time, slow).
+FULL = Mode("full", [1, 4, 8, 16], [8, 16], 96, 60, 10.0, False,
+            (("ray-serve", (), (1, 4, 8, 16)), ("ray-serve-transformers", ("--engine", "transformers"), (8,))))
 
 
 @dataclass
@@ -172,10 +176,10 @@ def run_generator(run: Run, server: Any) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.as_dict().items() if k != "ttft_s"} for r in results]
 
 
-def run_rag(run: Run, system: str, url: str) -> list[dict[str, Any]]:
+def run_rag(run: Run, system: str, url: str, levels: list[int] | None = None) -> list[dict[str, Any]]:
     from rag_load import run_levels
 
-    levels = run_levels(system, url, run.mode.rag_levels, run.mode.rag_requests, {}, log=run.log)
+    levels = run_levels(system, url, levels or run.mode.rag_levels, run.mode.rag_requests, {}, log=run.log)
     samples = [{"system": system, "concurrency": lv.concurrency, **vars(s)} for lv in levels for s in lv.samples]
     write_csv(run.out / "raw" / f"rag_{system}_requests.csv", samples)
     return [lv.row() for lv in levels]
@@ -186,10 +190,11 @@ def run_locust(run: Run, server: Any) -> dict[str, Any]:
     prefix = run.out / "raw" / "locust" / "rag"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     command = [str(Path(sys.executable).with_name("locust")), "-f", str(BENCHMARKS / "locustfile.py"), "--headless",
-               "-u", str(users), "-r", str(users), "-t", f"{run.mode.locust_seconds}s", "--host", server.http_url,
+               "-u", str(users), "-r", str(users), "-t", f"{run.mode.locust_seconds}s", "--host", f"http://{server.http_url.removeprefix('http://')}",
                "--csv", str(prefix), "--only-summary", "--stop-timeout", "120"]
     run.commands.append(shlex.join(command))
-    subprocess.run(command, check=False, env=os.environ.copy(), capture_output=True, text=True)
+    with (prefix.parent / "locust.log").open("w") as log:
+        subprocess.run(command, check=False, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
     with (prefix.parent / "rag_stats.csv").open() as handle:
         stats = list(csv.DictReader(handle))
     rows = [{"name": r["Name"], "type": r["Type"], "requests": int(r["Request Count"]),
@@ -221,7 +226,7 @@ def run_triton_steps(run: Run, steps: set[str]) -> None:
         server.stop()
 
 
-def run_baseline(run: Run) -> list[dict[str, Any]]:
+def run_baseline(run: Run, system: str, args: tuple[str, ...], levels: tuple[int, ...]) -> list[dict[str, Any]]:
     sys.path.insert(0, str(BENCHMARKS / "baselines"))
     from serve_baseline import BaselineServer
 
@@ -229,12 +234,13 @@ def run_baseline(run: Run) -> list[dict[str, Any]]:
     from tritonrag.runtime import free_port
 
     started = time.perf_counter()
-    with BaselineServer(port=free_port(), env={CONFIG_ENV: str(run.config)},
-                        log_path=run.out / "raw" / "ray_serve.log") as baseline:
-        run.log(f"Ray Serve baseline ready in {time.perf_counter() - started:.0f} s ({baseline.url})")
-        run.commands.append(f"TRITONRAG_CONFIG={run.config} {sys.executable} benchmarks/baselines/serve_baseline.py "
-                            f"--port {baseline.url.rsplit(':', 1)[-1]}")
-        return run_rag(run, "ray-serve", f"{baseline.url}/generate_stream")
+    port = free_port()
+    with BaselineServer(port=port, env={CONFIG_ENV: str(run.config)}, args=args,
+                        log_path=run.out / "raw" / f"{system}.log") as baseline:
+        run.log(f"{system} ready in {time.perf_counter() - started:.0f} s ({baseline.url})")
+        run.commands.append(f"TRITONRAG_CONFIG={run.config} .venv/bin/python benchmarks/baselines/serve_baseline.py "
+                            f"--port {port} {shlex.join(args)}".strip())
+        return run_rag(run, system, f"{baseline.url}/generate_stream", list(levels))
 
 
 def run_overhead(run: Run) -> dict[str, Any]:
@@ -271,12 +277,15 @@ def main() -> None:
     with (out / "raw" / "suite.log").open("w") as run.log_file:
         run.log(f"{mode.name} mode, results in {out}")
         machine = machine_description()
+        machine["commit"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                                           text=True).stdout.strip()
         write_json(out / "machine.json", machine)
         if "limits" in steps:
             run.step("limits", lambda: run_limits(run))
         run_triton_steps(run, steps)
         if "baseline" in steps:
-            run.step("rag ray-serve", lambda: run_baseline(run))
+            for system, launcher_args, levels in mode.baselines:
+                run.step(f"rag {system}", lambda s=system, a=launcher_args, lv=levels: run_baseline(run, s, a, lv))
         if "overhead" in steps:
             run.step("overhead", lambda: run_overhead(run))
         total = time.perf_counter() - started
