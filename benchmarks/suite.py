@@ -210,11 +210,6 @@ def run_triton_steps(run: Run, steps: set[str]) -> None:
     if server is None:
         return
     try:
-        if "perf" in steps:
-            import perf_models
-
-            run.step("perf", lambda: perf_models.run(run.out / "raw" / "perf_analyzer", server.http_url,
-                                                     server.grpc_url, run.mode.name == "quick"))
         if "generator" in steps:
             run.step("generator", lambda: run_generator(run, server))
         if "rag" in steps:
@@ -222,6 +217,11 @@ def run_triton_steps(run: Run, steps: set[str]) -> None:
             run.step("rag tritonrag", lambda: run_rag(run, "tritonrag", url))
         if "locust" in steps:
             run.step("locust", lambda: run_locust(run, server))
+        if "perf" in steps:  # last: perf_analyzer ends each streaming level by cancelling what is still in flight
+            import perf_models
+
+            run.step("perf", lambda: perf_models.run(run.out / "raw" / "perf_analyzer", server.http_url,
+                                                     server.grpc_url, run.mode.name == "quick"))
     finally:
         server.stop()
 

@@ -20,6 +20,7 @@ from tritonrag.rag_request import RagParams, sources_json
 from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+DRAIN_TIMEOUT_S = 30.0  # how long a cancelled generator stream may take to close
 CANCEL_CHECK_S = 0.05  # is_cancelled() is a round trip to the server: ask at most this often, not per token
 
 
@@ -154,10 +155,20 @@ class TritonPythonModel:
         finally:
             if not complete:  # cancelled by the client, or failed: stop the generator working for nobody
                 await self._cancel_generation(responses, cancel_key)
+                await self._drain(responses)
         outputs = [string_tensor("text_output", ["".join(pieces)]), string_tensor("finish_reason", [finish_reason])]
         if not stream:
             outputs.append(string_tensor("sources", [sources]))
         sender.send(pb_utils.InferenceResponse(outputs), flags=FINAL)
+
+    async def _drain(self, responses):
+        """Read a cancelled stream to its final response: in Triton 2.51 a BLS response iterator dropped while
+        responses are still arriving corrupts the stub's memory (it crashed a few requests later)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while loop.time() < deadline:
+            if await loop.run_in_executor(self.executor, next, responses, None) is None:
+                return
 
     async def _cancel_generation(self, responses, cancel_key):
         """Cancel a generator stream. Triton 2.51's BLS response iterator has no cancel(), so the generator
