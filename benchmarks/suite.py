@@ -2,17 +2,17 @@
 
 Steps, one after the other on the same machine (each starts and stops what it needs):
  1. component limits in this process: sentence-transformers encode, FAISS search + fetch, vLLM generate;
- 2. Triton on the committed repository: perf_analyzer on every model (HTTP and gRPC; streaming for the
-    decoupled ones), the served generator, the closed-loop RAG client, and locust on /generate(_stream);
- 3. the Ray Serve + ChromaDB baseline (benchmarks/baselines/): the same closed-loop RAG client;
+ 2. Triton on the committed repository: the served generator, the closed-loop RAG client, locust on
+    /generate(_stream), then perf_analyzer on every model (HTTP and gRPC; streaming for the decoupled ones);
+ 3. the Ray Serve + ChromaDB baselines (benchmarks/baselines/, vLLM and transformers Chat): the same RAG client;
  4. orchestration overhead: Triton with stand-in models vs the same four functions in one process.
 
 Both systems get the same settings file (written to <out>/config.toml): prefix caching off, since the question
 mix repeats and cache hits would flatter whoever runs later; quick mode also skips torch.compile (enforce_eager)
 and shortens answers. Everything else is the configuration in src/tritonrag/defaults.toml.
 
-    scripts/bench.sh --quick          # a few minutes: c=8 only, short answers, results in <date>-quick/
-    scripts/bench.sh --full           # ~40 minutes on 2 cores: c=1,4,8,16, results in <date>/
+    scripts/bench.sh --quick          # ~7 minutes: c=8 only, short answers, results in <date>-quick/
+    scripts/bench.sh --full           # ~30 minutes on 2 cores: c=1,4,8,16, results in <date>/
     .venv/bin/python benchmarks/suite.py --full --skip baseline,locust   # parts of it
 """
 
