@@ -1,0 +1,56 @@
+"""The deployment spec: parsing, validation messages that say where, and the planner's input."""
+
+import pytest
+
+from tritonrag.deploy_spec import SpecError, load_spec
+from tritonrag.placement import gpus_used, plan
+
+ONE_GPU = """
+cluster: {gpus: 1, gpu_memory_gib: 80}
+components:
+  embedder: {device: gpu, gpu_share: 0.1, batching: {max_batch_size: 64, preferred_batch_sizes: [16, 32]}}
+  retriever: {device: gpu, gpu_share: 0.1}
+  prompt_builder: {instances: 2}
+  generator: {device: gpu, gpu_share: 0.8, engine: {max_num_seqs: 64}}
+  rag: {instances: 1, min_instances: 1, max_instances: 4}
+"""
+
+
+def test_one_gpu_spec_plans_on_one_gpu():
+    spec = load_spec(ONE_GPU)
+    assert [g.memory_gib for g in spec.gpus] == [80.0]
+    embedder = spec.components[0]
+    assert embedder.batching.preferred_batch_sizes == (16, 32) and embedder.batching.max_batch_size == 64
+    assert spec.components[3].engine == {"max_num_seqs": 64}
+    placements = plan(spec.demands(), spec.gpus)
+    assert gpus_used(placements) == {0}
+    assert [p.component for p in placements if not p.gpus] == ["prompt_builder", "prompt_builder", "rag"]
+
+
+def test_detect_and_gpu_lists():
+    assert load_spec("cluster: {gpus: detect}\ncomponents: {}").gpus is None
+    assert [g.memory_gib for g in load_spec("cluster: {gpus: [80, 40]}").gpus] == [80.0, 40.0]
+    assert load_spec("components: {rag: {}}").gpus == ()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("components: {embeder: {}}", r"components: unknown key\(s\) embeder; allowed: embedder"),
+    ("components: {embedder: {gpu_shar: 0.1}}", r"components.embedder: unknown key\(s\) gpu_shar"),
+    ("components: {embedder: {device: tpu}}", "components.embedder.device: must be one of cpu, gpu"),
+    ("components: {embedder: {gpu_share: 0.5}}", "a CPU component takes no GPU share"),
+    ("components: {generator: {device: gpu, gpu_share: 1.5}}", "whole number of GPUs"),
+    ("components: {generator: {device: gpu, gpu_share: 0}}", "needs a share above 0"),
+    ("components: {embedder: {instances: 0}}", "components.embedder.instances: must be at least 1"),
+    ("components: {embedder: {instances: two}}", "expected a number"),
+    ("components: {rag: {min_instances: 4, max_instances: 2}}", "min_instances 4 is above max_instances 2"),
+    ("components: {embedder: {placement: random}}", "must be one of pack, spread"),
+    ("components: {embedder: {batching: {max_batch_size: 8, preferred_batch_sizes: [16]}}}", "must not exceed"),
+    ("cluster: {gpus: 2}", "cluster.gpu_memory_gib: give each GPU's memory"),
+    ("cluster: {gpus: 2, gpu_memory_gib: 80}\nextra: 1", r"spec: unknown key\(s\) extra"),
+    ("components: [1, 2", "not valid YAML"),
+    ("- just a list", "spec: expected a mapping"),
+    ("components: {embedder: !!python/object/apply:os.system [echo]}", "not valid YAML"),
+])
+def test_bad_specs_say_where_and_why(text, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(text)
