@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
 
@@ -95,6 +97,35 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
 def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def write_overlay(path: Path, overrides: dict[str, dict[str, Any]], header: str) -> Path:
+    """One settings file for a benchmark: the user's $TRITONRAG_CONFIG (if any) with ``overrides`` on top, section
+    by section (its top-level ``home`` kept), written as TOML for TRITONRAG_CONFIG."""
+    from tritonrag.config import CONFIG_ENV
+
+    merged: dict[str, Any] = {}
+    if os.environ.get(CONFIG_ENV):
+        merged = tomllib.loads(Path(os.environ[CONFIG_ENV]).read_text())
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update(values)
+    lines = [f"# {header}"]
+    if "home" in merged:
+        lines.append(f"home = {_toml_value(merged.pop('home'))}")
+    for section, values in merged.items():
+        lines.append(f"\n[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

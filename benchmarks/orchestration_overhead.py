@@ -66,6 +66,7 @@ from common import (
     write_csv,
     write_json,
 )
+from common import write_overlay as write_settings_overlay
 
 STAND_IN = BENCHMARKS / "stand_in.toml"
 VARIANTS = ("committed", "no-queue-delay")
@@ -101,36 +102,14 @@ class Sample:
 # --------------------------------------------------------------------------------------------- settings
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
-
-
 def write_overlay(path: Path, variant: str) -> Path:
     """$TRITONRAG_CONFIG (if any) with the stand-ins on top, plus the variant's batching delays, as one TOML."""
-    from tritonrag.config import CONFIG_ENV
-
-    merged: dict[str, dict[str, Any]] = {}
-    if os.environ.get(CONFIG_ENV):
-        merged = tomllib.loads(Path(os.environ[CONFIG_ENV]).read_text())
-    for section, values in tomllib.loads(STAND_IN.read_text()).items():
-        merged.setdefault(section, {}).update(values)
+    overrides = tomllib.loads(STAND_IN.read_text())
     if variant == "no-queue-delay":
-        merged.setdefault("embedder", {})["max_queue_delay_us"] = 0
-        merged.setdefault("retriever", {})["max_queue_delay_us"] = 0
-    lines = [f"# written by benchmarks/orchestration_overhead.py (variant {variant})"]
-    home = merged.pop("home", None)
-    if home is not None:
-        lines.append(f"home = {_toml(home)}")
-    for section, values in merged.items():
-        lines.append(f"\n[{section}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        overrides.setdefault("embedder", {})["max_queue_delay_us"] = 0
+        overrides.setdefault("retriever", {})["max_queue_delay_us"] = 0
+    header = f"written by benchmarks/orchestration_overhead.py (variant {variant})"
+    return write_settings_overlay(path, overrides, header)
 
 
 def repository_for(variant: str, settings: Any, scratch: Path) -> Path:

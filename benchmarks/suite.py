@@ -32,10 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS, ROOT, machine_description, write_csv, write_json
+from common import BENCHMARKS, ROOT, machine_description, write_csv, write_json, write_overlay
 
 STEPS = ("limits", "perf", "generator", "rag", "locust", "baseline", "overhead")
 
@@ -96,32 +94,13 @@ class Run:
             self.timings[name] = time.perf_counter() - started
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
-
-
 def write_config(path: Path, mode: Mode) -> Path:
-    """The settings both systems run with: the user's TRITONRAG_CONFIG (if any) plus the suite's overrides."""
-    from tritonrag.config import CONFIG_ENV
-
-    merged: dict[str, dict[str, Any]] = {}
-    if os.environ.get(CONFIG_ENV):
-        merged = tomllib.loads(Path(os.environ[CONFIG_ENV]).read_text())
-    generator = merged.setdefault("generator", {})
-    generator["enable_prefix_caching"] = False
+    """The settings every system runs with: the user's TRITONRAG_CONFIG (if any) plus the suite's overrides."""
+    generator: dict[str, Any] = {"enable_prefix_caching": False}
     if mode.enforce_eager:
         generator["enforce_eager"] = True
-    merged.setdefault("rag", {})["max_tokens"] = mode.max_tokens
-    lines = ["# written by benchmarks/suite.py: the settings every system in this run used"]
-    for section, values in merged.items():
-        lines.append(f"\n[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_overlay(path, {"generator": generator, "rag": {"max_tokens": mode.max_tokens}},
+                         "written by benchmarks/suite.py: the settings every system in this run used")
 
 
 def run_limits(run: Run) -> list[dict[str, Any]]:

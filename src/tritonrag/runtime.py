@@ -181,17 +181,10 @@ def prepare_backend_dir(runtime: TritonRuntime, home: Path) -> Path:
     """A backend directory whose python/ holds the backend and the stub matching this interpreter."""
     folder = home / "triton" / f"backends-py{_python_tag()}"
     python_dir = folder / "python"
-    python_dir.mkdir(parents=True, exist_ok=True)
     links = {name: runtime.python_backend / name for name in ("libtriton_python.so", "triton_python_backend_utils.py")}
     if runtime.stub is not None:
         links["triton_python_backend_stub"] = runtime.stub
-    for name, src in links.items():
-        dst = python_dir / name
-        if dst.is_symlink() or dst.exists():
-            if dst.resolve() == src.resolve():
-                continue
-            dst.unlink()
-        dst.symlink_to(src)
+    link_libs(python_dir, links)
     return folder
 
 

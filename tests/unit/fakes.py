@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import re
+import threading
 
 import numpy as np
 
@@ -55,3 +56,27 @@ def doc(source, words=10, tag=None, metadata=None):
     tag = tag or source
     return Document(source=source, title=f"Title {source}", text=" ".join(f"{tag}-w{i}" for i in range(words)),
                     metadata=metadata or {})
+
+
+class RecordingSink:
+    """A GenerationSink that records the text, tokens, threads and outcome; returns False after ``cancel_after``."""
+
+    def __init__(self, cancel_after=None):
+        self.texts, self.tokens, self.completion, self.error = [], 0, None, None
+        self.cancel_after = cancel_after
+        self.threads = set()
+        self.done = threading.Event()
+
+    def on_text(self, text, tokens):
+        self.threads.add(threading.current_thread().name)
+        self.texts.append(text)
+        self.tokens += tokens
+        return self.cancel_after is None or len(self.texts) < self.cancel_after
+
+    def on_finish(self, completion):
+        self.completion = completion
+        self.done.set()
+
+    def on_error(self, error):
+        self.error = error
+        self.done.set()

@@ -1,32 +1,13 @@
 """The engine layer: configuration errors, and the transformers fallback's queue, streaming and cancellation."""
 
-import threading
 from dataclasses import replace
 
 import pytest
+from fakes import RecordingSink as Sink
 
 from tritonrag.config import load_settings
 from tritonrag.engines import ThreadedTransformersEngine, create_engine
 from tritonrag.generation import SamplingParams
-
-
-class Sink:
-    def __init__(self, cancel_after=None):
-        self.texts, self.completion, self.error = [], None, None
-        self.cancel_after = cancel_after
-        self.done = threading.Event()
-
-    def on_text(self, text, tokens):
-        self.texts.append(text)
-        return self.cancel_after is None or len(self.texts) < self.cancel_after
-
-    def on_finish(self, completion):
-        self.completion = completion
-        self.done.set()
-
-    def on_error(self, error):
-        self.error = error
-        self.done.set()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import RecordingSink as Sink
 
 from tritonrag.config import load_settings
 from tritonrag.embedding import STAND_IN_DIMENSION, TextEmbedder, stand_in_dimension
@@ -15,28 +16,6 @@ from tritonrag.engines import ENGINES, StandInEngine, create_engine
 from tritonrag.generation import SamplingParams
 
 OVERLAY = Path(__file__).resolve().parents[2] / "benchmarks" / "stand_in.toml"
-
-
-class Sink:
-    def __init__(self, cancel_after=None):
-        self.texts, self.tokens, self.completion, self.error = [], 0, None, None
-        self.cancel_after = cancel_after
-        self.threads = set()
-        self.done = threading.Event()
-
-    def on_text(self, text, tokens):
-        self.threads.add(threading.current_thread().name)
-        self.texts.append(text)
-        self.tokens += tokens
-        return self.cancel_after is None or len(self.texts) < self.cancel_after
-
-    def on_finish(self, completion):
-        self.completion = completion
-        self.done.set()
-
-    def on_error(self, error):
-        self.error = error
-        self.done.set()
 
 
 @pytest.fixture
