@@ -204,7 +204,7 @@ class Profiler:
         self.raw = out_dir / "raw"
         self.raw.mkdir(parents=True, exist_ok=True)
         self.binary, self.env, self.quick = binary, env, quick
-        self.timeout_s = 180.0 if quick else 1200.0
+        self.timeout_s = 90.0 if quick else 1200.0  # a quick level takes seconds; a hung client costs this
         self.commands: list[str] = []
 
     def _run(self, job: Job, windows: Windows, name: str, export: bool = True) -> tuple[int, str, Path, Path | None]:

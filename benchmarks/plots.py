@@ -82,7 +82,8 @@ def model_throughput(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models):
         for protocol in sorted({r["protocol"] for r in rows if r["model"] == model}):
-            group = sorted((r for r in rows if r["model"] == model and r["protocol"] == protocol),
+            group = sorted((r for r in rows if r["model"] == model and r["protocol"] == protocol
+                            and r.get("infer_per_s") is not None),
                            key=lambda r: r["concurrency"])
             ax.plot([r["concurrency"] for r in group], [r["infer_per_s"] for r in group], marker="o", label=protocol)
         ax.set(title=model, xlabel="concurrency", ylabel="inferences/s")

@@ -26,8 +26,9 @@ def _verdict(value: float | None, target: float, higher_is_better: bool) -> str:
 
 
 def best_served(perf_rows: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
-    """The highest-throughput perf_analyzer row of a model over protocols and concurrency levels."""
-    rows = [r for r in perf_rows if r["model"] == model]
+    """The highest-throughput perf_analyzer row of a model over protocols and concurrency levels (failed levels,
+    which have no throughput, are left out)."""
+    rows = [r for r in perf_rows if r["model"] == model and r.get("infer_per_s") is not None]
     return max(rows, key=lambda r: r["infer_per_s"]) if rows else None
 
 

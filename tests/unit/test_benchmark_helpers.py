@@ -54,7 +54,8 @@ def test_targets_compare_with_the_baseline_and_limits():
         "limits": [{"component": "embedder", "limit": 100.0}, {"component": "retriever", "limit": 1000.0}],
         "perf": [{"model": "embedder", "protocol": "grpc", "concurrency": 8, "infer_per_s": 95.0},
                  {"model": "embedder", "protocol": "http", "concurrency": 8, "infer_per_s": 80.0},
-                 {"model": "retriever", "protocol": "grpc", "concurrency": 8, "infer_per_s": 500.0}],
+                 {"model": "retriever", "protocol": "grpc", "concurrency": 8, "infer_per_s": 500.0},
+                 {"model": "retriever", "protocol": "http", "concurrency": 8, "error": "exit 124"}],
         "overhead": {"overhead": [{"variant": "committed", "config": "http-generate max_tokens=1",
                                    "overhead_p50_ms": 2.5, "inproc_p50_ms": 0.4}]},
     }
