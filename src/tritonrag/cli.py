@@ -309,19 +309,97 @@ def kb_rollback(
     console.print(f"published {version} of {root}")
 
 
+SpecPath = Annotated[Path | None, typer.Option(
+    "--spec", help="Deployment spec (YAML); default: the CPU spec, deploy/specs/cpu.yaml. Examples in deploy/specs/.")]
+
+
+DetectGpus = Annotated[bool, typer.Option(
+    "--detect-gpus", help="Place on this machine's GPUs (nvidia-smi) instead of the spec's inventory.")]
+
+
+def _plan(spec: Path | None, detect_gpus: bool = False):
+    from .deploy_spec import SpecError
+    from .deployment import load_plan
+    from .repository import default_plan
+
+    try:
+        if spec is None and detect_gpus:
+            raise SpecError("--detect-gpus needs --spec: the default CPU spec places nothing on GPUs")
+        return load_plan(spec, load_settings(), use_machine_gpus=detect_gpus) if spec else default_plan(load_settings())
+    except (SpecError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _print_plan(plan, spec: Path | None) -> None:
+    from rich.table import Table
+
+    from .deployment import gpu_rows, plan_rows
+
+    gpus = ", ".join(f"{g.index}: {g.memory_gib:g} GiB" for g in plan.gpus) or "none (CPU only)"
+    table = Table(title=f"Plan for {spec or 'the default CPU spec'} (GPUs {gpus})")
+    for column in ("component", "instances", "where", "share/GPU", "memory cap", "Triton instance_group",
+                   "settings"):
+        table.add_column(column, overflow="fold")
+    for row in plan_rows(plan):
+        table.add_row(*row)
+    console.print(table)
+    if plan.gpus:
+        per_gpu = Table(title="Per GPU")
+        for column in ("GPU", "memory", "shares", "capped", "instances"):
+            per_gpu.add_column(column, overflow="fold")
+        for row in gpu_rows(plan):
+            per_gpu.add_row(*row)
+        console.print(per_gpu)
+    low, high = plan.replicas
+    console.print(f"Cluster: {low} to {high if high is not None else 'any number of'} replicas of this server "
+                  "(from min_instances/max_instances).")
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
 @app.command()
 def render(
-    model_repository: Annotated[Path | None, typer.Option(help="Repository to write.")] = None,
+    spec: SpecPath = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "--model-repository", help="Repository to write (default: model_repository/ of this checkout); "
+        "another folder gets the models' code too.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the placement plan as a table; write nothing.")] = False,
     check: Annotated[bool, typer.Option(help="Only report files that differ; exit 1 if any.")] = False,
+    detect_gpus: DetectGpus = False,
 ) -> None:
-    """Write every config.pbtxt from the settings (defaults + $TRITONRAG_CONFIG)."""
+    """Render the model repository from a deployment spec and the settings (defaults + $TRITONRAG_CONFIG).
+
+    Examples:
+      tritonrag render --spec deploy/specs/gpu-8.yaml --dry-run
+      tritonrag render --spec deploy/specs/gpu-1.yaml --output /srv/tritonrag-repo
+      tritonrag render --check      # is model_repository/ the rendering of the default CPU spec?
+    """
     from .repository import render_repository
 
-    differing = render_repository(load_settings(), model_repository or REPOSITORY, check=check)
+    plan = _plan(spec, detect_gpus)
+    if dry_run:
+        _print_plan(plan, spec)
+        return
+    target = output or REPOSITORY
+    differing = render_repository(load_settings(), target, check=check, plan=plan, code_from=REPOSITORY)
     for path in differing:
         console.print(f"{'differs' if check else 'wrote'}: {path}")
     if check and differing:
         raise typer.Exit(1)
+    if not check:
+        console.print(f"{target} is the rendering of {spec or 'the default CPU spec'}")
+
+
+def _render_spec(spec: Path, detect_gpus: bool) -> Path:
+    from .repository import render_repository
+
+    plan = _plan(spec, detect_gpus)
+    _print_plan(plan, spec)
+    target = load_settings().home / "repositories" / spec.stem
+    render_repository(load_settings(), target, plan=plan, code_from=REPOSITORY)
+    console.print(f"rendered {spec} into {target}")
+    return target
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -352,11 +430,20 @@ def serve(
     grpc_port: Annotated[int | None, typer.Option()] = None,
     metrics_port: Annotated[int | None, typer.Option()] = None,
     host: Annotated[str, typer.Option(help="Address for HTTP and gRPC; 0.0.0.0 to serve other hosts.")] = "127.0.0.1",
+    spec: Annotated[Path | None, typer.Option(
+        "--spec", help="Render this deployment spec into $TRITONRAG_HOME/repositories/<name> and serve that.")] = None,
+    detect_gpus: DetectGpus = False,
 ) -> None:
     """Run Triton on the model repository until Ctrl-C.
 
-    Example: tritonrag serve --http-port 8000, then: tritonrag ask "Who is Passepartout?"
+    Examples:
+      tritonrag serve --http-port 8000, then: tritonrag ask "Who is Passepartout?"
+      tritonrag serve --spec deploy/specs/gpu-1.yaml --detect-gpus --host 0.0.0.0
     """
+    if spec is not None:
+        if model_repository is not None:
+            raise typer.BadParameter("give --spec or --model-repository, not both")
+        model_repository = _render_spec(spec, detect_gpus)
     server = _start_server(model_repository, http_port, grpc_port, metrics_port, host)
     try:
         while server.process is not None and server.process.poll() is None:

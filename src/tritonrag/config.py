@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -192,6 +193,28 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         generator=_build(GeneratorSettings, "generator", raw, home),
         rag=_build(RagSettings, "rag", raw, home),
     )
+
+
+def override(section: T, overrides: Mapping[str, Any], where: str) -> T:
+    """``section`` (a settings dataclass) with ``overrides`` applied; unknown names and wrong types are errors that
+    name ``where`` the override came from."""
+    current = {f.name: getattr(section, f.name) for f in fields(section)}  # type: ignore[arg-type]
+    changes = {}
+    for name, value in overrides.items():
+        if name not in current:
+            raise ValueError(f"{where}: unknown setting {name!r}; known: {', '.join(current)}")
+        old = current[name]
+        if isinstance(old, bool) or isinstance(value, bool):
+            ok = isinstance(old, bool) and isinstance(value, bool)
+        elif isinstance(old, float):
+            ok = isinstance(value, (int, float))
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, type(old))
+        if not ok:
+            raise ValueError(f"{where}.{name}: expected {type(old).__name__} like {old!r}, got {value!r}")
+        changes[name] = value
+    return replace(section, **changes)  # type: ignore[type-var]
 
 
 def resolve_model_ref(ref: str) -> str:

@@ -5,7 +5,12 @@
     components:
       embedder:  {instances: 2, device: gpu, gpu_share: 0.1, placement: pack,
                   batching: {max_batch_size: 64, preferred_batch_sizes: [16, 32], max_queue_delay_us: 0}}
-      generator: {instances: 1, device: gpu, gpu_share: 0.8, engine: {max_num_seqs: 64}}
+      generator: {instances: 1, device: gpu, gpu_share: 0.8, engine: {max_num_seqs: 64, tensor_parallel_size: 2}}
+
+``instances`` is per server; ``min_instances``/``max_instances`` bound the whole cluster (see ``replica_range``).
+``engine`` overrides the component's settings section (tritonrag.config), ``model`` its model. A generator with
+``engine.tensor_parallel_size: N`` spans N GPUs at ``gpu_share`` of each; ``gpu_share: N`` (whole) means N whole GPUs.
+Only the embedder, retriever and generator run on a GPU.
 
 Unknown keys and bad values are errors that name the component and key. ``demands`` turns the spec into the
 placement planner's input (tritonrag.placement).
@@ -20,6 +25,8 @@ from typing import Any
 from .placement import STRATEGIES, Demand, Gpu
 
 COMPONENTS = ("embedder", "retriever", "prompt_builder", "generator", "rag")
+GPU_COMPONENTS = ("embedder", "retriever", "generator")
+MODEL_COMPONENTS = ("embedder", "generator")  # the ones with a ``model`` setting
 DEVICES = ("cpu", "gpu")
 COMPONENT_KEYS = {"model", "instances", "min_instances", "max_instances", "device", "gpu_share", "gpu_memory_gib",
                   "placement", "batching", "engine"}
@@ -40,7 +47,7 @@ class Batching:
 @dataclass(frozen=True)
 class ComponentSpec:
     name: str
-    instances: int = 1
+    instances: int | None = None  # per server; None: the settings' [component] instances
     min_instances: int | None = None  # cluster level (autoscaling), not per server
     max_instances: int | None = None
     device: str = "cpu"
@@ -51,15 +58,55 @@ class ComponentSpec:
     batching: Batching = field(default_factory=Batching)
     engine: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def gpus_per_instance(self) -> int:
+        """GPUs one instance spans: a whole share, or the generator's tensor parallel size, else 1 (0 on CPU)."""
+        if self.device == "cpu":
+            return 0
+        if self.gpu_share >= 1:
+            return int(self.gpu_share)
+        return int(self.engine.get("tensor_parallel_size", 1))
+
 
 @dataclass(frozen=True)
 class DeploymentSpec:
     gpus: tuple[Gpu, ...] | None  # None: detect at render time
     components: tuple[ComponentSpec, ...]
 
-    def demands(self) -> list[Demand]:
-        return [Demand(c.name, c.instances, c.gpu_share if c.device == "gpu" else 0.0, c.gpu_memory_gib, c.placement)
-                for c in self.components]
+    def component(self, name: str) -> ComponentSpec:
+        """The named component's spec; one the file leaves out runs one instance on the CPU."""
+        return next((c for c in self.components if c.name == name), ComponentSpec(name))
+
+    def instances(self, name: str, defaults: Mapping[str, int] | None = None) -> int:
+        """Instances of ``name`` per server: the spec's, else ``defaults`` (the settings), else 1."""
+        given = self.component(name).instances
+        return given if given is not None else (defaults or {}).get(name, 1)
+
+    def demands(self, defaults: Mapping[str, int] | None = None) -> list[Demand]:
+        """The planner's input: every component, those the file leaves out on the CPU (instances: ``instances``)."""
+        demands = []
+        for name in COMPONENTS:
+            c = self.component(name)
+            share = c.gpu_share if c.device == "gpu" else 0.0
+            gpus = c.gpus_per_instance if share and share < 1 else 0
+            demands.append(Demand(name, self.instances(name, defaults), share, c.gpu_memory_gib, c.placement, gpus))
+        return demands
+
+    def replica_range(self, defaults: Mapping[str, int] | None = None) -> tuple[int, int | None]:
+        """How many copies of the whole server the cluster runs so that every component's min/max_instances hold:
+        the smallest count meeting every minimum and the largest staying under every maximum (None: no maximum)."""
+        low, high = 1, None
+        for c in self.components:
+            per_server = self.instances(c.name, defaults)
+            if c.min_instances is not None:
+                low = max(low, -(-c.min_instances // per_server))
+            if c.max_instances is not None:
+                most = c.max_instances // per_server
+                high = most if high is None else min(high, most)
+        if high is not None and high < low:
+            raise SpecError(f"components: min_instances need {low} servers but max_instances allow only {high} "
+                            "(each server runs every component's instances)")
+        return low, high
 
 
 def _check(where: str, ok: bool, why: str) -> None:
@@ -105,9 +152,16 @@ def _component(name: str, raw: Any) -> ComponentSpec:
     _check(f"{where}.gpu_share", device == "cpu" or share > 0, "a GPU component needs a share above 0")
     _check(f"{where}.gpu_share", share <= 1 or share == int(share),
            f"above 1 it is a whole number of GPUs (e.g. 2 for tensor parallel 2), got {share}")
+    _check(f"{where}.device", device == "cpu" or name in GPU_COMPONENTS,
+           f"{name} does no GPU work; only {', '.join(GPU_COMPONENTS)} take a GPU")
+    _check(f"{where}.gpu_share", share <= 1 or name == "generator",
+           "only the generator spans several GPUs (tensor parallel); give a share up to 1")
+    _check(f"{where}.model", "model" not in raw or name in MODEL_COMPONENTS,
+           f"only {', '.join(MODEL_COMPONENTS)} have a model")
     placement = raw.get("placement", "pack")
     _check(f"{where}.placement", placement in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}")
-    instances = _number(f"{where}.instances", raw.get("instances", 1), int, 1)
+    instances = raw.get("instances")
+    instances = None if instances is None else _number(f"{where}.instances", instances, int, 1)
     low, high = raw.get("min_instances"), raw.get("max_instances")
     low = None if low is None else _number(f"{where}.min_instances", low, int, 1)
     high = None if high is None else _number(f"{where}.max_instances", high, int, 1)
@@ -116,6 +170,12 @@ def _component(name: str, raw: Any) -> ComponentSpec:
     memory = raw.get("gpu_memory_gib")
     engine = raw.get("engine", {})
     _check(f"{where}.engine", isinstance(engine, Mapping), "expected a mapping of engine settings")
+    parallel = engine.get("tensor_parallel_size")
+    if parallel is not None:
+        _number(f"{where}.engine.tensor_parallel_size", parallel, int, 1)
+        _check(f"{where}.engine.tensor_parallel_size", device == "gpu" or parallel == 1, "tensor parallel needs GPUs")
+        _check(f"{where}.engine.tensor_parallel_size", share < 1 or share == parallel,
+               f"gpu_share {share:g} (whole GPUs) and tensor_parallel_size {parallel} disagree")
     return ComponentSpec(
         name=name, instances=instances, min_instances=low, max_instances=high, device=device, gpu_share=share,
         gpu_memory_gib=None if memory is None else _number(f"{where}.gpu_memory_gib", memory, float, 0.01),

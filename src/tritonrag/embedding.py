@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .config import EmbedderSettings, pick_device, resolve_model_ref
+from .gpu_memory import limit_torch_memory
 
 STAND_IN = "stand-in"
 STAND_IN_DIMENSION = 384  # all-MiniLM-L6-v2's, so the stand-in queries the sample knowledge base
@@ -71,7 +72,8 @@ class TextEmbedder:
     pooling, which is how INSTRUCTOR models were trained; for other models the prompt is simply prepended.
     """
 
-    def __init__(self, settings: EmbedderSettings, device: str | None = None) -> None:
+    def __init__(self, settings: EmbedderSettings, device: str | None = None,
+                 memory_fraction: float | None = None) -> None:
         self.settings = settings
         self.stand_in: StandInEncoder | None = None
         stand_in_dim = stand_in_dimension(settings.model)
@@ -83,6 +85,7 @@ class TextEmbedder:
         from sentence_transformers import SentenceTransformer
 
         self.device = device or pick_device(settings.device)
+        limit_torch_memory(self.device, memory_fraction)  # the instance's GPU share (tritonrag.gpu_memory)
         self.model = SentenceTransformer(resolve_model_ref(settings.model), device=self.device)
         if settings.instructor_pooling:
             for module in self.model:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .config import GeneratorSettings, pick_device
 from .errors import InvalidInput
+from .gpu_memory import limit_torch_memory
 from .validation import as_float, as_int
 
 
@@ -121,6 +122,7 @@ class TransformersEngine:
 
         self.settings = settings
         self.device = pick_device(settings.device)
+        limit_torch_memory(self.device, settings.gpu_memory_utilization)
         dtype = getattr(torch, settings.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
         self.model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).to(self.device).eval()

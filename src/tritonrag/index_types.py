@@ -95,8 +95,9 @@ def gpu_count() -> int:
     return int(get()) if get else 0
 
 
-def place_index(index, device: str):
-    """Return ``index`` on the device asked for: "cpu", "gpu", or "auto" (GPU when faiss has one).
+def place_index(index, device: str, gpu: int = 0, memory_cap_gib: float | None = None):
+    """Return ``index`` on the device asked for: "cpu", "gpu" (GPU number ``gpu``), or "auto" (GPU when faiss has
+    one), within ``memory_cap_gib`` of GPU memory when given (the instance's share; see tritonrag.gpu_memory).
 
     Flat and IVF indexes move to the GPU; HNSW has no GPU form in faiss and stays on the CPU.
     """
@@ -109,8 +110,12 @@ def place_index(index, device: str):
         return index
     import faiss
 
+    from .gpu_memory import faiss_index_bytes, faiss_temp_memory
+
     resources = faiss.StandardGpuResources()
-    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
+    if memory_cap_gib is not None:
+        resources.setTempMemory(faiss_temp_memory(memory_cap_gib, faiss_index_bytes(index.ntotal, index.d)))
+    gpu_index = faiss.index_cpu_to_gpu(resources, gpu, index)
     gpu_index.referenced_resources = resources  # keep the resources alive as long as the index
     return gpu_index
 

@@ -76,7 +76,7 @@ class KnowledgeBase:
     """
 
     def __init__(self, path: Path, device: str = "cpu", nprobe: int = 16, ef_search: int = 128,
-                 filter_exact_max: int = 50000) -> None:
+                 filter_exact_max: int = 50000, gpu: int = 0, memory_cap_gib: float | None = None) -> None:
         import faiss
 
         self.path = resolve(path)
@@ -85,7 +85,7 @@ class KnowledgeBase:
         cpu_index = faiss.read_index(str(self.path / INDEX_FILE))
         if cpu_index.d != self.manifest.dimension:
             raise ValueError(f"{self.path}: index dimension {cpu_index.d} != manifest {self.manifest.dimension}")
-        self.index = place_index(cpu_index, device)
+        self.index = place_index(cpu_index, device, gpu, memory_cap_gib)
         self.vectors = np.load(self.path / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
         uri = f"file:{urllib.parse.quote(str(self.path.resolve() / DOCSTORE_FILE))}?mode=ro"
         self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)

@@ -1,7 +1,8 @@
 """Placement of model instances on GPUs (or the CPU) from fractional shares, without hand assignment.
 
 Each component asks for ``instances`` instances, each with a GPU ``share`` (0: CPU; a fraction like 0.1; or a
-whole number of GPUs, e.g. 2 for tensor parallelism) and optionally the GPU memory it needs. A GPU never carries
+whole number of GPUs, e.g. 2 for tensor parallelism), optionally spanning ``gpus`` GPUs with that share of each
+(tensor parallel 2 at 0.8 of each GPU), and optionally the GPU memory it needs. A GPU never carries
 more than 1.0 of shares nor more memory than it has. ``pack`` puts an instance on the busiest GPU it still fits
 (fewest GPUs used); ``spread`` on the least busy one (most GPUs used). Ties go to the lowest GPU index and
 components are placed biggest share first, then by name, so the same spec always gives the same plan.
@@ -38,6 +39,7 @@ class Demand:
     share: float = 0.0  # 0 = CPU; < 1 = a fraction of one GPU; >= 1 = that many whole GPUs per instance
     memory_gib: float | None = None  # per instance and GPU; default: share x the GPU's memory
     strategy: str = "pack"
+    gpus: int = 0  # GPUs per instance, each at ``share``; 0: from the share (a whole share is that many GPUs)
 
     def __post_init__(self) -> None:
         if self.instances < 1:
@@ -50,16 +52,21 @@ class Demand:
         if self.strategy not in STRATEGIES:
             raise PlacementError(f"{self.component}: strategy must be one of {', '.join(STRATEGIES)}, "
                                  f"got {self.strategy!r}")
+        if self.gpus < 0 or (self.gpus > 1 and self.share > 1):
+            raise PlacementError(f"{self.component}: give GPUs per instance either as a whole share ({self.share}) "
+                                 f"or as gpus ({self.gpus}) with a share of each, not both")
         if self.memory_gib is not None and self.memory_gib <= 0:
             raise PlacementError(f"{self.component}: memory_gib must be positive, got {self.memory_gib}")
 
     @property
     def gpus_per_instance(self) -> int:
-        return int(self.share) if self.share >= 1 else (1 if self.share > 0 else 0)
+        if self.share == 0:
+            return 0
+        return int(self.share) if self.share >= 1 else max(self.gpus, 1)
 
     @property
     def share_per_gpu(self) -> float:
-        return 1.0 if self.share >= 1 else self.share
+        return min(self.share, 1.0)
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,12 @@ class Placement:
     gpus: tuple[int, ...]  # empty: CPU
     share: float
     memory_cap_gib: float
+    memory_fraction: float = 0.0  # memory_cap_gib over the memory of the smallest of its GPUs
 
     @property
     def kind(self) -> str:
+        if len(self.gpus) > 1:
+            return "KIND_MODEL"
         return "KIND_GPU" if self.gpus else "KIND_CPU"
 
 
@@ -138,8 +148,9 @@ def plan(demands: Sequence[Demand], gpus: Sequence[Gpu]) -> list[Placement]:
                     + (f", {demand.memory_gib} GiB" if demand.memory_gib is not None else "")
                     + f") does not fit: {load.describe()}. Lower the shares or instances, or add GPUs")
             caps = [load.take(demand, gpu) for gpu in chosen]
-            placed[demand.component].append(
-                Placement(demand.component, instance, tuple(sorted(chosen)), demand.share_per_gpu, min(caps)))
+            fraction = min(cap / load.gpus[gpu].memory_gib for cap, gpu in zip(caps, chosen))
+            placed[demand.component].append(Placement(demand.component, instance, tuple(sorted(chosen)),
+                                                      demand.share_per_gpu, min(caps), round(fraction, 4)))
     return [p for name in names for p in placed[name]]
 
 
@@ -147,7 +158,8 @@ def instance_groups(placements: Sequence[Placement], component: str) -> list[dic
     """Triton ``instance_group`` entries for one component: one per GPU set, with its instance count.
 
     Triton creates ``count`` instances on *each* GPU an entry lists, so an instance spanning several GPUs (tensor
-    parallel) is a ``KIND_MODEL`` entry whose engine is given those GPUs (``visible_gpus``) instead."""
+    parallel) is a ``KIND_MODEL`` entry, named after its GPUs (``group_name``), whose engine is given those GPUs
+    (``visible_gpus``) instead."""
     counts: dict[tuple[int, ...], int] = defaultdict(int)
     for p in placements:
         if p.component == component:
@@ -155,12 +167,18 @@ def instance_groups(placements: Sequence[Placement], component: str) -> list[dic
     groups: list[dict[str, object]] = []
     for gpus, count in sorted(counts.items()):
         if len(gpus) > 1:
-            groups.append({"count": count, "kind": "KIND_MODEL", "visible_gpus": list(gpus)})
+            groups.append({"name": group_name(component, gpus), "count": count, "kind": "KIND_MODEL",
+                           "visible_gpus": list(gpus)})
         elif gpus:
             groups.append({"count": count, "kind": "KIND_GPU", "gpus": list(gpus)})
         else:
             groups.append({"count": count, "kind": "KIND_CPU"})
     return groups
+
+
+def group_name(component: str, gpus: Sequence[int]) -> str:
+    """The instance group name of a multi-GPU instance; Triton names its instances ``<group>_<n>``."""
+    return f"{component}_gpus_{'_'.join(map(str, gpus))}"
 
 
 def gpus_used(placements: Sequence[Placement]) -> set[int]:

@@ -113,15 +113,6 @@ def error_response(exc: BaseException) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=error_for(exc))
 
 
-def instance_device(args: dict[str, str], configured: str) -> str:
-    """The torch device for this model instance: the GPU Triton placed it on, or the configured device."""
-    if args.get("model_instance_kind") == "GPU":
-        return f"cuda:{args.get('model_instance_device_id', '0')}"
-    if configured == "auto":
-        return "cpu"
-    return configured
-
-
 def split_rows(array: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
     """Split a stacked batch back into per-request pieces of ``counts`` rows each."""
     return np.split(array, np.cumsum(counts)[:-1]) if counts else []

@@ -30,9 +30,34 @@ def test_tensor_parallel_generators_spread_and_embedders_packed():
     generators = [p for p in placements if p.component == "generator"]
     assert [p.gpus for p in generators] == [(0, 1), (2, 3), (4, 5)]
     assert instance_groups(placements, "embedder") == [{"count": 3, "kind": "KIND_GPU", "gpus": [6]}]
-    assert instance_groups(placements, "generator")[0] == {"count": 1, "kind": "KIND_MODEL", "visible_gpus": [0, 1]}
+    assert instance_groups(placements, "generator")[0] == {
+        "name": "generator_gpus_0_1", "count": 1, "kind": "KIND_MODEL", "visible_gpus": [0, 1]}
+    assert generators[0].kind == "KIND_MODEL" and generators[0].memory_fraction == 1.0
     with pytest.raises(PlacementError, match="embedder instance 1 of 3"):  # every GPU is full
         plan([Demand("generator", 4, 2), Demand("embedder", 3, 0.1)], EIGHT)
+
+
+def test_tensor_parallel_at_a_fraction_of_each_gpu_leaves_room_for_packed_embedders():
+    placements = plan([Demand("generator", 4, 0.8, strategy="spread", gpus=2),
+                       Demand("embedder", 4, 0.1, strategy="pack"),
+                       Demand("retriever", 2, 0.1, strategy="spread")], EIGHT)
+    assert [p.gpus for p in placements if p.component == "generator"] == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert instance_groups(placements, "embedder") == [{"count": 2, "kind": "KIND_GPU", "gpus": [0]},
+                                                       {"count": 2, "kind": "KIND_GPU", "gpus": [1]}]
+    assert instance_groups(placements, "retriever") == [{"count": 1, "kind": "KIND_GPU", "gpus": [2]},
+                                                        {"count": 1, "kind": "KIND_GPU", "gpus": [3]}]
+    assert {p.memory_fraction for p in placements if p.component == "generator"} == {0.8}
+    packed = plan([Demand("generator", 2, 0.4, strategy="pack", gpus=2)], EIGHT)
+    assert instance_groups(packed, "generator") == [
+        {"name": "generator_gpus_0_1", "count": 2, "kind": "KIND_MODEL", "visible_gpus": [0, 1]}]
+    with pytest.raises(PlacementError, match="not both"):
+        Demand("generator", 1, 2, gpus=2)
+
+
+def test_memory_fraction_follows_each_gpus_size():
+    placements = plan([Demand("embedder", 2, 0.1, memory_gib=4.0, strategy="spread")], [Gpu(0, 16.0), Gpu(1, 80.0)])
+    assert [(p.gpus, p.memory_cap_gib, p.memory_fraction) for p in placements] == [((0,), 4.0, 0.25),
+                                                                                  ((1,), 4.0, 0.05)]
 
 
 def test_shares_and_memory_never_overflow_a_gpu():

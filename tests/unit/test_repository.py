@@ -50,13 +50,13 @@ def test_decoupled_only_for_generator_and_rag(tmp_path):
 
 def test_settings_drive_the_rendering(tmp_path):
     override = tmp_path / "o.toml"
-    override.write_text("[embedder]\ninstances = 3\nmax_batch_size = 16\ndevice = \"cuda\"\n")
+    override.write_text("[embedder]\ninstances = 3\nmax_batch_size = 16\n")
     repo = tmp_path / "repo"
     render_repository(load_settings(override), repo)
     text = (repo / "embedder" / "config.pbtxt").read_text()
     assert "max_batch_size: 16" in text
     assert "count: 3" in text
-    assert "KIND_GPU" in text
+    assert "KIND_CPU" in text  # the default deployment is the CPU one; GPUs come from a deployment spec
     assert "dynamic_batching" in text
     assert "dynamic_batching" not in (repo / "prompt_builder" / "config.pbtxt").read_text()
 

@@ -10,13 +10,14 @@ import triton_python_backend_utils as pb_utils
 from tritonrag.config import load_settings
 from tritonrag.embedding import TextEmbedder
 from tritonrag.errors import InvalidInput
-from tritonrag.serving import error_response, instance_device, read_strings, split_rows
+from tritonrag.model_parameters import instance_device, placed
+from tritonrag.serving import error_response, read_strings, split_rows
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.settings = load_settings().embedder
-        self.embedder = TextEmbedder(self.settings, instance_device(args, self.settings.device))
+        self.settings, gpus = placed(args, load_settings(), "embedder")
+        self.embedder = TextEmbedder(self.settings, instance_device(gpus), gpus.memory_fraction if gpus else None)
 
     def _parse(self, request):
         texts = read_strings(request, "text")

@@ -5,6 +5,7 @@ only validates and submits, so many requests are in flight at once. Inputs follo
 (text_input, stream, sampling_parameters as JSON); sampling parameters may also come as request parameters.
 """
 
+import os
 import time
 
 import triton_python_backend_utils as pb_utils
@@ -13,6 +14,8 @@ from tritonrag.config import load_settings
 from tritonrag.engines import create_engine
 from tritonrag.errors import InvalidInput
 from tritonrag.generation import SamplingParams
+from tritonrag.gpu_memory import generator_settings
+from tritonrag.model_parameters import placed
 from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
 from tritonrag.validation import parse_json_object
 
@@ -125,7 +128,9 @@ class _RequestStream:
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.settings = load_settings().generator
+        settings, gpus = placed(args, load_settings(), "generator")
+        self.settings, environment = generator_settings(settings, gpus)
+        os.environ.update(environment)  # before the engine starts CUDA or its processes
         self.engine = create_engine(self.settings)
         self.metrics = Metrics({"model": args["model_name"], "version": args["model_version"],
                                 "engine": self.engine.name})

@@ -6,13 +6,14 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.config import load_settings
 from tritonrag.errors import InvalidInput
+from tritonrag.model_parameters import placed
 from tritonrag.prompts import ContextDocument, PromptBuilder
 from tritonrag.serving import error_response, read_string, read_strings, string_tensor
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.settings = load_settings().prompt_builder
+        self.settings, _ = placed(args, load_settings(), "prompt_builder")
         self.builder = PromptBuilder(self.settings.max_query_chars, self.settings.max_context_chars)
 
     def _build(self, request):

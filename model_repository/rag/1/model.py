@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.config import load_settings
 from tritonrag.errors import InvalidInput
+from tritonrag.model_parameters import placed
 from tritonrag.rag_request import RagParams, sources_json
 from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
 
@@ -45,7 +46,8 @@ def _error(exc):
 class TritonPythonModel:
     def initialize(self, args):
         settings = load_settings()
-        self.rag, self.retriever = settings.rag, settings.retriever
+        self.rag, _ = placed(args, settings, "rag")
+        self.retriever = settings.retriever
         self.timeout_us = int(self.rag.bls_timeout_s * 1e6)
         # BLS async_exec runs on the loop's default executor (6 threads on 2 cores): widen it.
         self.executor = ThreadPoolExecutor(self.rag.max_concurrency, thread_name_prefix="rag-bls")

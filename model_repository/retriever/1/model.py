@@ -14,6 +14,7 @@ from tritonrag.errors import InvalidInput
 from tritonrag.kb_store import version_number
 from tritonrag.knowledge_base import KnowledgeBase
 from tritonrag.live_kb import LiveKnowledgeBase, NoKnowledgeBase
+from tritonrag.model_parameters import placed
 from tritonrag.retrieval import parse_search, run_searches
 from tritonrag.serving import error_response, read_scalar, read_string, request_parameters, string_tensor
 
@@ -44,11 +45,13 @@ class Metrics:
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.settings = s = load_settings().retriever
+        s, gpus = placed(args, load_settings(), "retriever")
+        self.settings = s
         self.metrics = Metrics({"model": args["model_name"], "instance": args["model_instance_name"]})
+        device, gpu, cap = ("gpu", gpus.devices[0], gpus.memory_gib) if gpus else ("cpu", 0, None)
 
         def load(path):
-            return KnowledgeBase(path, s.device, s.nprobe, s.ef_search, s.filter_exact_max)
+            return KnowledgeBase(path, device, s.nprobe, s.ef_search, s.filter_exact_max, gpu, cap)
 
         self.live = LiveKnowledgeBase(s.index_dir, load, s.reload_interval_s, on_swap=self.metrics.swapped)
 
