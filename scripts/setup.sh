@@ -44,6 +44,18 @@ else
   step "Python dependencies up to date"
 fi
 
+if [ ! -x "$VENV/bin/promtool" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
+  step "promtool (checks docker/prometheus and the dashboard's queries; from Debian's prometheus package)"
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download -q prometheus >/dev/null 2>&1 \
+      && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool); then
+    install -m 755 "$tmp/usr/bin/promtool" "$VENV/bin/promtool"
+  else
+    echo "promtool not installed (no apt lists?): tests/unit/test_container_files.py skips its checks"
+  fi
+  rm -rf "$tmp"
+fi
+
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 step "Triton server runtime"
 "$VENV/bin/tritonrag" install-runtime
