@@ -9,7 +9,8 @@
 
 ``instances`` is per server; ``min_instances``/``max_instances`` bound the whole cluster (see ``replica_range``).
 ``engine`` overrides the component's settings section (tritonrag.config), ``model`` its model. A generator with
-``engine.tensor_parallel_size: N`` spans N GPUs at ``gpu_share`` of each; ``gpu_share: N`` (whole) means N whole GPUs.
+``engine.tensor_parallel_size: N`` spans N GPUs at ``gpu_share`` (up to 1) of each; ``gpu_share: N`` (a whole number
+above 1) means N whole GPUs.
 Only the embedder, retriever and generator run on a GPU.
 
 Unknown keys and bad values are errors that name the component and key. ``demands`` turns the spec into the
@@ -63,7 +64,7 @@ class ComponentSpec:
         """GPUs one instance spans: a whole share, or the generator's tensor parallel size, else 1 (0 on CPU)."""
         if self.device == "cpu":
             return 0
-        if self.gpu_share >= 1:
+        if self.gpu_share > 1:
             return int(self.gpu_share)
         return int(self.engine.get("tensor_parallel_size", 1))
 
@@ -74,7 +75,7 @@ class DeploymentSpec:
     components: tuple[ComponentSpec, ...]
 
     def component(self, name: str) -> ComponentSpec:
-        """The named component's spec; one the file leaves out runs one instance on the CPU."""
+        """The named component's spec; one the file leaves out runs on the CPU, as many as the settings say."""
         return next((c for c in self.components if c.name == name), ComponentSpec(name))
 
     def instances(self, name: str, defaults: Mapping[str, int] | None = None) -> int:
@@ -88,7 +89,7 @@ class DeploymentSpec:
         for name in COMPONENTS:
             c = self.component(name)
             share = c.gpu_share if c.device == "gpu" else 0.0
-            gpus = c.gpus_per_instance if share and share < 1 else 0
+            gpus = c.gpus_per_instance if share and share <= 1 else 0
             demands.append(Demand(name, self.instances(name, defaults), share, c.gpu_memory_gib, c.placement, gpus))
         return demands
 
@@ -174,7 +175,7 @@ def _component(name: str, raw: Any) -> ComponentSpec:
     if parallel is not None:
         _number(f"{where}.engine.tensor_parallel_size", parallel, int, 1)
         _check(f"{where}.engine.tensor_parallel_size", device == "gpu" or parallel == 1, "tensor parallel needs GPUs")
-        _check(f"{where}.engine.tensor_parallel_size", share < 1 or share == parallel,
+        _check(f"{where}.engine.tensor_parallel_size", share <= 1 or share == parallel,
                f"gpu_share {share:g} (whole GPUs) and tensor_parallel_size {parallel} disagree")
     return ComponentSpec(
         name=name, instances=instances, min_instances=low, max_instances=high, device=device, gpu_share=share,

@@ -62,7 +62,7 @@ class Demand:
     def gpus_per_instance(self) -> int:
         if self.share == 0:
             return 0
-        return int(self.share) if self.share >= 1 else max(self.gpus, 1)
+        return int(self.share) if self.share > 1 else max(self.gpus, 1)
 
     @property
     def share_per_gpu(self) -> float:

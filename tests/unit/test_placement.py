@@ -52,6 +52,8 @@ def test_tensor_parallel_at_a_fraction_of_each_gpu_leaves_room_for_packed_embedd
         {"name": "generator_gpus_0_1", "count": 2, "kind": "KIND_MODEL", "visible_gpus": [0, 1]}]
     with pytest.raises(PlacementError, match="not both"):
         Demand("generator", 1, 2, gpus=2)
+    whole = plan([Demand("generator", 1, 1.0, gpus=2)], EIGHT)  # all of each of two GPUs
+    assert whole[0].gpus == (0, 1) and whole[0].share == 1.0
 
 
 def test_memory_fraction_follows_each_gpus_size():
