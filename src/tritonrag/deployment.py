@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ class DeploymentPlan:
     gpus: tuple[Gpu, ...]
     components: Mapping[str, ComponentPlan]
     replicas: tuple[int, int | None]
-    warnings: tuple[str, ...] = field(default=())
 
     def gpu_load(self) -> dict[int, tuple[float, float, list[str]]]:
         """Per GPU: shares taken, GiB capped, and which component instances run there."""
@@ -49,6 +48,14 @@ class DeploymentPlan:
                     share, memory, names = load[gpu]
                     load[gpu] = (share + p.share, memory + p.memory_cap_gib, [*names, f"{c.name}#{p.instance}"])
         return load
+
+    @property
+    def warnings(self) -> list[str]:
+        """GPUs shared so fully that the CUDA contexts, which no cap covers, may not fit."""
+        return [f"GPU {gpu} is fully shared ({share:.2f}): the CUDA context of each of its {len(names)} processes "
+                "(~0.3-0.5 GiB) is outside the caps, and vLLM starts only if its share is still free when it loads; "
+                f"the others must stay well under their caps, or leave about {1 - FULL_SHARE:.2f} unshared"
+                for gpu, (share, _, names) in self.gpu_load().items() if share > FULL_SHARE and len(names) > 1]
 
 
 def _overrides(name: str, spec: DeploymentSpec, settings: Settings) -> dict[str, Any]:
@@ -84,12 +91,7 @@ def plan_deployment(spec: DeploymentSpec, settings: Settings, gpus: Sequence[Gpu
         components[name] = ComponentPlan(name, _overrides(name, spec, settings), mine,
                                          tuple(instance_groups(mine, name)), max_batch, batching.preferred_batch_sizes,
                                          delay)
-    result = DeploymentPlan(spec, tuple(gpus), components, spec.replica_range(defaults))
-    warnings = [f"GPU {gpu} is fully shared ({share:.2f}): the CUDA context of each of its {len(names)} processes "
-                "(~0.3-0.5 GiB) is outside the caps, and vLLM starts only if its share is still free when it loads; "
-                f"the others must stay well under their caps, or leave about {1 - FULL_SHARE:.2f} unshared"
-                for gpu, (share, _, names) in result.gpu_load().items() if share > FULL_SHARE and len(names) > 1]
-    return DeploymentPlan(result.spec, result.gpus, components, result.replicas, tuple(warnings))
+    return DeploymentPlan(spec, tuple(gpus), components, spec.replica_range(defaults))
 
 
 Runner = Callable[[list[str]], str]

@@ -42,7 +42,7 @@ def faiss_temp_memory(cap_gib: float, index_bytes: int) -> int:
         raise MemoryError(
             f"the index needs {index_bytes / GIB:.2f} GiB on the GPU plus {FAISS_TEMP_MIN >> 20} MiB of scratch, "
             f"more than the retriever's cap of {cap_gib:.2f} GiB: raise its gpu_share or gpu_memory_gib in the "
-            "deployment spec, use an IVF/HNSW index, or run it on the CPU (device: cpu)")
+            "deployment spec, or run it on the CPU (device: cpu)")
     return min(left, FAISS_TEMP_MAX)
 
 

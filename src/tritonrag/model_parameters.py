@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from .config import Settings, override
 
 GPU_MEMORY = "gpu_memory"
 INSTANCE_GPUS = "instance_gpus"
 RESERVED = (GPU_MEMORY, INSTANCE_GPUS)
-T = TypeVar("T")
 
 
 def encode(settings: Mapping[str, Any], gpu_memory: Mapping[int, tuple[float, float]] | None = None,

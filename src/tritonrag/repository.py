@@ -109,12 +109,8 @@ def model_specs(settings: Settings, plan: DeploymentPlan | None = None) -> list[
 
 def _placed(model: ModelSpec, plan: DeploymentPlan) -> ModelSpec:
     component = plan.components[model.name]
-    caps = {gpu: (p.memory_fraction, p.memory_cap_gib) for p in component.placements if len(p.gpus) == 1
-            for gpu in p.gpus}
+    caps = {gpu: (p.memory_fraction, p.memory_cap_gib) for p in component.placements for gpu in p.gpus}
     groups = {str(g["name"]): list(g["visible_gpus"]) for g in component.instance_groups if "visible_gpus" in g}
-    for p in component.placements:  # tensor-parallel instances: their cap on each of their GPUs
-        if len(p.gpus) > 1:
-            caps.update({gpu: (p.memory_fraction, p.memory_cap_gib) for gpu in p.gpus})
     return ModelSpec(
         model.name, model.inputs, model.outputs,
         instance_groups=tuple({k: v for k, v in g.items() if k != "visible_gpus"} for g in component.instance_groups),
