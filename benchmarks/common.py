@@ -12,14 +12,14 @@ import platform
 import statistics
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
+REPOSITORY = ROOT / "model_repository"  # the rendering of the default CPU spec
 
 # A realistic question mix over the sample corpus (Around the World in Eighty Days): the three seed-demo questions
 # first, then questions about other parts of the book, so retrieval and prompts vary from request to request.
@@ -111,7 +111,7 @@ def _toml_value(value: Any) -> str:
 def write_overlay(path: Path, overrides: dict[str, dict[str, Any]], header: str) -> Path:
     """One settings file for a benchmark: the user's $TRITONRAG_CONFIG (if any) with ``overrides`` on top, section
     by section (its top-level ``home`` kept), written as TOML for TRITONRAG_CONFIG."""
-    from tritonrag.config import CONFIG_ENV
+    from tritonrag.settings import CONFIG_ENV
 
     merged: dict[str, Any] = {}
     if os.environ.get(CONFIG_ENV):

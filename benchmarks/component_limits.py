@@ -37,8 +37,8 @@ def _rate(work: Callable[[], int], seconds: float) -> tuple[float, int]:
 
 def embedder_limit(texts: Sequence[str], seconds: float) -> dict[str, Any]:
     """Texts per second of raw ``encode`` in batches of ``[embedder] max_batch_size``."""
-    from tritonrag.config import load_settings
-    from tritonrag.embedding import TextEmbedder
+    from tritonrag.embedding.encoder import TextEmbedder
+    from tritonrag.settings import load_settings
 
     settings = load_settings().embedder
     embedder = TextEmbedder(settings, "cpu")
@@ -59,8 +59,8 @@ def embedder_limit(texts: Sequence[str], seconds: float) -> dict[str, Any]:
 
 def query_vectors(n: int = len(QUESTIONS)) -> np.ndarray:
     """The question mix embedded in-process (the retriever's realistic queries)."""
-    from tritonrag.config import load_settings
-    from tritonrag.embedding import TextEmbedder
+    from tritonrag.embedding.encoder import TextEmbedder
+    from tritonrag.settings import load_settings
 
     texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
     return TextEmbedder(load_settings().embedder, "cpu").encode(texts)
@@ -68,8 +68,8 @@ def query_vectors(n: int = len(QUESTIONS)) -> np.ndarray:
 
 def retriever_limit(vectors: np.ndarray, top_k: int, seconds: float, batches: Sequence[int] = (1, 16)) -> list[dict]:
     """Queries per second of raw FAISS search + docstore fetch, one query per call and in batches."""
-    from tritonrag.config import load_settings
-    from tritonrag.knowledge_base import KnowledgeBase
+    from tritonrag.kb.search import KnowledgeBase
+    from tritonrag.settings import load_settings
 
     settings = load_settings()
     kb = KnowledgeBase(settings.index_dir)
@@ -98,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="time per measurement")
     args = parser.parse_args()
-    from tritonrag.config import load_settings
+    from tritonrag.settings import load_settings
 
     rows = [embedder_limit(QUESTIONS, args.seconds)]
     rows += retriever_limit(query_vectors(), load_settings().rag.top_k, args.seconds)

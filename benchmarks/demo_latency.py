@@ -17,9 +17,10 @@ from pathlib import Path
 
 from tritonrag_client import RagClient
 
-from tritonrag.cli import DEMO_QUESTIONS, REPOSITORY
-from tritonrag.config import load_settings
-from tritonrag.runtime import Ports, TritonServer
+from tritonrag.cli.deploy import DEMO_QUESTIONS
+from tritonrag.deploy.render import checkout_repository
+from tritonrag.deploy.server import Ports, TritonServer
+from tritonrag.settings import load_settings
 
 
 def measure(client: RagClient, question: str, max_tokens: int) -> dict[str, float]:
@@ -49,7 +50,8 @@ def main() -> None:
     server = None
     if not (args.url_http and args.url_grpc):
         settings = load_settings()
-        server = TritonServer(REPOSITORY, settings.home, Ports.choose(0, 0, 0)).start(settings.server.startup_timeout_s)
+        server = TritonServer(checkout_repository(), settings.home, Ports.choose(0, 0, 0))
+        server.start(settings.server.startup_timeout_s)
     http_url = args.url_http or server.http_url
     grpc_url = args.url_grpc or server.grpc_url
     rows = []

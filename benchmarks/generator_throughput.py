@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QUESTIONS
+from common import QUESTIONS, REPOSITORY
 
 
 @dataclass
@@ -56,10 +56,10 @@ class Result:
 
 
 def rag_prompts(n: int) -> list[str]:
-    from tritonrag.config import load_settings
-    from tritonrag.embedding import TextEmbedder
-    from tritonrag.knowledge_base import KnowledgeBase
-    from tritonrag.prompts import PromptBuilder
+    from tritonrag.embedding.encoder import TextEmbedder
+    from tritonrag.kb.search import KnowledgeBase
+    from tritonrag.prompts.builder import PromptBuilder
+    from tritonrag.settings import load_settings
 
     settings = load_settings()
     embedder, kb = TextEmbedder(settings.embedder, "cpu"), KnowledgeBase(settings.index_dir)
@@ -104,9 +104,8 @@ def token_counter(metrics_url: str) -> float:
 
 
 def bench_triton(system: str, engine: str, levels: list[int], prompts_for, max_tokens: int) -> list[Result]:
-    from tritonrag.cli import REPOSITORY
-    from tritonrag.config import CONFIG_ENV, load_settings
-    from tritonrag.runtime import Ports, TritonServer
+    from tritonrag.deploy.server import Ports, TritonServer
+    from tritonrag.settings import CONFIG_ENV, load_settings
 
     settings = load_settings()
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as cfg:
@@ -169,8 +168,8 @@ def bench_inprocess(levels: list[int], prompts_for, max_tokens: int) -> list[Res
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    from tritonrag.config import load_settings
-    from tritonrag.engines import VllmEngine
+    from tritonrag.generation.vllm_engine import VllmEngine
+    from tritonrag.settings import load_settings
 
     print("[vllm-inprocess] starting the engine...", flush=True)
     engine = VllmEngine(replace(load_settings().generator, engine="vllm", enable_prefix_caching=False))

@@ -1,6 +1,6 @@
 """FAISS index types at scale: build time, memory, QPS at batch 1 and 32, and recall@10 vs exact search.
 
-Every index is built with the project's own ``tritonrag.index_types.build_index`` (inner product over
+Every index is built with the project's own ``tritonrag.kb.faiss_index.build_index`` (inner product over
 L2-normalised vectors) and queried through ``search_parameters`` + ``index.search(q, k, params=...)``, exactly as
 the retriever does. IVF and HNSW are built once each; their query-time knob (IVF nprobe, HNSW efSearch) is swept.
 
@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tritonrag.index_types import INDEX_TYPES, IndexSpec, build_index, nlist_for, search_parameters
+from tritonrag.kb.faiss_index import INDEX_TYPES, IndexSpec, build_index, nlist_for, search_parameters
 
 K = 10
 CHUNK = 65_536
@@ -323,7 +323,7 @@ def render(args: argparse.Namespace, info: dict[str, str], gen: ClusteredGenerat
         f"{stats['nn1']:.3f} / {stats['nn10']:.3f}; {stats['same_cluster']:.0%} of true top-10 neighbours share "
         f"the query's cluster.", "",
         f"Method: ground truth = exact top-{K} by inner product (IndexFlatIP, which is also the flat row). Indexes "
-        "built once each with `tritonrag.index_types.build_index`; query-time knobs passed as "
+        "built once each with `tritonrag.kb.faiss_index.build_index`; query-time knobs passed as "
         "`index.search(q, k, params=search_parameters(index, nprobe, ef_search))`. QPS batch 1 sends queries one at "
         f"a time (flat: first {min(args.flat_batch1_queries, args.queries)} queries; ivf/hnsw: all); QPS batch 32 "
         f"sends all queries in batches of 32; recall@{K} is over all queries (batch-32 results). One untimed "
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    t0, started = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
+    t0, started = time.perf_counter(), dt.datetime.now(dt.UTC)
     load_start = os.getloadavg()[0]
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; faiss {info['faiss']}, "

@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,11 +53,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     BENCHMARKS,
+    REPOSITORY,
     ROOT,
     latency_summary,
     machine_description,
@@ -114,8 +115,7 @@ def write_overlay(path: Path, variant: str) -> Path:
 
 def repository_for(variant: str, settings: Any, scratch: Path) -> Path:
     """The committed repository, or a copy whose config.pbtxt files are rendered from the variant's settings."""
-    from tritonrag.cli import REPOSITORY
-    from tritonrag.repository import render_repository
+    from tritonrag.deploy.render import render_repository
 
     if variant == "committed":
         return REPOSITORY
@@ -224,10 +224,10 @@ class InProcessRag:
     """The four steps of `rag` as direct calls of the functions its models call, in this process."""
 
     def __init__(self, settings: Any) -> None:
-        from tritonrag.embedding import TextEmbedder
-        from tritonrag.engines import create_engine
-        from tritonrag.knowledge_base import KnowledgeBase
-        from tritonrag.prompts import PromptBuilder
+        from tritonrag.embedding.encoder import TextEmbedder
+        from tritonrag.generation.engine import create_engine
+        from tritonrag.kb.search import KnowledgeBase
+        from tritonrag.prompts.builder import PromptBuilder
 
         self.settings = settings
         r = settings.retriever
@@ -247,10 +247,11 @@ class InProcessRag:
                  "total_us": seconds / self.calls * 1e6} for name, seconds in self.stage_s.items() if self.calls]
 
     def ask(self, question: str, max_tokens: int) -> Sample:
-        from tritonrag.generation import SamplingParams
-        from tritonrag.prompts import ContextDocument
-        from tritonrag.rag_request import RagParams, sources_json
-        from tritonrag.retrieval import parse_search, run_searches
+        from tritonrag.generation.sampling import SamplingParams
+        from tritonrag.kb.batched_search import parse_search, run_searches
+        from tritonrag.pipeline.request import RagParams
+        from tritonrag.pipeline.sources import sources_json
+        from tritonrag.prompts.builder import ContextDocument
 
         s = self.settings
         started = time.perf_counter()
@@ -447,8 +448,8 @@ class Served:
 def start_variant(variant: str, index: int, out_dir: Path, ports: tuple[int, int, int], scratch: Path,
                   log: Callable[[str], None]) -> Served:
     """Start a tritonserver for ``variant`` (ports + 10 * index where ports are given) with clients of it."""
-    from tritonrag.config import CONFIG_ENV, load_settings
-    from tritonrag.runtime import Ports, TritonServer
+    from tritonrag.deploy.server import Ports, TritonServer
+    from tritonrag.settings import CONFIG_ENV, load_settings
 
     overlay = write_overlay(out_dir / f"config-{variant}.toml", variant)
     settings = load_settings(overlay)
@@ -591,7 +592,7 @@ def run(out_dir: Path, quick: bool, requests: int | None = None, concurrency: in
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    from tritonrag.config import load_settings
+    from tritonrag.settings import load_settings
 
     served: list[Served] = []
     with tempfile.TemporaryDirectory(prefix="overhead-") as scratch:

@@ -51,8 +51,8 @@ def passages(kb: Any, n: int) -> list[str]:
 
 def retrieve_all(settings: Any, kb: Any, questions: list[str]) -> list[Retrieved]:
     """Embed, retrieve and build the prompt for each question, in-process, as the `rag` model would."""
-    from tritonrag.embedding import TextEmbedder
-    from tritonrag.prompts import PromptBuilder
+    from tritonrag.embedding.encoder import TextEmbedder
+    from tritonrag.prompts.builder import PromptBuilder
 
     embedder = TextEmbedder(settings.embedder, "cpu")
     builder = PromptBuilder(settings.prompt_builder.max_query_chars, settings.prompt_builder.max_context_chars)
@@ -109,8 +109,8 @@ def build_inputs(out_dir: Path, max_tokens: int | None = None, n_passages: int =
 
     ``max_tokens`` is the generator's budget per request (default ``[rag] max_tokens``); a summary of what was
     written goes to ``inputs.json``."""
-    from tritonrag.config import load_settings
-    from tritonrag.knowledge_base import KnowledgeBase
+    from tritonrag.kb.search import KnowledgeBase
+    from tritonrag.settings import load_settings
 
     settings = load_settings()
     max_tokens = settings.rag.max_tokens if max_tokens is None else max_tokens

@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_description, machine_markdown, markdown_table, percentile, write_csv, write_json
+from common import REPOSITORY, machine_description, machine_markdown, markdown_table, percentile, write_csv, write_json
 from perf_inputs import MODELS, QUICK_MAX_TOKENS, build_inputs
 
 DECOUPLED = ("generator", "rag")  # model_transaction_policy { decoupled: true }: gRPC streaming only
@@ -264,8 +264,8 @@ def perf_analyzer_version(binary: Path, env: dict[str, str]) -> str:
 def run(out_dir: Path, http_url: str, grpc_url: str, quick: bool, models: list[str] | None = None) -> list[dict]:
     """Profile ``models`` (default: all) on a running server; writes inputs/, raw/, commands.txt, perf_models.csv,
     perf_models.json and perf_models.md into ``out_dir`` and returns the rows."""
-    from tritonrag.config import load_settings
-    from tritonrag.runtime import find_perf_analyzer, perf_analyzer_env
+    from tritonrag.deploy.runtime import find_perf_analyzer, perf_analyzer_env
+    from tritonrag.settings import load_settings
 
     settings = load_settings()
     models = list(models or MODELS)
@@ -366,7 +366,7 @@ def summary_markdown(rows: list[dict], meta: dict[str, Any], commands: list[str]
                   table(streamed, STREAM_COLUMNS)]
     if errors:
         parts += ["", "## Failed levels", "", markdown_table(errors, ["model", "protocol", "concurrency", "error"])]
-    parts += ["", "## Commands", "", "Run with `LD_LIBRARY_PATH` from `tritonrag.runtime.perf_analyzer_env` "
+    parts += ["", "## Commands", "", "Run with `LD_LIBRARY_PATH` from `tritonrag.deploy.runtime.perf_analyzer_env` "
               "(the Triton wheel's libb64/libcudart under their real names).", "", "```bash", *commands, "```", ""]
     return "\n".join(parts)
 
@@ -388,9 +388,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tritonrag.cli import REPOSITORY
-    from tritonrag.config import load_settings
-    from tritonrag.runtime import Ports, TritonServer
+    from tritonrag.deploy.server import Ports, TritonServer
+    from tritonrag.settings import load_settings
 
     args = parse_args(argv)
     models = args.models.split(",") if args.models else None

@@ -95,7 +95,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, question: str, p
                     answer.append(text)
                     if ttft is None:
                         ttft = time.perf_counter() - started
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return Sample(question, False, 0.0, time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
     latency = time.perf_counter() - started
     return Sample(question, True, ttft if ttft is not None else latency, latency, pieces, "".join(answer))

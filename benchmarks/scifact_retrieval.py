@@ -126,12 +126,12 @@ def wait_for_version(url: str, version: str, timeout: float = 300) -> dict:
 def bench_mode(mode: str, folder: Path, work: Path, types: list[str], queries: dict[str, str],
                qrels: dict[str, dict[str, int]]) -> tuple[list[dict], dict]:
     os.environ["TRITONRAG_CONFIG"] = str(write_config(work, mode))
-    from tritonrag.config import load_settings
-    from tritonrag.index_types import IndexSpec
-    from tritonrag.ingest import reindex, update_knowledge_base
-    from tritonrag.loaders import load_documents
-    from tritonrag.remote_embedding import TritonEmbedder
-    from tritonrag.runtime import Ports, TritonServer
+    from tritonrag.deploy.server import Ports, TritonServer
+    from tritonrag.kb.faiss_index import IndexSpec
+    from tritonrag.kb.ingest import reindex, update_knowledge_base
+    from tritonrag.kb.loaders import load_documents
+    from tritonrag.serving.remote_embedder import TritonEmbedder
+    from tritonrag.settings import load_settings
 
     settings = load_settings()
     server = TritonServer(ROOT / "model_repository", settings.home, Ports.choose(0, 0, 0),

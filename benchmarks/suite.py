@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS, ROOT, machine_description, write_csv, write_json, write_overlay
+from common import BENCHMARKS, REPOSITORY, ROOT, machine_description, write_csv, write_json, write_overlay
 
 STEPS = ("limits", "perf", "generator", "rag", "locust", "baseline", "overhead")
 
@@ -108,7 +108,7 @@ def run_limits(run: Run) -> list[dict[str, Any]]:
     from component_limits import embedder_limit, retriever_limit
     from perf_inputs import build_inputs
 
-    from tritonrag.config import load_settings
+    from tritonrag.settings import load_settings
 
     # the very inputs perf_analyzer sends the served models
     paths = build_inputs(run.out / "raw" / "perf_analyzer" / "inputs", run.mode.max_tokens)
@@ -134,9 +134,8 @@ def run_limits(run: Run) -> list[dict[str, Any]]:
 
 
 def start_triton(run: Run) -> Any:
-    from tritonrag.cli import REPOSITORY
-    from tritonrag.config import CONFIG_ENV, load_settings
-    from tritonrag.runtime import Ports, TritonServer
+    from tritonrag.deploy.server import Ports, TritonServer
+    from tritonrag.settings import CONFIG_ENV, load_settings
 
     server = TritonServer(REPOSITORY, load_settings().home, Ports.choose(0, 0, 0), env={CONFIG_ENV: str(run.config)})
     run.commands.append(f"TRITONRAG_CONFIG={run.config} {shlex.join(server.command())}")
@@ -209,8 +208,8 @@ def run_baseline(run: Run, system: str, args: tuple[str, ...], levels: tuple[int
     sys.path.insert(0, str(BENCHMARKS / "baselines"))
     from serve_baseline import BaselineServer
 
-    from tritonrag.config import CONFIG_ENV
-    from tritonrag.runtime import free_port
+    from tritonrag.deploy.server import free_port
+    from tritonrag.settings import CONFIG_ENV
 
     started = time.perf_counter()
     port = free_port()
@@ -245,7 +244,7 @@ def main() -> None:
     out = args.out or ROOT / "benchmarks" / "results" / (date if mode is FULL else f"{date}-quick")
     (out / "raw").mkdir(parents=True, exist_ok=True)
 
-    from tritonrag.config import CONFIG_ENV
+    from tritonrag.settings import CONFIG_ENV
 
     config = write_config(out / "config.toml", mode)
     os.environ[CONFIG_ENV] = str(config)  # in-process limits read the same settings as the servers

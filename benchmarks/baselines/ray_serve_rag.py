@@ -27,9 +27,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from tritonrag.config import GeneratorSettings, Settings
 from tritonrag.errors import InvalidInput
-from tritonrag.rag_request import RagParams, sources_json
+from tritonrag.pipeline.request import RagParams
+from tritonrag.pipeline.sources import sources_json
+from tritonrag.settings import GeneratorSettings, Settings
 
 HEALTH_TIMEOUT_S = 2.0
 MODEL_NAME = "rag"  # the name Triton's routes and events carry, so one client drives both systems
@@ -92,7 +93,7 @@ def chroma_client(path: Path) -> Any:
 
 
 def _kb_fingerprint(version_path: Path) -> str:
-    from tritonrag.kb_store import read_manifest
+    from tritonrag.kb.versions import read_manifest
 
     manifest = read_manifest(version_path)
     return f"{manifest.version}@{manifest.created_at}#{manifest.chunks}"
@@ -104,8 +105,8 @@ def ensure_collection(settings: Settings, log: Any = print) -> dict[str, Any]:
     Chunk texts, metadata and the stored vectors (``vectors.npy``) all come from tritonrag's published version,
     so both systems search the same vectors (inner product; Chroma's "ip" distance is 1 - dot product).
     """
-    from tritonrag.kb_store import published_path
-    from tritonrag.knowledge_base import KnowledgeBase
+    from tritonrag.kb.search import KnowledgeBase
+    from tritonrag.kb.versions import published_path
 
     version_path = published_path(settings.index_dir)
     fingerprint = _kb_fingerprint(version_path)
@@ -153,7 +154,7 @@ class Embedder:
     """sentence-transformers on CPU, L2-normalised: tritonrag's TextEmbedder, one query per call by default."""
 
     def __init__(self, settings: Settings, batching: bool, max_batch_size: int, batch_wait_s: float) -> None:
-        from tritonrag.embedding import TextEmbedder
+        from tritonrag.embedding.encoder import TextEmbedder
 
         self.embedder = TextEmbedder(settings.embedder, device="cpu")
         self.instruction = settings.embedder.query_instruction
@@ -186,7 +187,7 @@ class ChromaDBReader:
 
     def search(self, vector: np.ndarray, top_k: int) -> list[dict[str, Any]]:
         """Best first: chunk_id, score (inner product), text, and metadata shaped as tritonrag's retriever's."""
-        from tritonrag.knowledge_base import Hit
+        from tritonrag.kb.search import Hit
 
         found = self.collection.query(query_embeddings=np.asarray(vector, np.float32).reshape(1, -1),
                                       n_results=top_k, include=["documents", "metadatas", "distances"])
@@ -203,7 +204,7 @@ class PromptBuilder:
     """tritonrag's Jinja2 templates, called as its prompt_builder model calls them; returns (prompt, stop)."""
 
     def __init__(self, settings: Settings) -> None:
-        from tritonrag.prompts import PromptBuilder as Builder
+        from tritonrag.prompts.builder import PromptBuilder as Builder
 
         self.builder = Builder(settings.prompt_builder.max_query_chars, settings.prompt_builder.max_context_chars)
 
@@ -211,7 +212,7 @@ class PromptBuilder:
         return True
 
     def build(self, query: str, hits: list[dict[str, Any]], template: str) -> tuple[str, list[str]]:
-        from tritonrag.prompts import ContextDocument
+        from tritonrag.prompts.builder import ContextDocument
 
         keys = ("title", "source", "section")
         documents = [ContextDocument(text=h["text"], **{k: str(h["metadata"].get(k, "")) for k in keys}) for h in hits]
@@ -251,7 +252,7 @@ class Chat:
     """The generator: tritonrag's engine (vLLM AsyncLLM with the same engine args, or transformers), streamed."""
 
     def __init__(self, settings: GeneratorSettings) -> None:
-        from tritonrag.engines import create_engine
+        from tritonrag.generation.engine import create_engine
 
         self.settings = settings
         self.engine = create_engine(settings)
@@ -261,7 +262,7 @@ class Chat:
 
     async def generate(self, prompt: str, sampling: dict[str, Any], stop: list[str]) -> AsyncIterator[dict[str, str]]:
         """Yield ``{"text_output": piece}`` as tokens arrive, then ``{"finish_reason": ...}``."""
-        from tritonrag.generation import SamplingParams
+        from tritonrag.generation.sampling import SamplingParams
 
         params = SamplingParams.from_request({**sampling, "stop": stop}, self.settings)
         sink = _QueueSink(asyncio.get_running_loop())

@@ -97,7 +97,7 @@ def serve_until_stopped(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(HERE))
     from ray_serve_rag import build_app, ensure_collection
 
-    from tritonrag.config import load_settings
+    from tritonrag.settings import load_settings
 
     started = time.perf_counter()
     settings = load_settings()

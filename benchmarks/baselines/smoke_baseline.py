@@ -51,9 +51,9 @@ def stream(url: str, body: dict[str, Any], timeout: float = 300) -> tuple[list[d
 
 def reference_sources(questions: tuple[str, ...]) -> dict[str, list[int]]:
     """Chunk ids tritonrag's retriever returns: its embedder and FAISS index, in this process."""
-    from tritonrag.config import load_settings
-    from tritonrag.embedding import TextEmbedder
-    from tritonrag.knowledge_base import KnowledgeBase
+    from tritonrag.embedding.encoder import TextEmbedder
+    from tritonrag.kb.search import KnowledgeBase
+    from tritonrag.settings import load_settings
 
     settings = load_settings()
     vectors = TextEmbedder(settings.embedder, device="cpu").encode(list(questions))

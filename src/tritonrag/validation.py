@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from .errors import InvalidInput
+from tritonrag.errors import InvalidInput
 
 
 def _number(value: Any, name: str, kind: str) -> float:

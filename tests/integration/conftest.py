@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from tritonrag.config import load_settings
-from tritonrag.kb_store import published_version
-from tritonrag.knowledge_base import KnowledgeBase
-from tritonrag.runtime import Ports, TritonServer
+from tritonrag.deploy.server import Ports, TritonServer
+from tritonrag.kb.search import KnowledgeBase
+from tritonrag.kb.versions import published_version
+from tritonrag.settings import load_settings
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonrag_client import retriever_stats
 
-from tritonrag.runtime import Ports, TritonServer
+from tritonrag.deploy.server import Ports, TritonServer
 
 from .helpers import bytes_input
 

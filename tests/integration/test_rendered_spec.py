@@ -8,10 +8,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from tritonrag.config import CONFIG_ENV, load_settings
-from tritonrag.deployment import load_plan
-from tritonrag.repository import render_repository
-from tritonrag.runtime import Ports, TritonServer
+from tritonrag.deploy.plan import load_plan
+from tritonrag.deploy.render import render_repository
+from tritonrag.deploy.server import Ports, TritonServer
+from tritonrag.settings import CONFIG_ENV, load_settings
 
 from .helpers import bytes_input, grpc_stream, post_json
 
@@ -32,8 +32,7 @@ def spec_server(tmp_path_factory, knowledge_base):
     repository = folder / "repository"
     env = {CONFIG_ENV: str(ROOT / "benchmarks" / "stand_in.toml")}
     settings = load_settings(env[CONFIG_ENV])
-    render_repository(settings, repository, plan=load_plan(folder / "spec.yaml", settings),
-                      code_from=ROOT / "model_repository")
+    render_repository(settings, repository, plan=load_plan(folder / "spec.yaml", settings))
     server = TritonServer(repository, settings.home, Ports.choose(0, 0, 0), env=env,
                           log_file=folder / "tritonserver.log")
     server.start(settings.server.startup_timeout_s)

@@ -7,8 +7,8 @@ import threading
 
 import numpy as np
 
-from tritonrag.chunking import Document
-from tritonrag.config import load_settings
+from tritonrag.kb.chunking import Document
+from tritonrag.settings import load_settings
 
 DIM = 16
 

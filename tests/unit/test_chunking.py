@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from tritonrag.chunking import Document, chunk_document, load_document, normalize_text, strip_gutenberg
+from tritonrag.kb.chunking import Document, chunk_document, load_document, normalize_text, strip_gutenberg
 
 GUTENBERG = """The Project Gutenberg eBook of Tiny Book
 

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from tritonrag.config import default_home, load_settings, pick_device, resolve_model_ref
-from tritonrag.prompts import TEMPLATES
+from tritonrag.devices import pick_device
+from tritonrag.prompts.builder import TEMPLATES
+from tritonrag.settings import default_home, load_settings, resolve_model_ref
 
 
 def write(path, text):

@@ -28,7 +28,7 @@ DATASOURCES = DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.
 DASHBOARD_PROVIDERS = DOCKER / "grafana" / "provisioning" / "dashboards" / "tritonrag.yaml"
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "tritonrag.json"
 GPU_REQUIREMENTS = DOCKER / "requirements-gpu.txt"
-MODEL_FILES = [ROOT / "model_repository" / name / "1" / "model.py" for name in ("generator", "retriever")]
+MODEL_FILES = [ROOT / "src" / "tritonrag" / "serving" / "models" / f"{name}.py" for name in ("generator", "retriever")]
 
 # Triton's own metrics (docs/user_guide/metrics.md of triton-inference-server/server): per model (labels model,
 # version) and per GPU (label gpu_uuid).
@@ -224,7 +224,7 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else():
     for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
         assert not _ignored(source, patterns), f"COPY {source} is excluded by {ignore.name}"
-    assert not _ignored("src/tritonrag/cli.py", patterns)
+    assert not _ignored("src/tritonrag/cli/__init__.py", patterns)
     assert not _ignored("model_repository/rag/1/model.py", patterns)
     for path in (".venv/bin/python", ".git/HEAD", "benchmarks/results/x.csv", "tests/unit/test_config.py",
                  "src/tritonrag/__pycache__/cli.cpython-311.pyc", "tritonrag.egg-info/PKG-INFO", "docker/compose.yaml"):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tritonrag.deploy_spec import SpecError, load_spec
-from tritonrag.placement import gpus_used, plan
+from tritonrag.deploy.placement import gpus_used, plan
+from tritonrag.deploy.spec import SpecError, load_spec
 
 ONE_GPU = """
 cluster: {gpus: 1, gpu_memory_gib: 80}

@@ -6,11 +6,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tritonrag.cli import app
-from tritonrag.config import load_settings
-from tritonrag.deploy_spec import SpecError, load_spec
-from tritonrag.deployment import detect_gpus, gpu_rows, load_plan, plan_deployment, plan_rows
-from tritonrag.placement import Gpu
-from tritonrag.repository import render_repository
+from tritonrag.deploy.placement import Gpu
+from tritonrag.deploy.plan import detect_gpus, gpu_rows, load_plan, plan_deployment, plan_rows
+from tritonrag.deploy.render import render_repository
+from tritonrag.deploy.spec import SpecError, load_spec
+from tritonrag.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "deploy" / "specs"
@@ -49,7 +49,7 @@ def test_eight_gpu_example_spreads_tensor_parallel_generators_and_packs_embedder
 
 
 def test_rendered_tensor_parallel_config_tells_each_group_its_gpus(tmp_path):
-    render_repository(load_settings(), tmp_path, plan=plan_of("gpu-8"), code_from=COMMITTED)
+    render_repository(load_settings(), tmp_path, plan=plan_of("gpu-8"))
     text = (tmp_path / "generator" / "config.pbtxt").read_text()
     assert 'name: "generator_gpus_6_7"' in text and "kind: KIND_MODEL" in text and "gpus:" not in text
     assert '\\"generator_gpus_0_1\\": [0, 1]' in text and 'key: "tensor_parallel_size"' in text

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tritonrag.config import load_settings
-from tritonrag.embedding import TextEmbedder
+from tritonrag.embedding.encoder import TextEmbedder
+from tritonrag.settings import load_settings
 
 TEXTS = [
     "Phileas Fogg bet twenty thousand pounds that he could go around the world in eighty days.",

@@ -5,9 +5,10 @@ from dataclasses import replace
 import pytest
 from fakes import RecordingSink as Sink
 
-from tritonrag.config import load_settings
-from tritonrag.engines import ThreadedTransformersEngine, create_engine
-from tritonrag.generation import SamplingParams
+from tritonrag.generation.engine import create_engine
+from tritonrag.generation.sampling import SamplingParams
+from tritonrag.generation.transformers_engine import TransformersEngine
+from tritonrag.settings import load_settings
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_engine_that_cannot_start_names_the_switch(settings):
 
 @pytest.fixture(scope="module")
 def engine(settings):
-    engine = ThreadedTransformersEngine(settings)
+    engine = TransformersEngine(settings)
     yield engine
     engine.shutdown()
 

@@ -1,7 +1,8 @@
 import pytest
 
 from tritonrag.errors import InvalidInput
-from tritonrag.filters import MAX_FILTER_VALUES, parse_filter
+from tritonrag.kb.docstore import filter_clause
+from tritonrag.kb.filters import MAX_FILTER_VALUES, parse_filter
 
 
 @pytest.mark.parametrize("raw", [None, "", "{}", {}])
@@ -18,7 +19,7 @@ def test_json_string_bytes_and_dict_give_equal_filters():
 
 
 def test_sql_binds_every_value():
-    where, params = parse_filter({"source": "x'; DROP TABLE chunks; --", "doc_id": ["1", "2"]}).sql()
+    where, params = filter_clause(parse_filter({"source": "x'; DROP TABLE chunks; --", "doc_id": ["1", "2"]}))
     assert "DROP" not in where
     assert where == 'json_extract(d.metadata, ?) IN (?,?) AND c.source IN (?)'
     assert params == ['$."doc_id"', "1", "2", "x'; DROP TABLE chunks; --"]

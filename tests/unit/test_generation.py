@@ -2,9 +2,10 @@ import math
 
 import pytest
 
-from tritonrag.config import load_settings
 from tritonrag.errors import InvalidInput
-from tritonrag.generation import SamplingParams, StopMatcher
+from tritonrag.generation.sampling import SamplingParams
+from tritonrag.generation.stop_strings import StopMatcher
+from tritonrag.settings import load_settings
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tritonrag.index_types import (
+from tritonrag.kb.faiss_index import (
     INDEX_TYPES,
     IndexSpec,
     build_index,

@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 from fakes import DIM, FakeEmbedder, doc, small_settings
 
-from tritonrag.index_types import IndexSpec
-from tritonrag.ingest import JOURNAL_FILE, reindex, rollback, sample_corpus, update_knowledge_base
-from tritonrag.kb_store import list_versions, published_version, read_manifest, versions_dir
-from tritonrag.knowledge_base import KnowledgeBase
+from tritonrag.kb.embedding_journal import JOURNAL_FILE
+from tritonrag.kb.faiss_index import IndexSpec
+from tritonrag.kb.ingest import reindex, rollback, update_knowledge_base
+from tritonrag.kb.sample import sample_corpus
+from tritonrag.kb.search import KnowledgeBase
+from tritonrag.kb.versions import list_versions, published_version, read_manifest, versions_dir
 
 
 def build(root, docs, embedder=None, settings=None, **kw):
@@ -20,7 +22,7 @@ def open_kb(root):
 def stored(root):
     kb = open_kb(root)
     try:
-        rows = kb._db.execute("SELECT id, source, text FROM chunks ORDER BY id").fetchall()
+        rows = kb.docstore._db.execute("SELECT id, source, text FROM chunks ORDER BY id").fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
     finally:
         kb.close()

@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tritonrag.config import load_settings
-from tritonrag.deploy_spec import COMPONENTS, load_spec
-from tritonrag.deployment import plan_deployment
-from tritonrag.placement import Gpu
+from tritonrag.deploy.placement import Gpu
+from tritonrag.deploy.plan import plan_deployment
+from tritonrag.deploy.spec import COMPONENTS, load_spec
+from tritonrag.settings import load_settings
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 NOT_MANIFESTS = {"prometheus-adapter/helm-values.yaml"}  # Helm chart values, not a Kubernetes object
 APPLIED_ON_THEIR_OWN = {"ingest-job.yaml"}  # besides prometheus-adapter/ (see kustomization.yaml)
 NAMESPACE = "tritonrag"
 INDEX_MOUNT = "/opt/tritonrag/index"
-LAUNCHER_STOP_S = 30  # tritonrag.runtime.TritonServer.stop: SIGINT, then SIGKILL after this long
+LAUNCHER_STOP_S = 30  # tritonrag.deploy.server.TritonServer.stop: SIGINT, then SIGKILL after this long
 
 
 def rel(path: Path) -> str:

@@ -3,8 +3,8 @@ import json
 import pytest
 from fakes import FakeEmbedder, doc, small_settings
 
-from tritonrag.ingest import update_knowledge_base
-from tritonrag.kb_store import (
+from tritonrag.kb.ingest import update_knowledge_base
+from tritonrag.kb.versions import (
     POINTER_FILE,
     build_lock,
     list_versions,

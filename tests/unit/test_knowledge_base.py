@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from fakes import DIM, FakeEmbedder, doc, small_settings
 
-from tritonrag.filters import parse_filter
-from tritonrag.ingest import update_knowledge_base
-from tritonrag.kb_store import MANIFEST_FILE, published_path
-from tritonrag.knowledge_base import KnowledgeBase, is_current
+from tritonrag.kb.filters import parse_filter
+from tritonrag.kb.ingest import update_knowledge_base
+from tritonrag.kb.search import KnowledgeBase, is_current
+from tritonrag.kb.versions import MANIFEST_FILE, published_path
 
 DOCS = [
     doc("book1.txt", 40, metadata={"author": "Verne", "year": 1872}),
@@ -36,7 +36,7 @@ def kb(root):
 
 
 def chunk_texts(kb):
-    return dict(kb._db.execute("SELECT id, text FROM chunks"))
+    return dict(kb.docstore._db.execute("SELECT id, text FROM chunks"))
 
 
 def test_each_chunk_finds_itself_first(kb):
@@ -86,7 +86,7 @@ def test_filters_restrict_results(kb, flt, sources, exact_max):
     scores, ids = kb.search_filtered(np.ones((2, DIM), np.float32), 50, parse_filter(flt))
     found = {h.source for h in kb.fetch(ids[0], scores[0])}
     assert found == sources
-    expected = kb._db.execute(
+    expected = kb.docstore._db.execute(
         f"SELECT COUNT(*) FROM chunks WHERE source IN ({','.join('?' * len(sources))})", sorted(sources)
     ).fetchone()[0]
     assert ids.shape == (2, expected)

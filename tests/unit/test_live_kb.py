@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from fakes import DIM, FakeEmbedder, doc, small_settings
 
-from tritonrag.ingest import update_knowledge_base
-from tritonrag.kb_store import publish
-from tritonrag.knowledge_base import KnowledgeBase
-from tritonrag.live_kb import LiveKnowledgeBase, NoKnowledgeBase
+from tritonrag.kb.ingest import update_knowledge_base
+from tritonrag.kb.live import LiveKnowledgeBase, NoKnowledgeBase
+from tritonrag.kb.search import KnowledgeBase
+from tritonrag.kb.versions import publish
 
 
 def add(root, source, words=10):

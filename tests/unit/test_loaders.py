@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tritonrag.loaders import content_hash, discover, load_documents, load_html
+from tritonrag.kb.loaders import content_hash, discover, load_documents, load_html
 
 
 @pytest.fixture

@@ -4,17 +4,10 @@ import json
 
 import pytest
 
-from tritonrag.config import load_settings, override
-from tritonrag.gpu_memory import GIB, faiss_index_bytes, faiss_temp_memory, generator_settings, limit_torch_memory
-from tritonrag.model_parameters import (
-    InstanceGpus,
-    configured,
-    encode,
-    instance_device,
-    instance_gpus,
-    model_parameters,
-    placed,
-)
+from tritonrag.devices import GIB, InstanceGpus, faiss_index_bytes, faiss_temp_memory, limit_torch_memory
+from tritonrag.generation.device_settings import generator_settings
+from tritonrag.serving.instance import configured, encode, instance_device, instance_gpus, model_parameters, placed
+from tritonrag.settings import load_settings, override
 
 
 def triton_args(params: dict[str, str], kind: str = "CPU", device: int = 0, name: str = "m_0_0") -> dict[str, str]:

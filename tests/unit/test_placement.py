@@ -2,7 +2,7 @@
 
 import pytest
 
-from tritonrag.placement import Demand, Gpu, PlacementError, gpus_used, instance_groups, plan
+from tritonrag.deploy.placement import Demand, Gpu, PlacementError, gpus_used, instance_groups, plan
 
 EIGHT = [Gpu(i, 80.0) for i in range(8)]
 

@@ -1,7 +1,7 @@
 import pytest
 
 from tritonrag.errors import InvalidInput
-from tritonrag.prompts import TEMPLATES, ContextDocument, PromptBuilder
+from tritonrag.prompts.builder import TEMPLATES, ContextDocument, PromptBuilder
 
 JINJA_SNIPPETS = ["{{ 7*7 }}", "{% for x in range(3) %}loop{% endfor %}", "{% for %}", "{# note #}", "{{ config }}"]
 

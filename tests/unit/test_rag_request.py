@@ -2,10 +2,12 @@ import json
 
 import pytest
 
-from tritonrag.config import load_settings
 from tritonrag.errors import InvalidInput
-from tritonrag.prompts import TEMPLATES
-from tritonrag.rag_request import RagParams, check_top_k, sources_json
+from tritonrag.kb.batched_search import check_top_k
+from tritonrag.pipeline.request import RagParams
+from tritonrag.pipeline.sources import sources_json
+from tritonrag.prompts.builder import TEMPLATES
+from tritonrag.settings import load_settings
 from tritonrag.validation import parse_json_object
 
 

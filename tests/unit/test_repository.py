@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from tritonrag.config import load_settings
-from tritonrag.repository import model_specs, render_repository
+from tritonrag.deploy.render import model_specs, render_repository
+from tritonrag.settings import load_settings
 
 COMMITTED = Path(__file__).parents[2] / "model_repository"
 MODELS = {"embedder", "retriever", "prompt_builder", "generator", "rag"}
@@ -11,12 +11,17 @@ def test_committed_configs_match_the_default_settings():
     assert render_repository(load_settings(), COMMITTED, check=True) == []
 
 
-def test_render_writes_five_configs(tmp_path):
+def test_render_writes_five_configs_and_entry_points(tmp_path):
     written = render_repository(load_settings(), tmp_path)
-    assert len(written) == 5
-    assert {p.parent.name for p in written} == MODELS
-    assert sorted(tmp_path.glob("*/config.pbtxt")) == sorted(written)
-    for path in written:
+    configs = [p for p in written if p.name == "config.pbtxt"]
+    assert len(written) == 10 and len(configs) == 5
+    assert {p.parent.name for p in configs} == MODELS
+    assert sorted(tmp_path.glob("*/config.pbtxt")) == sorted(configs)
+    assert sorted(tmp_path.glob("*/1/model.py")) == sorted(set(written) - set(configs))
+    for model in MODELS:  # each entry point imports the adapter the package ships
+        entry = (tmp_path / model / "1" / "model.py").read_text()
+        assert f"from tritonrag.serving.models.{model} import TritonPythonModel" in entry
+    for path in configs:
         text = path.read_text()
         assert f'name: "{path.parent.name}"' in text
         assert 'backend: "python"' in text
@@ -29,12 +34,13 @@ def test_render_writes_five_configs(tmp_path):
 def test_render_matches_committed_files(tmp_path):
     render_repository(load_settings(), tmp_path)
     for model in MODELS:
-        assert (tmp_path / model / "config.pbtxt").read_text() == (COMMITTED / model / "config.pbtxt").read_text()
+        for name in ("config.pbtxt", "1/model.py"):
+            assert (tmp_path / model / name).read_text() == (COMMITTED / model / name).read_text()
 
 
 def test_check_mode_reports_without_writing(tmp_path):
     differing = render_repository(load_settings(), tmp_path, check=True)
-    assert len(differing) == 5
+    assert len(differing) == 10
     assert not list(tmp_path.iterdir())
     render_repository(load_settings(), tmp_path)
     target = tmp_path / "generator" / "config.pbtxt"

@@ -3,9 +3,9 @@ import pytest
 from fakes import DIM, FakeEmbedder, doc, small_settings
 
 from tritonrag.errors import InvalidInput
-from tritonrag.ingest import update_knowledge_base
-from tritonrag.knowledge_base import KnowledgeBase
-from tritonrag.retrieval import parse_search, run_searches
+from tritonrag.kb.batched_search import parse_search, run_searches
+from tritonrag.kb.ingest import update_knowledge_base
+from tritonrag.kb.search import KnowledgeBase
 
 SETTINGS = small_settings().retriever
 

@@ -2,7 +2,8 @@ import socket
 
 import pytest
 
-from tritonrag.runtime import Ports, find_runtime, free_port, local_runtime_dir, port_is_free
+from tritonrag.deploy.runtime import find_runtime, local_runtime_dir
+from tritonrag.deploy.server import Ports, free_port, port_is_free
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tritonrag import runtime
-from tritonrag.runtime import (
+from tritonrag.deploy import runtime
+from tritonrag.deploy.runtime import (
     PERF_ANALYZER_LIBS,
     find_mangled_lib,
     find_perf_analyzer,

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from fakes import RecordingSink as Sink
 
-from tritonrag.config import load_settings
-from tritonrag.embedding import STAND_IN_DIMENSION, TextEmbedder, stand_in_dimension
-from tritonrag.engines import ENGINES, StandInEngine, create_engine
-from tritonrag.generation import SamplingParams
+from tritonrag.embedding.encoder import TextEmbedder
+from tritonrag.embedding.stand_in import STAND_IN_DIMENSION, stand_in_dimension
+from tritonrag.generation.engine import ENGINES, create_engine
+from tritonrag.generation.sampling import SamplingParams
+from tritonrag.generation.stand_in import StandInEngine
+from tritonrag.settings import load_settings
 
 OVERLAY = Path(__file__).resolve().parents[2] / "benchmarks" / "stand_in.toml"
 
@@ -74,9 +76,9 @@ def test_embedder_stand_in_dimension_and_tokens(settings):
 def test_stand_ins_import_no_torch():
     code = (
         f"import os, sys; os.environ['TRITONRAG_CONFIG'] = {str(OVERLAY)!r}\n"
-        "from tritonrag.config import load_settings\n"
-        "from tritonrag.embedding import TextEmbedder\n"
-        "from tritonrag.engines import create_engine\n"
+        "from tritonrag.settings import load_settings\n"
+        "from tritonrag.embedding.encoder import TextEmbedder\n"
+        "from tritonrag.generation.engine import create_engine\n"
         "s = load_settings(); TextEmbedder(s.embedder).encode(['x']); create_engine(s.generator).shutdown()\n"
         "heavy = {'torch', 'sentence_transformers', 'transformers', 'vllm'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"

@@ -1,0 +1,5 @@
+"""`python -m tritonrag.cli`."""
+
+from tritonrag.cli import main
+
+main()

@@ -1,0 +1,220 @@
+"""The deployment spec: one YAML file saying, per component, how many instances run where and with what share.
+
+    cluster:
+      gpus: detect            # or a count with memory (gpus: 8, gpu_memory_gib: 80), or a list of GiB per GPU
+    components:
+      embedder:  {instances: 2, device: gpu, gpu_share: 0.1, placement: pack,
+                  batching: {max_batch_size: 64, preferred_batch_sizes: [16, 32], max_queue_delay_us: 0}}
+      generator: {instances: 1, device: gpu, gpu_share: 0.8, engine: {max_num_seqs: 64, tensor_parallel_size: 2}}
+
+``instances`` is per server; ``min_instances``/``max_instances`` bound the whole cluster (see ``replica_range``).
+``engine`` overrides the component's settings section (tritonrag.settings), ``model`` its model. A generator with
+``engine.tensor_parallel_size: N`` spans N GPUs at ``gpu_share`` (up to 1) of each; ``gpu_share: N`` (a whole number
+above 1) means N whole GPUs.
+Only the embedder, retriever and generator run on a GPU.
+
+Unknown keys and bad values are errors that name the component and key. ``demands`` turns the spec into the
+placement planner's input (tritonrag.deploy.placement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tritonrag.deploy.placement import STRATEGIES, Demand, Gpu
+
+COMPONENTS = ("embedder", "retriever", "prompt_builder", "generator", "rag")
+GPU_COMPONENTS = ("embedder", "retriever", "generator")
+MODEL_COMPONENTS = ("embedder", "generator")  # the ones with a ``model`` setting
+DEVICES = ("cpu", "gpu")
+COMPONENT_KEYS = {"model", "instances", "min_instances", "max_instances", "device", "gpu_share", "gpu_memory_gib",
+                  "placement", "batching", "engine"}
+
+
+BATCHING_KEYS = {"max_batch_size", "preferred_batch_sizes", "max_queue_delay_us"}
+
+
+class SpecError(ValueError):
+    """The spec is invalid; the message names where (``components.embedder.gpu_share``) and why."""
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int | None = None
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int | None = None
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    instances: int | None = None  # per server; None: the settings' [component] instances
+    min_instances: int | None = None  # cluster level (autoscaling), not per server
+    max_instances: int | None = None
+    device: str = "cpu"
+    gpu_share: float = 0.0
+    gpu_memory_gib: float | None = None
+    placement: str = "pack"
+    model: str | None = None
+    batching: Batching = field(default_factory=Batching)
+    engine: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def gpus_per_instance(self) -> int:
+        """GPUs one instance spans: a whole share, or the generator's tensor parallel size, else 1 (0 on CPU)."""
+        if self.device == "cpu":
+            return 0
+        if self.gpu_share > 1:
+            return int(self.gpu_share)
+        return int(self.engine.get("tensor_parallel_size", 1))
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    gpus: tuple[Gpu, ...] | None  # None: detect at render time
+    components: tuple[ComponentSpec, ...]
+
+    def component(self, name: str) -> ComponentSpec:
+        """The named component's spec; one the file leaves out runs on the CPU, as many as the settings say."""
+        return next((c for c in self.components if c.name == name), ComponentSpec(name))
+
+    def instances(self, name: str, defaults: Mapping[str, int] | None = None) -> int:
+        """Instances of ``name`` per server: the spec's, else ``defaults`` (the settings), else 1."""
+        given = self.component(name).instances
+        return given if given is not None else (defaults or {}).get(name, 1)
+
+    def demands(self, defaults: Mapping[str, int] | None = None) -> list[Demand]:
+        """The planner's input: every component, those the file leaves out on the CPU (instances: ``instances``)."""
+        demands = []
+        for name in COMPONENTS:
+            c = self.component(name)
+            share = c.gpu_share if c.device == "gpu" else 0.0
+            gpus = c.gpus_per_instance if share and share <= 1 else 0
+            demands.append(Demand(name, self.instances(name, defaults), share, c.gpu_memory_gib, c.placement, gpus))
+        return demands
+
+    def replica_range(self, defaults: Mapping[str, int] | None = None) -> tuple[int, int | None]:
+        """How many copies of the whole server the cluster runs so that every component's min/max_instances hold:
+        the smallest count meeting every minimum and the largest staying under every maximum (None: no maximum)."""
+        low, high = 1, None
+        for c in self.components:
+            per_server = self.instances(c.name, defaults)
+            if c.min_instances is not None:
+                low = max(low, -(-c.min_instances // per_server))
+            if c.max_instances is not None:
+                most = c.max_instances // per_server
+                high = most if high is None else min(high, most)
+        if high is not None and high < low:
+            raise SpecError(f"components: min_instances need {low} servers but max_instances allow only {high} "
+                            "(each server runs every component's instances)")
+        return low, high
+
+
+def _check(where: str, ok: bool, why: str) -> None:
+    if not ok:
+        raise SpecError(f"{where}: {why}")
+
+
+def _number(where: str, value: Any, kind: Callable[[Any], Any], minimum: float) -> Any:
+    _check(where, isinstance(value, (int, float)) and not isinstance(value, bool), f"expected a number, got {value!r}")
+    _check(where, kind is float or value == int(value), f"expected a whole number, got {value!r}")
+    _check(where, value >= minimum, f"must be at least {minimum}, got {value!r}")
+    return kind(value)
+
+
+def _keys(where: str, raw: Any, allowed: set[str]) -> Mapping[str, Any]:
+    _check(where, isinstance(raw, Mapping), f"expected a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - allowed)
+    _check(where, not unknown, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return raw
+
+
+def _batching(where: str, raw: Any) -> Batching:
+    raw = _keys(where, raw, BATCHING_KEYS)
+    preferred = raw.get("preferred_batch_sizes", [])
+    _check(f"{where}.preferred_batch_sizes", isinstance(preferred, list), "expected a list of sizes")
+    sizes = tuple(_number(f"{where}.preferred_batch_sizes", s, int, 1) for s in preferred)
+    max_batch = raw.get("max_batch_size")
+    max_batch = None if max_batch is None else _number(f"{where}.max_batch_size", max_batch, int, 0)
+    if max_batch is not None:
+        _check(f"{where}.preferred_batch_sizes", all(s <= max_batch for s in sizes),
+               f"sizes {list(sizes)} must not exceed max_batch_size {max_batch}")
+    delay = raw.get("max_queue_delay_us")
+    return Batching(max_batch, sizes, None if delay is None else _number(f"{where}.max_queue_delay_us", delay, int, 0))
+
+
+def _component(name: str, raw: Any) -> ComponentSpec:
+    where = f"components.{name}"
+    raw = _keys(where, raw or {}, COMPONENT_KEYS)
+    device = raw.get("device", "cpu")
+    _check(f"{where}.device", device in DEVICES, f"must be one of {', '.join(DEVICES)}, got {device!r}")
+    share = _number(f"{where}.gpu_share", raw.get("gpu_share", 1.0 if device == "gpu" else 0.0), float, 0)
+    _check(f"{where}.gpu_share", device == "gpu" or share == 0, "a CPU component takes no GPU share")
+    _check(f"{where}.gpu_share", device == "cpu" or share > 0, "a GPU component needs a share above 0")
+    _check(f"{where}.gpu_share", share <= 1 or share == int(share),
+           f"above 1 it is a whole number of GPUs (e.g. 2 for tensor parallel 2), got {share}")
+    _check(f"{where}.device", device == "cpu" or name in GPU_COMPONENTS,
+           f"{name} does no GPU work; only {', '.join(GPU_COMPONENTS)} take a GPU")
+    _check(f"{where}.gpu_share", share <= 1 or name == "generator",
+           "only the generator spans several GPUs (tensor parallel); give a share up to 1")
+    _check(f"{where}.model", "model" not in raw or name in MODEL_COMPONENTS,
+           f"only {', '.join(MODEL_COMPONENTS)} have a model")
+    placement = raw.get("placement", "pack")
+    _check(f"{where}.placement", placement in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}")
+    instances = raw.get("instances")
+    instances = None if instances is None else _number(f"{where}.instances", instances, int, 1)
+    low, high = raw.get("min_instances"), raw.get("max_instances")
+    low = None if low is None else _number(f"{where}.min_instances", low, int, 1)
+    high = None if high is None else _number(f"{where}.max_instances", high, int, 1)
+    if low is not None and high is not None:
+        _check(where, low <= high, f"min_instances {low} is above max_instances {high}")
+    memory = raw.get("gpu_memory_gib")
+    engine = raw.get("engine", {})
+    _check(f"{where}.engine", isinstance(engine, Mapping), "expected a mapping of engine settings")
+    parallel = engine.get("tensor_parallel_size")
+    if parallel is not None:
+        _number(f"{where}.engine.tensor_parallel_size", parallel, int, 1)
+        _check(f"{where}.engine.tensor_parallel_size", device == "gpu" or parallel == 1, "tensor parallel needs GPUs")
+        _check(f"{where}.engine.tensor_parallel_size", share <= 1 or share == parallel,
+               f"gpu_share {share:g} (whole GPUs) and tensor_parallel_size {parallel} disagree")
+    return ComponentSpec(
+        name=name, instances=instances, min_instances=low, max_instances=high, device=device, gpu_share=share,
+        gpu_memory_gib=None if memory is None else _number(f"{where}.gpu_memory_gib", memory, float, 0.01),
+        placement=placement, model=raw.get("model"), batching=_batching(f"{where}.batching", raw.get("batching", {})),
+        engine=dict(engine),
+    )
+
+
+def _gpus(raw: Any) -> tuple[Gpu, ...] | None:
+    raw = _keys("cluster", raw or {}, {"gpus", "gpu_memory_gib"})
+    gpus = raw.get("gpus", 0)
+    if gpus == "detect":
+        return None
+    if isinstance(gpus, list):
+        return tuple(Gpu(i, _number(f"cluster.gpus[{i}]", m, float, 0.01)) for i, m in enumerate(gpus))
+    count = _number("cluster.gpus", gpus, int, 0)
+    if count == 0:
+        return ()
+    _check("cluster.gpu_memory_gib", "gpu_memory_gib" in raw, "give each GPU's memory, or gpus: detect")
+    memory = _number("cluster.gpu_memory_gib", raw["gpu_memory_gib"], float, 0.01)
+    return tuple(Gpu(i, memory) for i in range(count))
+
+
+def parse_spec(raw: Any) -> DeploymentSpec:
+    """A validated spec from parsed YAML (a mapping with ``cluster`` and ``components``)."""
+    raw = _keys("spec", raw, {"cluster", "components"})
+    components = _keys("components", raw.get("components") or {}, set(COMPONENTS))
+    return DeploymentSpec(_gpus(raw.get("cluster")), tuple(_component(n, c) for n, c in components.items()))
+
+
+def load_spec(text: str) -> DeploymentSpec:
+    """Parse and validate a YAML spec (safe loader: no Python objects)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {exc}") from None
+    return parse_spec(raw)

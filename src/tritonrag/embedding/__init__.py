@@ -1,0 +1,1 @@
+"""Sentence embedding: the sentence-transformers encoder and a model-free stand-in."""

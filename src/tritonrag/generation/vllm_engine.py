@@ -1,0 +1,120 @@
+"""vLLM's AsyncLLM on its own event-loop thread: continuous batching, token-by-token streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from tritonrag.errors import InvalidInput
+from tritonrag.generation.engine import GenerationSink
+from tritonrag.generation.sampling import Completion, SamplingParams
+from tritonrag.settings import GeneratorSettings
+
+log = logging.getLogger(__name__)
+
+
+class VllmEngine:
+    """vLLM's AsyncLLM on a private event loop thread; requests are scheduled onto it from any thread."""
+
+    name = "vllm"
+
+    def __init__(self, settings: GeneratorSettings) -> None:
+        if settings.cpu_kvcache_gib > 0:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.settings = settings
+        self._ids = itertools.count()
+        self._tasks: dict[str, asyncio.Future[Any]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
+        self._thread.start()
+        args = AsyncEngineArgs(
+            model=settings.model,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            max_num_seqs=settings.max_num_seqs,
+            enable_prefix_caching=settings.enable_prefix_caching,
+            enforce_eager=settings.enforce_eager,
+            seed=0,
+        )
+
+        async def start() -> Any:
+            return AsyncLLM.from_engine_args(args)
+
+        self.engine = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def submit(self, prompt: str, params: SamplingParams, sink: GenerationSink) -> str:
+        request_id = f"gen-{next(self._ids)}"
+        future = asyncio.run_coroutine_threadsafe(self._run(request_id, prompt, params, sink), self._loop)
+        self._tasks[request_id] = future
+        future.add_done_callback(lambda _: self._tasks.pop(request_id, None))
+        if future.done():  # finished before it was registered: the callback above already ran
+            self._tasks.pop(request_id, None)
+        return request_id
+
+    def _sampling(self, params: SamplingParams) -> Any:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return VllmSamplingParams(
+            n=1,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k or -1,
+            stop=list(params.stop),
+            seed=params.seed,
+            repetition_penalty=params.repetition_penalty,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def _run(self, request_id: str, prompt: str, params: SamplingParams, sink: GenerationSink) -> None:
+        tokens, prompt_tokens, reason = 0, 0, "stop"
+        try:
+            async for output in self.engine.generate(prompt, self._sampling(params), request_id):
+                prompt_tokens = len(output.prompt_token_ids or ())
+                piece = output.outputs[0]
+                tokens += len(piece.token_ids)
+                if (piece.text or piece.token_ids) and not sink.on_text(piece.text, len(piece.token_ids)):
+                    await self.engine.abort(request_id)
+                    reason = "cancelled"
+                    break
+                if output.finished:
+                    reason = piece.finish_reason or "stop"
+        except ValueError as exc:  # vLLM's input validation, e.g. a prompt longer than max_model_len
+            sink.on_error(InvalidInput(str(exc)))
+            return
+        except asyncio.CancelledError:
+            await self.engine.abort(request_id)
+            sink.on_finish(Completion("cancelled", prompt_tokens, tokens))
+            raise
+        except Exception as exc:
+            sink.on_error(exc)
+            return
+        reason = reason if reason in ("stop", "length", "cancelled") else "stop"
+        sink.on_finish(Completion(reason, prompt_tokens, tokens))
+
+    def shutdown(self, drain_s: float = 10.0) -> None:
+        """Let in-flight requests finish for up to ``drain_s`` seconds, abort the rest, stop the engine."""
+        deadline = time.monotonic() + drain_s
+        while self._tasks and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for future in list(self._tasks.values()):
+            future.cancel()
+        self.engine.shutdown()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)

@@ -1,0 +1,152 @@
+"""The docstore of a knowledge base version: one SQLite file of documents and chunks, and metadata filters as SQL.
+Every docstore SQL statement of the package is in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonrag.kb.chunking import Chunk
+from tritonrag.kb.filters import Filter
+
+SCHEMA = """
+CREATE TABLE documents (
+    source TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    n_chunks INTEGER NOT NULL
+);
+CREATE TABLE chunks (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL REFERENCES documents(source),
+    title TEXT NOT NULL,
+    section TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX chunks_source ON chunks(source);
+"""
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A document row of the docstore."""
+
+    source: str
+    title: str
+    content_hash: str
+    metadata: dict[str, Any]
+    n_chunks: int
+
+
+@dataclass(frozen=True)
+class VersionContents:
+    """Everything a new version is written from: chunks sorted by id, their vectors (same order), documents."""
+
+    chunk_ids: np.ndarray
+    chunks: Sequence[Chunk]
+    vectors: np.ndarray
+    documents: Sequence[DocumentRecord]
+
+    def __post_init__(self) -> None:
+        if not (len(self.chunk_ids) == len(self.chunks) == len(self.vectors)):
+            raise ValueError(f"{len(self.chunk_ids)} ids, {len(self.chunks)} chunks, {len(self.vectors)} vectors")
+        if len(self.chunk_ids) > 1 and not (np.diff(self.chunk_ids) > 0).all():
+            raise ValueError("chunk ids must be strictly increasing")
+
+
+# Filter fields stored as columns; any other field is looked up in the document's JSON metadata.
+_FILTER_COLUMNS = {"source": "c.source", "title": "d.title", "section": "c.section"}
+_CHUNK_ROW = ("SELECT c.id, c.text, c.source, c.title, c.section, c.position, d.metadata "
+              "FROM chunks c JOIN documents d ON c.source = d.source")
+
+
+def filter_clause(flt: Filter) -> tuple[str, list[Any]]:
+    """A WHERE clause over ``chunks c JOIN documents d`` and its bound parameters (values never inlined)."""
+    clauses, params = [], []
+    for name, values in flt.fields:
+        marks = ",".join("?" * len(values))
+        if name in _FILTER_COLUMNS:
+            clauses.append(f"{_FILTER_COLUMNS[name]} IN ({marks})")
+        else:
+            clauses.append(f"json_extract(d.metadata, ?) IN ({marks})")
+            params.append(f'$."{name}"')
+        params += list(values)
+    return " AND ".join(clauses), params
+
+
+def write_docstore(path: Path, contents: VersionContents) -> None:
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA)
+        db.executemany(
+            "INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
+            [(d.source, d.title, d.content_hash, json.dumps(d.metadata), d.n_chunks) for d in contents.documents],
+        )
+        db.executemany(
+            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(int(i), c.source, c.title, c.section, c.position, c.n_tokens, c.text)
+             for i, c in zip(contents.chunk_ids, contents.chunks)],
+        )
+    db.close()
+
+
+def read_contents(path: Path) -> tuple[dict[str, DocumentRecord], np.ndarray, list[Chunk]]:
+    """Everything a docstore holds: its documents by source, and its chunk ids (ascending) with their chunks."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        documents = {
+            row[0]: DocumentRecord(row[0], row[1], row[2], json.loads(row[3]), row[4])
+            for row in db.execute("SELECT source, title, content_hash, metadata, n_chunks FROM documents")
+        }
+        rows = db.execute(
+            "SELECT id, source, title, section, position, n_tokens, text FROM chunks ORDER BY id").fetchall()
+    db.close()
+    chunk_ids = np.array([r[0] for r in rows], np.int64)
+    chunks = [Chunk(source=r[1], title=r[2], section=r[3], position=r[4], n_tokens=r[5], text=r[6]) for r in rows]
+    return documents, chunk_ids, chunks
+
+
+class DocstoreReader:
+    """Read-only queries of one docstore, safe to call from any thread."""
+
+    def __init__(self, path: Path) -> None:
+        uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    def chunk_ids(self) -> np.ndarray:
+        """Every chunk id, ascending (row ``i`` of the version's vectors is chunk ``chunk_ids()[i]``)."""
+        return np.array([row[0] for row in self._db.execute("SELECT id FROM chunks ORDER BY id")], np.int64)
+
+    def matching_chunk_ids(self, flt: Filter) -> np.ndarray:
+        """Ids of the chunks whose document matches ``flt``, ascending."""
+        where, params = filter_clause(flt)
+        sql = f"SELECT c.id FROM chunks c JOIN documents d ON c.source = d.source WHERE {where} ORDER BY c.id"
+        return np.array([r[0] for r in self._db.execute(sql, params)], np.int64)
+
+    def chunk_rows(self, chunk_ids: Sequence[int]) -> dict[int, tuple]:
+        """(id, text, source, title, section, position, document metadata JSON) of each chunk, by id."""
+        if not chunk_ids:
+            return {}
+        marks = ",".join("?" * len(chunk_ids))
+        rows = self._db.execute(f"{_CHUNK_ROW} WHERE c.id IN ({marks})", list(chunk_ids)).fetchall()
+        return {row[0]: row for row in rows}
+
+    def documents(self, limit: int = 0) -> list[tuple[str, str, int]]:
+        """(source, title, chunks) of the stored documents, by source; ``limit`` 0 means all."""
+        sql = "SELECT source, title, n_chunks FROM documents ORDER BY source"
+        return self._db.execute(sql + (" LIMIT ?" if limit > 0 else ""), (limit,) if limit > 0 else ()).fetchall()
+
+    def document_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,267 @@
+"""Build and update knowledge bases: load -> chunk -> batch-embed -> index -> publish a new version.
+
+Every operation writes a new version from the published one: chunks of unchanged documents keep their ids and
+vectors (no re-embedding), and embeddings made so far are journalled, so an interrupted build resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tritonrag.kb.chunking import Chunk, Document, chunk_document
+from tritonrag.kb.docstore import DocumentRecord, VersionContents, read_contents
+from tritonrag.kb.embedding_journal import JOURNAL_FILE, Embedder, EmbeddingJournal, embed_chunks, progress_bar
+from tritonrag.kb.faiss_index import IndexSpec, build_index
+from tritonrag.kb.loaders import content_hash
+from tritonrag.kb.versions import (
+    DOCSTORE_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    VECTORS_FILE,
+    Manifest,
+    build_lock,
+    current_manifest,
+    prune_versions,
+    publish,
+    published_path,
+    remove_stale_builds,
+    write_version,
+)
+from tritonrag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+
+
+class LocalEmbedder:
+    """The embedder in this process (sentence-transformers)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from tritonrag.embedding.encoder import TextEmbedder
+
+        self._embedder = TextEmbedder(settings.embedder)
+        self.model_name = settings.embedder.model
+        self.token_spans = self._embedder.token_spans
+
+    def encode(self, texts: Sequence[str], instruction: str = "") -> np.ndarray:
+        return self._embedder.encode(texts, instruction)
+
+
+@dataclass
+class BuildReport:
+    """What a build did."""
+
+    manifest: Manifest
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    embedded: int = 0
+    reused: int = 0
+    resumed: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        m = self.manifest
+        return (f"published {m.version} ({m.index_type} index): {m.documents} documents, {m.chunks} chunks; "
+                f"documents +{self.added} ~{self.updated} ={self.unchanged} -{self.deleted}; chunks embedded "
+                f"{self.embedded}, reused {self.reused}, resumed from an interrupted build {self.resumed}")
+
+
+@dataclass(frozen=True)
+class _OldVersion:
+    manifest: Manifest
+    documents: dict[str, DocumentRecord]
+    chunk_ids: np.ndarray
+    chunks: list[Chunk]
+    vectors: np.ndarray
+
+
+def _load_version(path: Path, manifest: Manifest) -> _OldVersion:
+    documents, chunk_ids, chunks = read_contents(path / DOCSTORE_FILE)
+    vectors = np.load(path / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+    return _OldVersion(manifest, documents, chunk_ids, chunks, vectors)
+
+
+def _compatible(old: Manifest, settings: Settings) -> str | None:
+    """Why the old version's vectors cannot be reused with these settings (None when they can)."""
+    c = settings.chunking
+    if old.embedder_model != settings.embedder.model:
+        return f"it was embedded with {old.embedder_model}, the settings say {settings.embedder.model}"
+    if (old.chunk_tokens, old.overlap_tokens) != (c.chunk_tokens, c.overlap_tokens):
+        return (f"it was chunked {old.chunk_tokens}/{old.overlap_tokens}, the settings say "
+                f"{c.chunk_tokens}/{c.overlap_tokens}")
+    return None
+
+
+def update_knowledge_base(
+    root: Path,
+    settings: Settings,
+    upserts: Sequence[Document] = (),
+    deletes: Sequence[str] = (),
+    *,
+    replace_all: bool = False,
+    embedder: Embedder | None = None,
+    spec: IndexSpec | None = None,
+    progress: bool = True,
+) -> BuildReport:
+    """Publish a new version of the knowledge base at ``root``.
+
+    ``upserts`` are added, or replace the stored document of the same source when their content changed;
+    ``deletes`` are sources to remove; with ``replace_all`` the new version holds exactly ``upserts``.
+    ``embedder`` is created on demand (in-process) when there is something to embed. Without ``spec``, an
+    update keeps the current version's index type and parameters; ``replace_all`` uses the settings'.
+    """
+    root = Path(root)
+    timings: dict[str, float] = {}
+    with build_lock(root):
+        remove_stale_builds(root)
+        manifest = current_manifest(root)
+        if spec is None:
+            keep = manifest is not None and not replace_all
+            spec = IndexSpec.from_manifest(manifest.index) if keep else IndexSpec.from_settings(settings.index)
+        old = _load_version(published_path(root), manifest) if manifest else None
+        reason = _compatible(manifest, settings) if manifest else None
+        if old is not None and reason:
+            if not replace_all:
+                raise ValueError(f"cannot update {root} in place: {reason}; rebuild it with `tritonrag ingest`")
+            log.warning("re-embedding every document of %s: %s", root, reason)
+        old_docs = old.documents if old is not None and not reason else {}
+
+        new_docs = {doc.source: doc for doc in upserts}
+        missing = sorted(set(deletes) - set(old_docs))
+        if missing:
+            raise ValueError(f"no document(s) {', '.join(map(repr, missing[:5]))} in {root}; "
+                             "`tritonrag kb documents` lists what is stored")
+        overlap = sorted(set(deletes) & set(new_docs))
+        if overlap:
+            raise ValueError(f"document(s) {', '.join(overlap[:5])} both added and deleted")
+        if replace_all:
+            final_sources = set(new_docs)
+        else:
+            final_sources = (set(old_docs) - set(deletes)) | set(new_docs)
+        hashes = {source: content_hash(doc) for source, doc in new_docs.items()}
+        changed = [doc for source, doc in new_docs.items()
+                   if source not in old_docs or old_docs[source].content_hash != hashes[source]]
+        changed_sources = {doc.source for doc in changed}
+        kept = final_sources - changed_sources
+        counts = (sum(s not in old_docs for s in changed_sources), sum(s in old_docs for s in changed_sources),
+                  len(set(new_docs) - changed_sources), len(set(old_docs) - final_sources))
+
+        if changed and embedder is None:
+            embedder = LocalEmbedder(settings)
+        started = time.monotonic()
+        next_id = old.manifest.next_chunk_id if old is not None else 0
+        new_chunks: list[Chunk] = []
+        records: dict[str, DocumentRecord] = {s: old_docs[s] for s in kept}
+        for doc in _iterprogress_bar(changed, "chunking", "doc", progress):
+            pieces = chunk_document(doc, embedder.token_spans, settings.chunking.chunk_tokens,
+                                    settings.chunking.overlap_tokens)
+            if not pieces:
+                log.warning("%s has no text; skipped", doc.source)
+                continue
+            new_chunks += pieces
+            records[doc.source] = DocumentRecord(doc.source, doc.title, hashes[doc.source], doc.metadata, len(pieces))
+        timings["chunk_s"] = time.monotonic() - started
+
+        started = time.monotonic()
+        journal = EmbeddingJournal(root / JOURNAL_FILE)
+        instruction = settings.embedder.document_instruction
+        new_vectors, resumed = embed_chunks([c.text for c in new_chunks], embedder, instruction, journal,
+                                            settings.index.embed_batch_size, progress) if new_chunks else (None, 0)
+        timings["embed_s"] = time.monotonic() - started
+
+        keep_rows = np.array([i for i, c in enumerate(old.chunks) if c.source in kept], np.int64) \
+            if old is not None and not reason else np.zeros(0, np.int64)
+        parts_ids = [old.chunk_ids[keep_rows] if len(keep_rows) else np.zeros(0, np.int64),
+                     np.arange(next_id, next_id + len(new_chunks), dtype=np.int64)]
+        chunks = [old.chunks[i] for i in keep_rows] + new_chunks if old is not None else new_chunks
+        dim = _dimension(old, new_vectors)
+        vectors = np.concatenate([
+            np.asarray(old.vectors[keep_rows], np.float32) if len(keep_rows) else np.zeros((0, dim), np.float32),
+            new_vectors if new_vectors is not None else np.zeros((0, dim), np.float32),
+        ])
+        contents = VersionContents(np.concatenate(parts_ids), chunks, vectors,
+                                   sorted(records.values(), key=lambda r: r.source))
+        built_with = {"embedder_model": settings.embedder.model, "chunk_tokens": settings.chunking.chunk_tokens,
+                      "overlap_tokens": settings.chunking.overlap_tokens}
+        report = _write_and_publish(root, contents, spec, manifest, built_with, settings.index.keep_versions,
+                                    timings)
+        journal.close(delete=True)
+    report.embedded, report.resumed = len(new_chunks) - resumed, resumed
+    report.reused = len(keep_rows)
+    report.added, report.updated, report.unchanged, report.deleted = counts
+    return report
+
+
+def _dimension(old: _OldVersion | None, new_vectors: np.ndarray | None) -> int:
+    if new_vectors is not None and new_vectors.size:
+        return int(new_vectors.shape[1])
+    if old is not None:
+        return old.manifest.dimension
+    raise ValueError("nothing to index: no documents with text were given")
+
+
+def _iterprogress_bar(items: Sequence, desc: str, unit: str, enabled: bool):
+    with progress_bar(len(items), desc, unit, enabled and len(items) > 1) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
+
+
+def _write_and_publish(root: Path, contents: VersionContents, spec: IndexSpec, parent: Manifest | None,
+                       built_with: dict[str, object], keep_versions: int, timings: dict[str, float]) -> BuildReport:
+    """Build the index, write the version, flip the pointer, prune old versions."""
+    started = time.monotonic()
+    if len(contents.vectors) > 50000:
+        log.warning("building a %s index over %d vectors...", spec.type, len(contents.vectors))
+    index = build_index(contents.vectors, spec)
+    timings["index_s"] = time.monotonic() - started
+    started = time.monotonic()
+    manifest = write_version(root, contents, index, {
+        "parent": parent.version if parent else None,
+        "dimension": int(contents.vectors.shape[1]),
+        "metric": "inner_product",
+        "index": spec.describe(len(contents.vectors)),
+        "build": {k: round(v, 3) for k, v in timings.items()},
+        **built_with,
+    })
+    publish(root, manifest.version)
+    prune_versions(root, keep_versions)
+    for legacy in (INDEX_FILE, DOCSTORE_FILE, MANIFEST_FILE):  # the pre-versioning single-folder layout
+        (root / legacy).unlink(missing_ok=True)
+    timings["write_s"] = time.monotonic() - started
+    return BuildReport(manifest, seconds=dict(timings))
+
+
+def reindex(root: Path, spec: IndexSpec, keep_versions: int = 3) -> BuildReport:
+    """Publish the current contents again with another index type or parameters, from the stored vectors."""
+    root = Path(root)
+    with build_lock(root):
+        remove_stale_builds(root)
+        manifest = current_manifest(root)
+        if manifest is None:
+            published_path(root)  # raises with the "build one first" hint
+            raise FileNotFoundError(f"the published version of {root} is unreadable; rebuild it")
+        old = _load_version(published_path(root), manifest)
+        contents = VersionContents(old.chunk_ids, old.chunks, np.asarray(old.vectors, np.float32),
+                                   sorted(old.documents.values(), key=lambda r: r.source))
+        built_with = {"embedder_model": manifest.embedder_model, "chunk_tokens": manifest.chunk_tokens,
+                      "overlap_tokens": manifest.overlap_tokens}
+        report = _write_and_publish(root, contents, spec, manifest, built_with, keep_versions, {})
+    report.reused = manifest.chunks
+    report.unchanged = manifest.documents
+    return report
+
+
+def rollback(root: Path, version: str) -> None:
+    """Publish an older (still stored) version again."""
+    with build_lock(Path(root)):
+        publish(Path(root), version)

@@ -1,0 +1,201 @@
+"""Search one version of a knowledge base: FAISS index, vectors, SQLite docstore, metadata filters, stats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonrag.kb.docstore import DocstoreReader
+from tritonrag.kb.faiss_index import index_type_of, on_gpu, place_index, search_parameters
+from tritonrag.kb.filters import Filter
+from tritonrag.kb.versions import (
+    DOCSTORE_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    POINTER_FILE,
+    VECTORS_FILE,
+    Manifest,
+    current_manifest,
+    published_path,
+    read_manifest,
+)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk."""
+
+    chunk_id: int
+    score: float
+    text: str
+    source: str
+    title: str
+    section: str
+    position: int
+    doc_metadata: str = "{}"
+
+    def metadata(self) -> dict[str, object]:
+        extra = json.loads(self.doc_metadata)
+        core = {"source": self.source, "title": self.title, "section": self.section, "position": self.position}
+        return {**extra, **core}
+
+
+def _no_results(n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
+
+
+def resolve(path: Path) -> Path:
+    """A version folder as given, or the published version of a knowledge base root."""
+    path = Path(path)
+    if (path / POINTER_FILE).exists() or not (path / MANIFEST_FILE).exists():
+        return published_path(path)
+    return path
+
+
+def is_current(root: Path, embedder_model: str, chunk_tokens: int, overlap_tokens: int,
+               index_type: str | None = None) -> bool:
+    """True when ``root`` has a published version built with these embedder, chunking (and index) settings."""
+    manifest = current_manifest(root)
+    if manifest is None:
+        return False
+    same = (manifest.embedder_model, manifest.chunk_tokens, manifest.overlap_tokens) == (
+        embedder_model, chunk_tokens, overlap_tokens)
+    return same and (index_type is None or manifest.index_type == index_type)
+
+
+class KnowledgeBase:
+    """A read-only view of one version for search; ``search`` and ``fetch`` may be called from any thread.
+
+    FAISS ids are rows of the version's vectors; ``ids`` maps rows to the stable chunk ids of the docstore.
+    """
+
+    def __init__(self, path: Path, device: str = "cpu", nprobe: int = 16, ef_search: int = 128,
+                 filter_exact_max: int = 50000, gpu: int = 0, memory_cap_gib: float | None = None) -> None:
+        import faiss
+
+        self.path = resolve(path)
+        self.manifest: Manifest = read_manifest(self.path)
+        self.nprobe, self.ef_search, self.filter_exact_max = nprobe, ef_search, filter_exact_max
+        cpu_index = faiss.read_index(str(self.path / INDEX_FILE))
+        if cpu_index.d != self.manifest.dimension:
+            raise ValueError(f"{self.path}: index dimension {cpu_index.d} != manifest {self.manifest.dimension}")
+        self.index = place_index(cpu_index, device, gpu, memory_cap_gib)
+        self.vectors = np.load(self.path / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        self.docstore = DocstoreReader(self.path / DOCSTORE_FILE)
+        self.ids = self.docstore.chunk_ids()
+        if not (len(self.ids) == len(self.vectors) == self.index.ntotal):
+            raise ValueError(f"{self.path}: {len(self.ids)} chunks, {len(self.vectors)} vectors and "
+                             f"{self.index.ntotal} indexed vectors differ; rebuild it")
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def dimension(self) -> int:
+        return self.manifest.dimension
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _check(self, queries: np.ndarray, k: int) -> np.ndarray:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dimension:
+            raise ValueError(f"queries must be [n, {self.dimension}], got {list(queries.shape)}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        return queries
+
+    def _to_chunk_ids(self, rows: np.ndarray) -> np.ndarray:
+        return np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], -1) if len(self.ids) else rows
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Batched search: (scores, chunk ids), each [n_queries, min(k, len)]; missing results are id -1."""
+        queries = self._check(queries, k)
+        k = min(k, len(self))
+        if k == 0:
+            return _no_results(len(queries))
+        params = search_parameters(self.index, nprobe or self.nprobe, ef_search or self.ef_search)
+        scores, rows = self.index.search(queries, k, params=params) if params else self.index.search(queries, k)
+        return scores, self._to_chunk_ids(rows)
+
+    def filter_rows(self, flt: Filter) -> np.ndarray:
+        """Rows (FAISS ids) of the chunks that match ``flt``."""
+        chunk_ids = self.docstore.matching_chunk_ids(flt)
+        return np.searchsorted(self.ids, chunk_ids)
+
+    def search_filtered(self, queries: np.ndarray, k: int, flt: Filter, nprobe: int | None = None,
+                        ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Search only chunks matching ``flt``: exactly over them when they are few, else the index with an
+        ID selector (exact again where the index cannot take one, e.g. on a GPU)."""
+        import faiss
+
+        queries = self._check(queries, k)
+        rows = self.filter_rows(flt)
+        k = min(k, len(rows))
+        if k == 0:
+            return _no_results(len(queries))
+        if len(rows) > self.filter_exact_max and not on_gpu(self.index):
+            selector = faiss.IDSelectorBatch(rows.astype(np.int64))
+            params = search_parameters(self.index, nprobe or self.nprobe, ef_search or self.ef_search, selector)
+            scores, found = self.index.search(queries, k, params=params)
+            return scores, self._to_chunk_ids(found)
+        sims = queries @ np.asarray(self.vectors[rows]).T  # [n_queries, len(rows)]
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(rows) else np.tile(np.arange(len(rows)),
+                                                                                             (len(queries), 1))
+        top_scores = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        best = np.take_along_axis(top, order, axis=1)
+        return np.take_along_axis(top_scores, order, axis=1).astype(np.float32), self.ids[rows[best]]
+
+    def fetch(self, chunk_ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
+        """Docstore rows for ``chunk_ids``, in the given order (ids of -1 are skipped)."""
+        wanted = [int(i) for i in chunk_ids if i >= 0]
+        if not wanted:
+            return []
+        by_id = self.docstore.chunk_rows(wanted)
+        hits = []
+        for chunk_id, score in zip(chunk_ids, scores):
+            row = by_id.get(int(chunk_id))
+            if row is not None:
+                hits.append(Hit(row[0], float(score), *row[1:]))
+        return hits
+
+    def documents(self, limit: int = 0) -> list[tuple[str, str, int]]:
+        """(source, title, chunks) of the stored documents, by source; ``limit`` 0 means all."""
+        return self.docstore.documents(limit)
+
+    def stats(self) -> dict[str, Any]:
+        """Version, index type and size, vector count and dimension, docstore counts."""
+        m = self.manifest
+        documents = self.docstore.document_count()
+        return {
+            "version": m.version,
+            "parent": m.parent,
+            "created_at": m.created_at,
+            "path": str(self.path),
+            "index": {**m.index, "device": "gpu" if on_gpu(self.index) else "cpu",
+                      "loaded_type": index_type_of(self.index),
+                      "bytes": (self.path / INDEX_FILE).stat().st_size},
+            "query": {"nprobe": self.nprobe, "ef_search": self.ef_search},
+            "vectors": int(self.index.ntotal),
+            "dimension": m.dimension,
+            "vectors_bytes": (self.path / VECTORS_FILE).stat().st_size,
+            "docstore": {"documents": documents, "chunks": len(self.ids),
+                         "bytes": (self.path / DOCSTORE_FILE).stat().st_size},
+            "embedder_model": m.embedder_model,
+            "chunking": {"chunk_tokens": m.chunk_tokens, "overlap_tokens": m.overlap_tokens},
+            "build": m.build,
+        }
+
+    def close(self) -> None:
+        """Release the index, vectors and docstore (memory of an old version after a swap)."""
+        self.docstore.close()
+        self.index = None
+        self.vectors = None

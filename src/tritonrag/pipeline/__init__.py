@@ -1,0 +1,1 @@
+"""The RAG pipeline, framework-free: stages, flows, request parameters, streaming events, sources, errors."""

@@ -1,0 +1,1 @@
+"""Prompt templates rendered in a Jinja2 sandbox."""

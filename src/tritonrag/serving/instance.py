@@ -1,0 +1,94 @@
+"""What a rendered config.pbtxt tells its model instances through ``parameters``, and how an instance reads it back.
+
+The renderer (tritonrag.deploy.render) writes, per model:
+- each setting the deployment spec overrides (``engine``/``model`` keys), under its own name, JSON-encoded;
+- ``gpu_memory``: per GPU the instance may run on, its memory cap ({"0": {"fraction": 0.1, "gib": 8.0}});
+- ``instance_gpus``: for tensor-parallel instances (KIND_MODEL), the GPUs of each instance group.
+
+An instance then knows its device and its memory cap (how a fractional GPU share is enforced): vLLM's
+``gpu_memory_utilization``, torch's per-process memory fraction, or the FAISS index's memory budget. Caps bound
+memory only; instances sharing a GPU time-share its compute (use MIG for isolation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from tritonrag.devices import InstanceGpus
+from tritonrag.settings import Settings, override
+
+GPU_MEMORY = "gpu_memory"
+INSTANCE_GPUS = "instance_gpus"
+RESERVED = (GPU_MEMORY, INSTANCE_GPUS)
+
+
+def encode(settings: Mapping[str, Any], gpu_memory: Mapping[int, tuple[float, float]] | None = None,
+           instance_gpus: Mapping[str, list[int]] | None = None) -> dict[str, str]:
+    """Model parameters (string values) from setting overrides, per-GPU (fraction, GiB) caps and group GPUs."""
+    params = {name: json.dumps(value) for name, value in sorted(settings.items())}
+    if gpu_memory:
+        params[GPU_MEMORY] = json.dumps({str(gpu): {"fraction": round(f, 4), "gib": round(g, 3)}
+                                         for gpu, (f, g) in sorted(gpu_memory.items())}, sort_keys=True)
+    if instance_gpus:
+        params[INSTANCE_GPUS] = json.dumps(dict(sorted(instance_gpus.items())))
+    return params
+
+
+def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
+    """The ``parameters`` of the model's config, from Triton's ``initialize`` args, as plain strings."""
+    raw = json.loads(args.get("model_config", "{}")).get("parameters", {})
+    return {key: value.get("string_value", "") if isinstance(value, Mapping) else str(value)
+            for key, value in raw.items()}
+
+
+def _decode(params: Mapping[str, str], key: str) -> Any:
+    try:
+        return json.loads(params[key])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config.pbtxt parameter {key!r} is not JSON ({exc}); re-render with `tritonrag render`") \
+            from None
+
+
+def configured(settings: Settings, section: str, params: Mapping[str, str]) -> Any:
+    """The ``section`` settings with the model's parameters applied (``{home}`` expanded as in the settings)."""
+    overrides = {}
+    for key in params:
+        if key not in RESERVED:
+            value = _decode(params, key)
+            overrides[key] = value.replace("{home}", str(settings.home)) if isinstance(value, str) else value
+    return override(getattr(settings, section), overrides, f"config.pbtxt parameters of {section}")
+
+
+def instance_gpus(args: Mapping[str, str], params: Mapping[str, str]) -> InstanceGpus | None:
+    """Where Triton placed this instance: None on the CPU; its GPU for KIND_GPU; its group's GPUs for KIND_MODEL
+    (tensor parallel, found from the instance name ``<group>_<n>``), with the memory cap the renderer set."""
+    kind = args.get("model_instance_kind", "CPU")
+    if kind == "GPU":
+        devices: tuple[int, ...] = (int(args.get("model_instance_device_id", 0)),)
+    elif kind == "MODEL" and INSTANCE_GPUS in params:
+        groups = _decode(params, INSTANCE_GPUS)
+        name = args.get("model_instance_name", "")
+        group = max((g for g in groups if name.startswith(g + "_") or name == g), key=len, default=None)
+        if group is None:
+            raise ValueError(f"instance {name!r} is in none of the tensor-parallel groups {sorted(groups)}")
+        devices = tuple(groups[group])
+    else:
+        return None
+    caps = _decode(params, GPU_MEMORY) if GPU_MEMORY in params else {}
+    known = [caps[str(d)] for d in devices if str(d) in caps]
+    if not known:
+        return InstanceGpus(devices)
+    return InstanceGpus(devices, min(c["fraction"] for c in known), min(c["gib"] for c in known))
+
+
+def placed(args: Mapping[str, str], settings: Settings, section: str) -> tuple[Any, InstanceGpus | None]:
+    """For a model's ``initialize``: its section of the settings as the rendered config says, and its GPUs."""
+    params = model_parameters(args)
+    return configured(settings, section, params), instance_gpus(args, params)
+
+
+def instance_device(gpus: InstanceGpus | None) -> str:
+    """The torch device of an instance: its first GPU, or the CPU."""
+    return f"cuda:{gpus.devices[0]}" if gpus else "cpu"

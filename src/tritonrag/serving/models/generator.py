@@ -1,0 +1,185 @@
+"""Triton adapter for the generator (decoupled): prompt + sampling parameters in, text streamed out.
+
+The engine (vLLM by default, transformers as fallback; [generator] engine) runs on its own thread; execute
+only validates and submits, so many requests are in flight at once. Inputs follow vllm_backend's names
+(text_input, stream, sampling_parameters as JSON); sampling parameters may also come as request parameters.
+"""
+
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+from tritonrag.errors import InvalidInput
+from tritonrag.generation.device_settings import generator_settings
+from tritonrag.generation.engine import create_engine
+from tritonrag.generation.sampling import SamplingParams
+from tritonrag.serving.instance import placed
+from tritonrag.serving.tensors import error_response, read_scalar, read_string, request_parameters, string_tensor
+from tritonrag.settings import load_settings
+from tritonrag.validation import parse_json_object
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Asking Triton whether a client cancelled, and updating a metric, are round trips to the server process; per
+# token they cost ~0.1 ms (half the serving cost of a 96-token answer), so streams do them at most this often.
+CANCEL_CHECK_S = 0.05
+TOKEN_METRIC_S = 0.5
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+
+def _text_response(text, finish_reason=None):
+    outputs = [string_tensor("text_output", [text])]
+    if finish_reason is not None:
+        outputs.append(string_tensor("finish_reason", [finish_reason]))
+    return pb_utils.InferenceResponse(outputs)
+
+
+class Metrics:
+    """Custom metrics on Triton's :8002/metrics endpoint (families must outlive their metrics)."""
+
+    def __init__(self, labels):
+        family = pb_utils.MetricFamily
+        self.families = {
+            "ttft": family("tritonrag_generator_time_to_first_token_seconds", "Time to first token",
+                           family.HISTOGRAM),
+            "tpot": family("tritonrag_generator_time_per_output_token_seconds",
+                           "Time per output token after the first", family.HISTOGRAM),
+            "tokens": family("tritonrag_generator_output_tokens_total", "Tokens generated", family.COUNTER),
+            "in_flight": family("tritonrag_generator_requests_in_flight", "Requests being generated", family.GAUGE),
+            "finished": family("tritonrag_generator_requests_total", "Finished requests by finish reason",
+                               family.COUNTER),
+        }
+        self.ttft = self.families["ttft"].Metric(labels, buckets=LATENCY_BUCKETS)
+        self.tpot = self.families["tpot"].Metric(labels, buckets=LATENCY_BUCKETS)
+        self.tokens = self.families["tokens"].Metric(labels)
+        self.in_flight = self.families["in_flight"].Metric(labels)
+        self.finished = {
+            reason: self.families["finished"].Metric({**labels, "finish_reason": reason})
+            for reason in ("stop", "length", "cancelled", "error")
+        }
+
+
+class _RequestStream:
+    """Sends one request's output as the engine produces it (the engine's GenerationSink)."""
+
+    def __init__(self, model, sender, stream, cancel_key=None):
+        self.model, self.sender, self.stream, self.cancel_key = model, sender, stream, cancel_key
+        self.started = time.perf_counter()
+        self.first_at = None
+        self.pieces = []
+        self.cancelled = False
+        self.next_cancel_check = 0.0
+        self.unreported_tokens = 0
+        self.next_token_report = self.started + TOKEN_METRIC_S
+
+    def on_text(self, text, tokens):
+        now = time.perf_counter()
+        if now >= self.next_cancel_check:
+            self.next_cancel_check = now + CANCEL_CHECK_S
+            self.cancelled = self.cancelled or self.sender.is_cancelled()
+        if self.cancelled:
+            return False
+        if self.first_at is None:
+            self.first_at = now
+            self.model.metrics.ttft.observe(now - self.started)
+        self.unreported_tokens += tokens
+        if now >= self.next_token_report:
+            self._report_tokens()
+            self.next_token_report = now + TOKEN_METRIC_S
+        if self.stream:
+            if text:
+                self.sender.send(_text_response(text))
+        else:
+            self.pieces.append(text)
+        return True
+
+    def _report_tokens(self):
+        if self.unreported_tokens:
+            self.model.metrics.tokens.increment(self.unreported_tokens)
+            self.unreported_tokens = 0
+
+    def on_finish(self, completion):
+        self._report_tokens()
+        self.model.request_done(completion.finish_reason, self)
+        if completion.completion_tokens > 1 and self.first_at is not None:
+            per_token = (time.perf_counter() - self.first_at) / (completion.completion_tokens - 1)
+            self.model.metrics.tpot.observe(per_token)
+        if completion.finish_reason == "cancelled":
+            self._close()
+            return
+        text = "" if self.stream else "".join(self.pieces)
+        self._close(_text_response(text, completion.finish_reason))
+
+    def on_error(self, error):
+        self._report_tokens()
+        self.model.request_done("error", self)
+        self._close(error_response(error))
+
+    def _close(self, response=None):
+        """Send the final response; a client that already went away cannot take it, which is fine."""
+        try:
+            if response is None:
+                self.sender.send(flags=FINAL)
+            else:
+                self.sender.send(response, flags=FINAL)
+        except Exception as exc:  # runs on the engine's thread: never let it escape there
+            pb_utils.Logger.log_verbose(f"generator: final response not delivered: {exc}")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        settings, gpus = placed(args, load_settings(), "generator")
+        self.settings, environment = generator_settings(settings, gpus)
+        os.environ.update(environment)  # before the engine starts CUDA or its processes
+        self.engine = create_engine(self.settings)
+        self.metrics = Metrics({"model": args["model_name"], "version": args["model_version"],
+                                "engine": self.engine.name})
+        self.by_cancel_key = {}  # streams a BLS caller may cancel by key (see rag's _cancel_generation)
+
+    def _parse(self, request, parameters):
+        prompt = read_string(request, "text_input")
+        if not prompt.strip():
+            raise InvalidInput("input 'text_input' is empty: send a prompt")
+        raw = dict(parameters)
+        raw.pop("cancel_key", None)
+        stream_param = raw.pop("stream", False)
+        sampling = read_string(request, "sampling_parameters", required=False)
+        raw.update(parse_json_object(sampling, "input 'sampling_parameters'"))
+        stop = pb_utils.get_input_tensor_by_name(request, "stop")
+        if stop is not None:
+            raw["stop"] = [s.decode("utf-8", "replace") for s in stop.as_numpy().reshape(-1)]
+        stream = read_scalar(request, "stream")
+        return prompt, SamplingParams.from_request(raw, self.settings), bool(stream_param if stream is None else stream)
+
+    def request_done(self, reason, stream):
+        self.by_cancel_key.pop(stream.cancel_key, None)
+        self.metrics.finished[reason].increment(1)
+        self.metrics.in_flight.set(self.engine.in_flight - 1)
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                keys = request_parameters(request)
+                if "cancel" in keys:
+                    self._cancel(keys["cancel"])
+                    sender.send(flags=FINAL)
+                    continue
+                prompt, params, stream = self._parse(request, keys)
+            except InvalidInput as exc:
+                sender.send(error_response(exc), flags=FINAL)
+                continue
+            request_stream = _RequestStream(self, sender, stream, keys.get("cancel_key"))
+            if request_stream.cancel_key:
+                self.by_cancel_key[request_stream.cancel_key] = request_stream
+            self.engine.submit(prompt, params, request_stream)
+            self.metrics.in_flight.set(self.engine.in_flight)
+        return None
+
+    def _cancel(self, key):
+        stream = self.by_cancel_key.get(key)
+        if stream is not None:
+            stream.cancelled = True  # the engine aborts it at its next token
+
+    def finalize(self):
+        self.engine.shutdown()

@@ -1,0 +1,121 @@
+"""Triton adapter for the retriever: query vectors (+ top_k, filter) in, chunks out; or `stats` in, stats out.
+
+Requests of one execute call that share options are searched in a single FAISS call. A newly published
+knowledge base version is swapped in by a watcher thread without dropping a request.
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tritonrag.errors import InvalidInput
+from tritonrag.kb.batched_search import parse_search, run_searches
+from tritonrag.kb.live import LiveKnowledgeBase, NoKnowledgeBase
+from tritonrag.kb.search import KnowledgeBase
+from tritonrag.kb.versions import version_number
+from tritonrag.serving.instance import placed
+from tritonrag.serving.tensors import error_response, read_scalar, read_string, request_parameters, string_tensor
+from tritonrag.settings import load_settings
+
+
+class Metrics:
+    """Gauges of the served version on :8002/metrics (families must outlive their metrics)."""
+
+    def __init__(self, labels):
+        family = pb_utils.MetricFamily
+        self.families = [
+            family("tritonrag_retriever_index_version", "Published knowledge base version served", family.GAUGE),
+            family("tritonrag_retriever_index_vectors", "Vectors in the served index", family.GAUGE),
+            family("tritonrag_retriever_index_bytes", "Size of the served FAISS index", family.GAUGE),
+            family("tritonrag_retriever_reloads_total", "Knowledge base versions swapped in", family.COUNTER),
+        ]
+        self.version, self.vectors, self.bytes, self.reloads = (f.Metric(labels) for f in self.families)
+        self._first = True
+
+    def swapped(self, kb):
+        stats = kb.stats()
+        self.version.set(version_number(kb.version))
+        self.vectors.set(stats["vectors"])
+        self.bytes.set(stats["index"]["bytes"])
+        if not self._first:
+            self.reloads.increment(1)
+        self._first = False
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        s, gpus = placed(args, load_settings(), "retriever")
+        self.settings = s
+        self.metrics = Metrics({"model": args["model_name"], "instance": args["model_instance_name"]})
+        device, gpu, cap = ("gpu", gpus.devices[0], gpus.memory_gib) if gpus else ("cpu", 0, None)
+
+        def load(path):
+            return KnowledgeBase(path, device, s.nprobe, s.ef_search, s.filter_exact_max, gpu, cap)
+
+        self.live = LiveKnowledgeBase(s.index_dir, load, s.reload_interval_s, on_swap=self.metrics.swapped)
+
+    def _parse(self, request, kb):
+        if read_scalar(request, "stats"):
+            return "stats"
+        tensor = pb_utils.get_input_tensor_by_name(request, "embedding")
+        if tensor is None:
+            raise InvalidInput("send input 'embedding' to search, or 'stats': true for the index's statistics")
+        top_k = pb_utils.get_input_tensor_by_name(request, "top_k")
+        if top_k is not None:
+            values = set(top_k.as_numpy().reshape(-1).tolist())
+            if len(values) != 1:
+                raise InvalidInput(f"input 'top_k' must be one value for all rows of a request, got {sorted(values)}")
+            top_k = values.pop()
+        raw_filter = read_string(request, "filter", required=False)
+        return parse_search(tensor.as_numpy(), kb.dimension, top_k, raw_filter, request_parameters(request),
+                            self.settings)
+
+    def execute(self, requests):
+        try:
+            with self.live.use() as kb:
+                return self._execute(requests, kb)
+        except NoKnowledgeBase as exc:
+            return [error_response(exc) for _ in requests]
+
+    def _execute(self, requests, kb):
+        parsed = []
+        for request in requests:
+            try:
+                parsed.append(self._parse(request, kb))
+            except InvalidInput as exc:
+                parsed.append(exc)
+        searches = [p for p in parsed if not isinstance(p, Exception | str)]
+        try:
+            results = iter(run_searches(kb, searches))
+        except Exception as exc:
+            return [error_response(exc) for _ in requests]
+        responses = []
+        for item in parsed:
+            if isinstance(item, Exception):
+                responses.append(error_response(item))
+            elif item == "stats":
+                responses.append(self._stats())
+            else:
+                responses.append(self._pack(next(results)))
+        return responses
+
+    def _stats(self):
+        stats = self.live.stats()
+        return pb_utils.InferenceResponse([string_tensor("stats", [json.dumps(stats)], (1, 1))])
+
+    def _pack(self, rows):
+        k = min(len(row) for row in rows)  # fewer than top_k when the index (or a filter) holds fewer chunks
+        hits = [hit for row in rows for hit in row[:k]]
+        shape = (len(rows), k)
+        return pb_utils.InferenceResponse(
+            [
+                pb_utils.Tensor("chunk_ids", np.array([h.chunk_id for h in hits], np.int64).reshape(shape)),
+                pb_utils.Tensor("scores", np.array([h.score for h in hits], np.float32).reshape(shape)),
+                string_tensor("texts", [h.text for h in hits], shape),
+                string_tensor("metadata", [json.dumps(h.metadata()) for h in hits], shape),
+            ]
+        )
+
+    def finalize(self):
+        self.live.close()

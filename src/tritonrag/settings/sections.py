@@ -1,0 +1,122 @@
+"""The settings sections: one frozen dataclass per [section] of defaults.toml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    startup_timeout_s: float
+
+
+@dataclass(frozen=True)
+class ChunkingSettings:
+    chunk_tokens: int
+    overlap_tokens: int
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    model: str
+    device: str
+    instances: int
+    max_batch_size: int
+    encode_batch_size: int
+    max_queue_delay_us: int
+    max_text_chars: int
+    normalize: bool
+    instructor_pooling: bool
+    query_instruction: str
+    document_instruction: str
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    type: str
+    ivf_nlist: int
+    hnsw_m: int
+    hnsw_ef_construction: int
+    embed_batch_size: int
+    keep_versions: int
+
+
+@dataclass(frozen=True)
+class RetrieverSettings:
+    index_dir: str
+    instances: int
+    max_batch_size: int
+    max_queue_delay_us: int
+    top_k_default: int
+    top_k_max: int
+    device: str
+    nprobe: int
+    ef_search: int
+    reload_interval_s: float
+    filter_exact_max: int
+
+
+@dataclass(frozen=True)
+class PromptBuilderSettings:
+    instances: int
+    default_template: str
+    max_query_chars: int
+    max_context_chars: int
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    engine: str
+    model: str
+    device: str
+    dtype: str
+    instances: int
+    max_model_len: int
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    max_num_seqs: int
+    enable_prefix_caching: bool
+    enforce_eager: bool
+    cpu_kvcache_gib: float
+    cpu_reserved_cores: int
+    max_prompt_tokens: int
+    max_tokens_default: int
+    max_tokens_limit: int
+    temperature_default: float
+    top_p_default: float
+    repetition_penalty_default: float
+    max_stop_strings: int
+    max_stop_chars: int
+
+
+@dataclass(frozen=True)
+class RagSettings:
+    instances: int
+    top_k: int
+    template: str
+    max_tokens: int
+    temperature: float
+    bls_timeout_s: float
+    max_concurrency: int
+    stream_default: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    server: ServerSettings
+    chunking: ChunkingSettings
+    embedder: EmbedderSettings
+    index: IndexSettings
+    retriever: RetrieverSettings
+    prompt_builder: PromptBuilderSettings
+    generator: GeneratorSettings
+    rag: RagSettings
+
+    @property
+    def index_dir(self) -> Path:
+        return Path(self.retriever.index_dir)
