@@ -20,16 +20,11 @@ def params(raw, settings):
     return RagParams.from_parameters(raw, settings.rag, settings.retriever)
 
 
-def test_defaults_come_from_settings(settings):
+def test_unset_values_are_left_to_the_owning_stage(settings):
     p = params({}, settings)
-    assert p.top_k == settings.rag.top_k
-    assert p.template == settings.rag.template
-    assert p.max_tokens == settings.rag.max_tokens
-    assert p.temperature == settings.rag.temperature
+    assert (p.top_k, p.template, p.max_tokens, p.temperature, p.top_p, p.seed, p.filter) == (None,) * 7
     assert p.stream is settings.rag.stream_default
-    assert p.top_p is None
-    assert p.seed is None
-    assert p.sampling() == {"max_tokens": settings.rag.max_tokens, "temperature": settings.rag.temperature}
+    assert p.sampling() == {}  # the generator applies its own defaults
 
 
 def test_values_are_converted(settings):

@@ -1,4 +1,8 @@
-"""What a caller may set per RAG request, validated."""
+"""What a caller may set per RAG request (`parameters` of HTTP generate or gRPC), validated.
+
+Every value a request leaves out stays unset: the stage that owns the setting applies its own default (top_k: the
+retriever's, template: the prompt builder's, max_tokens and temperature: the generator's), so a default exists once.
+"""
 
 from __future__ import annotations
 
@@ -10,58 +14,52 @@ from tritonrag.errors import InvalidInput
 from tritonrag.kb.batched_search import check_top_k
 from tritonrag.kb.filters import Filter, parse_filter
 from tritonrag.prompts.builder import TEMPLATES
+from tritonrag.serving.contract import RAG
 from tritonrag.settings import RagSettings, RetrieverSettings
 from tritonrag.validation import as_float, as_int
 
 
 @dataclass(frozen=True)
 class RagParams:
-    """What a caller may set per request through `parameters` (HTTP generate JSON or gRPC)."""
+    """One request's options; None means "the owning stage's default"."""
 
-    top_k: int
-    template: str
-    max_tokens: int
-    temperature: float
     stream: bool = False
+    top_k: int | None = None
+    template: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
     filter: Filter | None = None
 
     @classmethod
-    def from_parameters(
-        cls, raw: Mapping[str, Any], rag: RagSettings, retriever: RetrieverSettings
-    ) -> RagParams:
-        known = {"top_k", "template", "max_tokens", "temperature", "top_p", "seed", "stream", "filter"}
-        unknown = sorted(set(raw) - known)
+    def from_parameters(cls, raw: Mapping[str, Any], rag: RagSettings, retriever: RetrieverSettings) -> RagParams:
+        unknown = sorted(set(raw) - set(RAG.parameters))
         if unknown:
-            raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        top_k = check_top_k(raw.get("top_k", rag.top_k), retriever)
-        template = raw.get("template", rag.template)
-        if not isinstance(template, str) or template not in TEMPLATES:
+            raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(RAG.parameters))}")
+        template = raw.get(RAG.template)
+        if RAG.template in raw and (not isinstance(template, str) or template not in TEMPLATES):
             raise InvalidInput(f"unknown template {template!r}; available templates: {', '.join(sorted(TEMPLATES))}")
-        max_tokens = as_int(raw.get("max_tokens", rag.max_tokens), "max_tokens")
-        temperature = as_float(raw.get("temperature", rag.temperature), "temperature")
-        stream = raw.get("stream", rag.stream_default)
+        stream = raw.get(RAG.stream, rag.stream_default)
         if not isinstance(stream, bool):
             raise InvalidInput(f"stream must be true or false, got {stream!r}")
-        top_p = raw.get("top_p")
-        seed = raw.get("seed")
+
+        def optional(name: str, convert: Any) -> Any:  # absent: unset; present (even null): validated
+            return convert(raw[name], name) if name in raw else None
+
         return cls(
-            top_k=top_k,
-            template=template,
-            max_tokens=max_tokens,
-            temperature=temperature,
             stream=stream,
-            top_p=None if top_p is None else as_float(top_p, "top_p"),
-            seed=None if seed is None else as_int(seed, "seed"),
-            filter=parse_filter(raw.get("filter")),
+            top_k=check_top_k(raw[RAG.top_k], retriever) if RAG.top_k in raw else None,
+            template=template,
+            max_tokens=optional(RAG.max_tokens, as_int),
+            temperature=optional(RAG.temperature, as_float),
+            top_p=optional(RAG.top_p, as_float),
+            seed=optional(RAG.seed, as_int),
+            filter=parse_filter(raw.get(RAG.filter)),
         )
 
     def sampling(self) -> dict[str, Any]:
-        """The generator's sampling inputs; the generator validates them against its own limits."""
-        out: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature}
-        if self.top_p is not None:
-            out["top_p"] = self.top_p
-        if self.seed is not None:
-            out["seed"] = self.seed
-        return out
+        """The sampling values this request sets; the generator validates them and fills in its defaults."""
+        values = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                  "seed": self.seed}
+        return {name: value for name, value in values.items() if value is not None}

@@ -1,0 +1,146 @@
+"""The tensor contract: every model, input, output and request parameter of the served pipeline, named once.
+
+The renderer declares each model's config.pbtxt from ``MODEL_IO``; the adapters read and write tensors by these
+names; the client, the remote embedder and the benchmarks build requests with them. Pure constants: importable
+anywhere (the client package included) without Triton.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EmbedderContract:
+    model: str = "embedder"
+    text: str = "text"  # BYTES [1] per row
+    instruction: str = "instruction"  # BYTES [1] per row, optional
+    embedding: str = "embedding"  # FP32 [dim], L2-normalised
+
+
+@dataclass(frozen=True)
+class RetrieverContract:
+    model: str = "retriever"
+    embedding: str = "embedding"
+    top_k: str = "top_k"
+    filter: str = "filter"  # JSON object
+    stats: str = "stats"  # input: BOOL, ask for statistics; output: BYTES (JSON)
+    chunk_ids: str = "chunk_ids"
+    scores: str = "scores"
+    texts: str = "texts"
+    metadata: str = "metadata"  # JSON per chunk
+    # request parameters (query-time settings of approximate indexes)
+    nprobe: str = "nprobe"
+    ef_search: str = "ef_search"
+
+    @property
+    def search_parameters(self) -> tuple[str, ...]:
+        return (self.nprobe, self.ef_search)
+
+
+@dataclass(frozen=True)
+class PromptBuilderContract:
+    model: str = "prompt_builder"
+    query: str = "query"
+    context: str = "context"
+    metadata: str = "metadata"
+    template: str = "template"
+    prompt: str = "prompt"
+    stop: str = "stop"  # the template's stop strings
+
+
+@dataclass(frozen=True)
+class GeneratorContract:
+    """vllm_backend's names, so vllm_backend itself could serve the same model name."""
+
+    model: str = "generator"
+    text_input: str = "text_input"
+    stream: str = "stream"
+    sampling_parameters: str = "sampling_parameters"  # JSON object
+    stop: str = "stop"
+    text_output: str = "text_output"
+    finish_reason: str = "finish_reason"  # on the last response
+    # request parameters: a stream a BLS caller may cancel by key, and the request that cancels it
+    cancel_key: str = "cancel_key"
+    cancel: str = "cancel"
+
+
+@dataclass(frozen=True)
+class RagContract:
+    model: str = "rag"
+    text_input: str = "text_input"
+    stream: str = "stream"
+    text_output: str = "text_output"
+    sources: str = "sources"  # JSON list, on the first response of a stream (or the only one)
+    finish_reason: str = "finish_reason"
+    # request parameters
+    top_k: str = "top_k"
+    template: str = "template"
+    max_tokens: str = "max_tokens"
+    temperature: str = "temperature"
+    top_p: str = "top_p"
+    seed: str = "seed"
+    filter: str = "filter"  # JSON string (request parameters are scalars)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return (self.top_k, self.template, self.max_tokens, self.temperature, self.top_p, self.seed, self.stream,
+                self.filter)
+
+
+EMBEDDER = EmbedderContract()
+RETRIEVER = RetrieverContract()
+PROMPT_BUILDER = PromptBuilderContract()
+GENERATOR = GeneratorContract()
+RAG = RagContract()
+
+# Model parameters the renderer writes into a config.pbtxt for the instances (tritonrag.serving.instance).
+GPU_MEMORY_PARAMETER = "gpu_memory"
+INSTANCE_GPUS_PARAMETER = "instance_gpus"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # config.pbtxt data_type
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a model's config.pbtxt declares: its inputs and outputs, and whether it streams (decoupled)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    decoupled: bool = False
+
+
+def _string(name: str, dims: tuple[int, ...] = (1,), optional: bool = False) -> TensorSpec:
+    return TensorSpec(name, "TYPE_STRING", dims, optional)
+
+
+E, R, P, G, Q = EMBEDDER, RETRIEVER, PROMPT_BUILDER, GENERATOR, RAG
+MODEL_IO: tuple[ModelIO, ...] = (
+    ModelIO(E.model, inputs=(_string(E.text), _string(E.instruction, optional=True)),
+            outputs=(TensorSpec(E.embedding, "TYPE_FP32", (-1,)),)),
+    ModelIO(
+        R.model,
+        inputs=(TensorSpec(R.embedding, "TYPE_FP32", (-1,), optional=True),
+                TensorSpec(R.top_k, "TYPE_INT32", (1,), optional=True), _string(R.filter, optional=True),
+                TensorSpec(R.stats, "TYPE_BOOL", (1,), optional=True)),
+        outputs=(TensorSpec(R.chunk_ids, "TYPE_INT64", (-1,)), TensorSpec(R.scores, "TYPE_FP32", (-1,)),
+                 _string(R.texts, (-1,)), _string(R.metadata, (-1,)), _string(R.stats)),
+    ),
+    ModelIO(P.model, inputs=(_string(P.query), _string(P.context, (-1,), optional=True),
+                             _string(P.metadata, (-1,), optional=True), _string(P.template, optional=True)),
+            outputs=(_string(P.prompt), _string(P.stop, (-1,)))),
+    ModelIO(G.model, inputs=(_string(G.text_input), TensorSpec(G.stream, "TYPE_BOOL", (1,), optional=True),
+                             _string(G.sampling_parameters, optional=True), _string(G.stop, (-1,), optional=True)),
+            outputs=(_string(G.text_output, (-1,)), _string(G.finish_reason, (-1,))), decoupled=True),
+    ModelIO(Q.model, inputs=(_string(Q.text_input), TensorSpec(Q.stream, "TYPE_BOOL", (1,), optional=True)),
+            outputs=(_string(Q.text_output, (-1,)), _string(Q.sources, (-1,)), _string(Q.finish_reason, (-1,))),
+            decoupled=True),
+)
+MODELS = tuple(m.name for m in MODEL_IO)
