@@ -1,7 +1,7 @@
 """In-process limits of the components, measured with the same inputs as the served benchmarks.
 
-- embedder: raw sentence-transformers ``encode`` of the texts in batches of the embedder's ``max_batch_size``
-  (what one Triton execute call can hand it), in texts per second;
+- embedder: raw sentence-transformers ``encode`` of the texts in batches of the served embedder's ``max_batch_size``
+  in the default deployment (what one Triton execute call can hand it), in texts per second;
 - retriever: raw FAISS search + docstore fetch (what the retriever model does per request) of query vectors,
   one query per call and in batches, in queries per second;
 - generator: raw vLLM ``AsyncLLM.generate`` in this process (``generator_throughput.bench_inprocess``).
@@ -25,6 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUESTIONS, markdown_table
 
+from tritonrag.serving.contract import EMBEDDER, RETRIEVER
+
 
 def _rate(work: Callable[[], int], seconds: float) -> tuple[float, int]:
     """Repeat ``work`` (returns items done) for at least ``seconds`` after one warm-up call: (items/s, items)."""
@@ -36,13 +38,14 @@ def _rate(work: Callable[[], int], seconds: float) -> tuple[float, int]:
 
 
 def embedder_limit(texts: Sequence[str], seconds: float) -> dict[str, Any]:
-    """Texts per second of raw ``encode`` in batches of ``[embedder] max_batch_size``."""
+    """Texts per second of raw ``encode`` in batches of the default deployment's embedder ``max_batch_size``."""
+    from tritonrag.deploy.render import default_plan
     from tritonrag.embedding.encoder import TextEmbedder
     from tritonrag.settings import load_settings
 
-    settings = load_settings().embedder
-    embedder = TextEmbedder(settings, "cpu")
-    batch = settings.max_batch_size
+    settings = load_settings()
+    embedder = TextEmbedder(settings.embedder, "cpu")
+    batch = default_plan(settings).components[EMBEDDER.model].max_batch_size
     cursor = [0]
 
     def work() -> int:
@@ -53,7 +56,7 @@ def embedder_limit(texts: Sequence[str], seconds: float) -> dict[str, Any]:
         return batch
 
     rate, done = _rate(work, seconds)
-    return {"component": "embedder", "measure": f"encode, batches of {batch}", "unit": "texts/s",
+    return {"component": EMBEDDER.model, "measure": f"encode, batches of {batch}", "unit": "texts/s",
             "limit": rate, "items": done}
 
 
@@ -87,7 +90,7 @@ def retriever_limit(vectors: np.ndarray, top_k: int, seconds: float, batches: Se
                 return batch
 
             rate, done = _rate(work, seconds)
-            rows.append({"component": "retriever", "measure": f"search + fetch, top_k {top_k}, batches of {batch}",
+            rows.append({"component": RETRIEVER.model, "measure": f"search + fetch, top_k {top_k}, batches of {batch}",
                          "unit": "queries/s", "limit": rate, "items": done})
     finally:
         kb.close()
@@ -101,7 +104,7 @@ def main() -> None:
     from tritonrag.settings import load_settings
 
     rows = [embedder_limit(QUESTIONS, args.seconds)]
-    rows += retriever_limit(query_vectors(), load_settings().rag.top_k, args.seconds)
+    rows += retriever_limit(query_vectors(), load_settings().retriever.top_k_default, args.seconds)
     print(markdown_table(rows, ["component", "measure", "unit", "limit", "items"]))
 
 

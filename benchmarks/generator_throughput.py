@@ -33,6 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUESTIONS, REPOSITORY
 
+from tritonrag.serving.contract import GENERATOR
+
 
 @dataclass
 class Result:
@@ -65,7 +67,7 @@ def rag_prompts(n: int) -> list[str]:
     embedder, kb = TextEmbedder(settings.embedder, "cpu"), KnowledgeBase(settings.index_dir)
     builder = PromptBuilder(settings.prompt_builder.max_query_chars, settings.prompt_builder.max_context_chars)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
-    scores, ids = kb.search(embedder.encode(questions), settings.rag.top_k)
+    scores, ids = kb.search(embedder.encode(questions), settings.retriever.top_k_default)
     prompts = []
     for question, row_ids, row_scores in zip(questions, ids, scores):
         docs = [{"text": h.text, "title": h.title} for h in kb.fetch(row_ids, row_scores)]
@@ -131,20 +133,20 @@ def drive_generator(system: str, grpc_url: str, metrics_url: str, levels: list[i
     def one(prompt: str) -> float:
         results: queue.Queue = queue.Queue()
         client = grpcclient.InferenceServerClient(grpc_url)
-        text = grpcclient.InferInput("text_input", [1], "BYTES")
+        text = grpcclient.InferInput(GENERATOR.text_input, [1], "BYTES")
         text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-        params = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
+        params = grpcclient.InferInput(GENERATOR.sampling_parameters, [1], "BYTES")
         params.set_data_from_numpy(np.array([sampling.encode()], dtype=np.object_))
-        stream = grpcclient.InferInput("stream", [1], "BOOL")
+        stream = grpcclient.InferInput(GENERATOR.stream, [1], "BOOL")
         stream.set_data_from_numpy(np.array([True]))
         started, ttft = time.perf_counter(), None
         client.start_stream(callback=lambda result, error: results.put((result, error)))
-        client.async_stream_infer("generator", [text, params, stream], enable_empty_final_response=True)
+        client.async_stream_infer(GENERATOR.model, [text, params, stream], enable_empty_final_response=True)
         while True:
             result, error = results.get(timeout=900)
             if error is not None:
                 raise RuntimeError(error)
-            if ttft is None and result.as_numpy("text_output") is not None:
+            if ttft is None and result.as_numpy(GENERATOR.text_output) is not None:
                 ttft = time.perf_counter() - started
             if result.get_response().parameters["triton_final_response"].bool_param:
                 break

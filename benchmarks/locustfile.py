@@ -7,7 +7,7 @@ the whole request as `generate_stream` and the time to the first token as a sepa
     .venv/bin/locust -f benchmarks/locustfile.py --headless -u 8 -r 8 -t 60s \\
         --host http://127.0.0.1:8000 --csv /tmp/locust/rag --only-summary
 
-Environment: RAG_MAX_TOKENS overrides the answer length (default: the server's [rag] max_tokens).
+Environment: RAG_MAX_TOKENS overrides the answer length (default: the server's [generator] max_tokens_default).
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ from locust import HttpUser, constant, task
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUESTIONS
 
+from tritonrag.serving.contract import RAG
+
+GENERATE, GENERATE_STREAM = f"/v2/models/{RAG.model}/generate", f"/v2/models/{RAG.model}/generate_stream"
 MAX_TOKENS = int(os.environ.get("RAG_MAX_TOKENS", "0"))
 _offsets = itertools.count()
 
 
 def _parameters() -> dict[str, int]:
-    return {"max_tokens": MAX_TOKENS} if MAX_TOKENS else {}
+    return {RAG.max_tokens: MAX_TOKENS} if MAX_TOKENS else {}
 
 
 class RagUser(HttpUser):
@@ -45,11 +48,11 @@ class RagUser(HttpUser):
 
     @task
     def generate(self) -> None:
-        body = {"text_input": next(self.questions), "stream": False, "parameters": _parameters()}
-        with self.client.post("/v2/models/rag/generate", json=body, name="generate", catch_response=True) as reply:
+        body = {RAG.text_input: next(self.questions), RAG.stream: False, "parameters": _parameters()}
+        with self.client.post(GENERATE, json=body, name="generate", catch_response=True) as reply:
             if reply.status_code != 200:
                 reply.failure(f"HTTP {reply.status_code}: {reply.text[:200]}")
-            elif not reply.json().get("text_output"):
+            elif not reply.json().get(RAG.text_output):
                 reply.failure("empty answer")
 
     @task
@@ -57,11 +60,11 @@ class RagUser(HttpUser):
         # locust's own timing of a streamed response stops at the headers, so this task times the whole stream
         # itself (a plain requests session, gevent-patched by locust) and reports two rows: the full request and
         # the time to its first token.
-        body = {"text_input": next(self.questions), "stream": True, "parameters": _parameters()}
+        body = {RAG.text_input: next(self.questions), RAG.stream: True, "parameters": _parameters()}
         started = time.perf_counter()
         first_token, error, size = None, None, 0
         try:
-            with self.stream_session.post(f"{self.host}/v2/models/rag/generate_stream", json=body, stream=True,
+            with self.stream_session.post(f"{self.host}{GENERATE_STREAM}", json=body, stream=True,
                                           headers={"Accept": "text/event-stream"}, timeout=600) as reply:
                 if reply.status_code != 200:
                     raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:200]}")
@@ -73,7 +76,7 @@ class RagUser(HttpUser):
                     payload = json.loads(line[5:])
                     if "error" in payload:
                         raise RuntimeError(str(payload["error"])[:200])
-                    if first_token is None and payload.get("text_output"):
+                    if first_token is None and payload.get(RAG.text_output):
                         first_token = time.perf_counter() - started
             if first_token is None:
                 raise RuntimeError("no token streamed")

@@ -9,25 +9,20 @@ protocol add per request.
 
 Served: the committed model repository on a tritonserver this script starts; sequential requests (concurrency 1,
 after a warm-up) to `rag` over a gRPC stream (streaming: one response per token) and over HTTP /generate (one
-JSON answer), with max_tokens = [rag] max_tokens and max_tokens = 1. Fixed cost per request ~ the max_tokens = 1
-overhead; cost per streamed token ~ the difference between the two, over the extra tokens. Rounds of every
-configuration (of every variant, and in-process) are interleaved, so slow periods of a shared machine hit all of
+JSON answer), with max_tokens = [generator] max_tokens_default and max_tokens = 1. Fixed cost per request ~ the
+max_tokens = 1 overhead; cost per streamed token ~ the difference between the two, over the extra tokens. Rounds of
+every configuration (served and in-process) are interleaved, so slow periods of a shared machine hit all of
 them alike. Then closed loops at concurrency C (gRPC streaming vs in-process): requests/s.
 
-In-process: for each question the functions the models call: TextEmbedder.encode_mixed, parse_search +
-run_searches (KnowledgeBase search + fetch), PromptBuilder.build, sources_json, and the engine's submit with a sink
-that collects the pieces; time to first token is the first on_text.
-
-``--variant committed,no-queue-delay`` also serves a copy of the repository rendered with the embedder's and
-retriever's dynamic-batching max_queue_delay_us set to 0 (again by configuration), side by side with the committed
-one: the committed delays (2 ms, 1 ms) are paid by a lone request, so they are part of the fixed cost at low load.
+In-process: the same pipeline the served `rag` runs (tritonrag.pipeline.RagPipeline: flow steps, sources, streaming
+events) over in-process stages (tritonrag.pipeline.local_stages: TextEmbedder.encode_mixed, parse_search +
+run_searches, PromptBuilder.build, the engine's submit); time to first token is the first text event.
 Triton's per-model statistics (queue, compute) over the measured requests show where the served time goes.
 
 Examples::
 
     .venv/bin/python benchmarks/orchestration_overhead.py --quick --out /tmp/overhead
-    .venv/bin/python benchmarks/orchestration_overhead.py --requests 500 --variant committed,no-queue-delay \\
-        --out benchmarks/results/orchestration_overhead
+    .venv/bin/python benchmarks/orchestration_overhead.py --requests 500 --out benchmarks/results/orchestration_overhead
     .venv/bin/python benchmarks/orchestration_overhead.py --ports 28000,28001,28002 --concurrency 0
 """
 
@@ -40,9 +35,7 @@ import json
 import os
 import queue
 import shlex
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -70,7 +63,7 @@ from common import (
 from common import write_overlay as write_settings_overlay
 
 STAND_IN = BENCHMARKS / "stand_in.toml"
-VARIANTS = ("committed", "no-queue-delay")
+SERVED = "committed"  # the committed model repository (the rendering of the default CPU spec)
 TARGET_P50_MS = 3.0
 
 
@@ -103,27 +96,10 @@ class Sample:
 # --------------------------------------------------------------------------------------------- settings
 
 
-def write_overlay(path: Path, variant: str) -> Path:
-    """$TRITONRAG_CONFIG (if any) with the stand-ins on top, plus the variant's batching delays, as one TOML."""
-    overrides = tomllib.loads(STAND_IN.read_text())
-    if variant == "no-queue-delay":
-        overrides.setdefault("embedder", {})["max_queue_delay_us"] = 0
-        overrides.setdefault("retriever", {})["max_queue_delay_us"] = 0
-    header = f"written by benchmarks/orchestration_overhead.py (variant {variant})"
-    return write_settings_overlay(path, overrides, header)
-
-
-def repository_for(variant: str, settings: Any, scratch: Path) -> Path:
-    """The committed repository, or a copy whose config.pbtxt files are rendered from the variant's settings."""
-    from tritonrag.deploy.render import render_repository
-
-    if variant == "committed":
-        return REPOSITORY
-    copy = scratch / f"repository-{variant}"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(REPOSITORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    render_repository(settings, copy)
-    return copy
+def write_overlay(path: Path) -> Path:
+    """$TRITONRAG_CONFIG (if any) with the stand-ins on top, as one TOML."""
+    return write_settings_overlay(path, tomllib.loads(STAND_IN.read_text()),
+                                  "written by benchmarks/orchestration_overhead.py")
 
 
 # --------------------------------------------------------------------------------------------- clients
@@ -196,92 +172,102 @@ class HttpRag:
         self.connection.close()
 
 
-class _Collect:
-    """A GenerationSink that gathers the pieces and notes when the first one came."""
+class _TimedStages:
+    """The in-process stages, timing each call (embedder, retriever, prompt_builder) per request."""
 
-    def __init__(self, started: float) -> None:
-        self.started, self.first, self.pieces = started, None, []
-        self.completion: Any = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
+    def __init__(self, stages: Any) -> None:
+        self.inner = stages
+        self.embedder = self.retriever = self.prompt_builder = self.generator = self
+        self.seconds: dict[str, float] = {"embedder": 0.0, "retriever": 0.0, "prompt_builder": 0.0}
 
-    def on_text(self, text: str, tokens: int) -> bool:
-        if self.first is None:
-            self.first = time.perf_counter()
-        self.pieces.append(text)
-        return True
+    async def _timed(self, name: str, call: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.seconds[name] += time.perf_counter() - started
 
-    def on_finish(self, completion: Any) -> None:
-        self.completion = completion
-        self.done.set()
+    async def embed(self, text: str) -> Any:
+        return await self._timed("embedder", self.inner.embed(text))
 
-    def on_error(self, error: BaseException) -> None:
-        self.error = error
-        self.done.set()
+    async def retrieve(self, embedding: Any, top_k: Any, flt: Any) -> Any:
+        return await self._timed("retriever", self.inner.retrieve(embedding, top_k, flt))
+
+    async def build(self, query: str, passages: Any, template: Any) -> Any:
+        return await self._timed("prompt_builder", self.inner.build(query, passages, template))
+
+    async def start(self, prompt: Any, sampling: Any, stream: bool) -> Any:
+        return await self.inner.start(prompt, sampling, stream)
 
 
 class InProcessRag:
-    """The four steps of `rag` as direct calls of the functions its models call, in this process."""
+    """The `rag` pipeline itself (tritonrag.pipeline.RagPipeline, the code the served `rag` runs) over in-process
+    stages (tritonrag.pipeline.local_stages): the served path minus Triton, BLS and the client protocol."""
 
     def __init__(self, settings: Any) -> None:
+        import asyncio
+
         from tritonrag.embedding.encoder import TextEmbedder
         from tritonrag.generation.engine import create_engine
         from tritonrag.kb.search import KnowledgeBase
+        from tritonrag.pipeline.flow import RagPipeline
+        from tritonrag.pipeline.local_stages import LocalStages
         from tritonrag.prompts.builder import PromptBuilder
 
         self.settings = settings
-        r = settings.retriever
-        self.embedder = TextEmbedder(settings.embedder, "cpu")
-        self.kb = KnowledgeBase(settings.index_dir, r.device, r.nprobe, r.ef_search, r.filter_exact_max)
-        self.builder = PromptBuilder(settings.prompt_builder.max_query_chars, settings.prompt_builder.max_context_chars)
+        r, p = settings.retriever, settings.prompt_builder
         self.engine = create_engine(settings.generator)
+        stages = LocalStages(
+            TextEmbedder(settings.embedder, "cpu"),
+            KnowledgeBase(settings.index_dir, "cpu", r.nprobe, r.ef_search, r.filter_exact_max), r,
+            PromptBuilder(p.max_query_chars, p.max_context_chars), p.template, self.engine, settings.generator)
+        self.stages = _TimedStages(stages)
+        self.pipeline = RagPipeline(self.stages)
+        # One event loop for every caller thread (the closed loop asks from several at once), as in the rag stub.
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="inproc-rag", daemon=True)
+        self._thread.start()
         self.reset_stages()
 
     def reset_stages(self) -> None:
-        self.stage_s = {"embedder": 0.0, "retriever": 0.0, "prompt_builder": 0.0, "generator": 0.0}
+        self.stages.seconds = dict.fromkeys(self.stages.seconds, 0.0)
+        self.generator_s = 0.0
         self.calls = 0
 
     def stage_rows(self) -> list[dict[str, Any]]:
         """Mean time of each step since the last reset, in the shape of the served models' statistics."""
-        return [{"variant": IN_PROCESS, "model": name, "calls": self.calls, "infer_us": seconds / self.calls * 1e6,
-                 "total_us": seconds / self.calls * 1e6} for name, seconds in self.stage_s.items() if self.calls]
+        seconds = {**self.stages.seconds, "generator": self.generator_s}
+        return [{"variant": IN_PROCESS, "model": name, "calls": self.calls, "infer_us": s / self.calls * 1e6,
+                 "total_us": s / self.calls * 1e6} for name, s in seconds.items() if self.calls]
+
+    async def _ask(self, question: str, max_tokens: int) -> Sample:
+        from tritonrag.pipeline.events import FailedEvent, TextEvent
+        from tritonrag.pipeline.request import RagParams
+        from tritonrag.pipeline.types import RagRequest
+
+        before = sum(self.stages.seconds.values())
+        started = time.perf_counter()
+        first, pieces = None, 0
+        async for event in self.pipeline.run(RagRequest(question, RagParams(stream=True, max_tokens=max_tokens))):
+            if isinstance(event, TextEvent):
+                pieces += 1
+                first = first or time.perf_counter()
+            elif isinstance(event, FailedEvent):
+                raise RuntimeError(f"in-process pipeline failed: {event.message}")
+        total = time.perf_counter() - started
+        self.generator_s += total - (sum(self.stages.seconds.values()) - before)
+        self.calls += 1
+        return Sample((first or started + total) - started, total, pieces)
 
     def ask(self, question: str, max_tokens: int) -> Sample:
-        from tritonrag.generation.sampling import SamplingParams
-        from tritonrag.kb.batched_search import parse_search, run_searches
-        from tritonrag.pipeline.request import RagParams
-        from tritonrag.pipeline.sources import sources_json
-        from tritonrag.prompts.builder import ContextDocument
+        import asyncio
 
-        s = self.settings
-        started = time.perf_counter()
-        params = RagParams.from_parameters({"max_tokens": max_tokens}, s.rag, s.retriever)
-        vectors = self.embedder.encode_mixed([question], [""])
-        embedded = time.perf_counter()
-        search = parse_search(vectors, self.kb.dimension, params.top_k, None, {}, s.retriever)
-        (hits,) = run_searches(self.kb, [search])[0]
-        retrieved = time.perf_counter()
-        documents = [ContextDocument(text=h.text, title=h.title, source=h.source, section=h.section) for h in hits]
-        prompt = self.builder.build(params.template, question, documents)
-        stop = self.builder.spec(params.template).stop
-        sources_json([h.chunk_id for h in hits], [h.score for h in hits], [h.metadata() for h in hits],
-                     [h.text for h in hits])
-        sampling = SamplingParams.from_request({**params.sampling(), "stop": list(stop)}, s.generator)
-        built = time.perf_counter()
-        sink = _Collect(started)
-        self.engine.submit(prompt, sampling, sink)
-        if not sink.done.wait(60) or sink.error is not None:
-            raise RuntimeError(f"in-process generation failed: {sink.error}")
-        finished = time.perf_counter()
-        total = finished - started
-        for name, seconds in (("embedder", embedded - started), ("retriever", retrieved - embedded),
-                              ("prompt_builder", built - retrieved), ("generator", finished - built)):
-            self.stage_s[name] += seconds
-        self.calls += 1
-        return Sample((sink.first or started + total) - started, total, len(sink.pieces))
+        return asyncio.run_coroutine_threadsafe(self._ask(question, max_tokens), self.loop).result(60)
 
     def close(self) -> None:
         self.engine.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -445,17 +431,16 @@ class Served:
                 print(f"[{self.variant}] while closing: {exc}", flush=True)
 
 
-def start_variant(variant: str, index: int, out_dir: Path, ports: tuple[int, int, int], scratch: Path,
-                  log: Callable[[str], None]) -> Served:
-    """Start a tritonserver for ``variant`` (ports + 10 * index where ports are given) with clients of it."""
+def start_served(out_dir: Path, ports: tuple[int, int, int], log: Callable[[str], None]) -> Served:
+    """Start a tritonserver on the committed repository with clients of it."""
     from tritonrag.deploy.server import Ports, TritonServer
     from tritonrag.settings import CONFIG_ENV, load_settings
 
-    overlay = write_overlay(out_dir / f"config-{variant}.toml", variant)
+    variant = SERVED
+    overlay = write_overlay(out_dir / "config.toml")
     settings = load_settings(overlay)
-    repository = repository_for(variant, settings, scratch)
-    preferred = [p + 10 * index if p > 0 else 0 for p in ports]
-    server = TritonServer(repository, settings.home, Ports.choose(*preferred),
+    repository = REPOSITORY
+    server = TritonServer(repository, settings.home, Ports.choose(*ports),
                           log_file=out_dir / f"tritonserver-{variant}.log", env={CONFIG_ENV: str(overlay)})
     started = time.perf_counter()
     log(f"[{variant}] starting Triton on {repository} (log {server.log_file})")
@@ -576,11 +561,10 @@ def report(result: dict[str, Any]) -> str:
 
 
 def run(out_dir: Path, quick: bool, requests: int | None = None, concurrency: int = 8,
-        variants: tuple[str, ...] = ("committed",), ports: tuple[int, int, int] = (0, 0, 0),
-        command: str | None = None) -> dict[str, Any]:
+        ports: tuple[int, int, int] = (0, 0, 0), command: str | None = None) -> dict[str, Any]:
     """Measure and write requests.csv, summary.json and summary.md into ``out_dir``; returns the summary.
 
-    Starts (one per variant, all at once) and stops its own tritonservers. Quick mode takes well under a minute
+    Starts and stops its own tritonserver. Quick mode takes well under a minute
     once they are ready.
     """
     out_dir = Path(out_dir)
@@ -595,26 +579,24 @@ def run(out_dir: Path, quick: bool, requests: int | None = None, concurrency: in
     from tritonrag.settings import load_settings
 
     served: list[Served] = []
-    with tempfile.TemporaryDirectory(prefix="overhead-") as scratch:
+    try:
+        served.append(start_served(out_dir, ports, log))
+        settings = load_settings(out_dir / "config.toml")
+        inproc = InProcessRag(settings)
         try:
-            for index, variant in enumerate(variants):
-                served.append(start_variant(variant, index, out_dir, ports, Path(scratch), log))
-            settings = load_settings(out_dir / f"config-{variants[0]}.toml")
-            inproc = InProcessRag(settings)
-            try:
-                result = measure(served, inproc, settings.rag.max_tokens, n, warmup, rounds, concurrency,
-                                 concurrent_requests, log)
-            finally:
-                inproc.close()
+            result = measure(served, inproc, settings.generator.max_tokens_default, n, warmup, rounds, concurrency,
+                             concurrent_requests, log)
         finally:
-            for s in served:
-                s.close()
+            inproc.close()
+    finally:
+        for s in served:
+            s.close()
     raw = result.pop("raw")
     result["startup_s"] = {s.variant: s.startup_s for s in served}
     result["overhead"] = overhead_rows(result["summary"])
     result["decomposition"] = decomposition(result["overhead"])
     result["settings"] = {"requests": n, "warmup": warmup, "rounds": rounds, "concurrency": concurrency,
-                          "variants": list(variants), "target_p50_ms": TARGET_P50_MS}
+                          "target_p50_ms": TARGET_P50_MS}
     result["machine"] = machine_description()
     result["load_average"] = os.getloadavg()
     result["markdown"] = report(result)
@@ -635,19 +617,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="60 requests per configuration (< 1 min once ready)")
     parser.add_argument("--requests", type=int, help="sequential requests per configuration (default 400; quick 60)")
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop concurrency; 0 or 1 skips it")
-    parser.add_argument("--variant", default="committed",
-                        help=f"comma-separated: {', '.join(VARIANTS)} (default: committed)")
     parser.add_argument("--ports", default="0,0,0",
-                        help="HTTP,gRPC,metrics ports of the first variant, +10 per further one (0 = any free one)")
+                        help="HTTP,gRPC,metrics ports (0 = any free one)")
     args = parser.parse_args()
-    variants = tuple(v for v in args.variant.split(",") if v)
-    if unknown := set(variants) - set(VARIANTS):
-        parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     ports = tuple(int(p) for p in args.ports.split(","))
     if len(ports) != 3:
         parser.error("--ports needs three comma-separated numbers: HTTP,gRPC,metrics")
     command = shlex.join([".venv/bin/python", "benchmarks/orchestration_overhead.py", *sys.argv[1:]])
-    result = run(args.out, args.quick, args.requests, args.concurrency, variants, ports, command)  # type: ignore[arg-type]
+    result = run(args.out, args.quick, args.requests, args.concurrency, ports, command)  # type: ignore[arg-type]
     print("\n" + result["markdown"])
     print(f"\nwritten to {args.out}/ (requests.csv, summary.json, summary.md)")
 

@@ -6,7 +6,7 @@ adds it with ``-b``) and are full shapes for the others. The data is what the ``
 for the question mix (``common.QUESTIONS``): the same embeddings, retrieved passages, prompts and sampling.
 
     .venv/bin/python benchmarks/perf_inputs.py --out /tmp/perf-inputs          # quick (max_tokens 32)
-    .venv/bin/python benchmarks/perf_inputs.py --out /tmp/perf-inputs --full   # max_tokens = [rag] max_tokens
+    .venv/bin/python benchmarks/perf_inputs.py --out /tmp/perf-inputs --full   # [generator] max_tokens_default
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import QUESTIONS, write_json
 
-MODELS = ("embedder", "retriever", "prompt_builder", "generator", "rag")
+from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RAG, RETRIEVER
+
 QUICK_MAX_TOKENS = 32
 
 
@@ -50,14 +51,16 @@ def passages(kb: Any, n: int) -> list[str]:
 
 
 def retrieve_all(settings: Any, kb: Any, questions: list[str]) -> list[Retrieved]:
-    """Embed, retrieve and build the prompt for each question, in-process, as the `rag` model would."""
+    """Embed, retrieve and build the prompt for each question, in-process, as the `rag` model would (with the
+    stages' defaults: [retriever] top_k_default, [prompt_builder] template)."""
     from tritonrag.embedding.encoder import TextEmbedder
     from tritonrag.prompts.builder import PromptBuilder
 
     embedder = TextEmbedder(settings.embedder, "cpu")
     builder = PromptBuilder(settings.prompt_builder.max_query_chars, settings.prompt_builder.max_context_chars)
     vectors = embedder.encode(questions)
-    scores, ids = kb.search(vectors, settings.rag.top_k)
+    template = settings.prompt_builder.template
+    scores, ids = kb.search(vectors, settings.retriever.top_k_default)
     out = []
     for question, vector, row_ids, row_scores in zip(questions, vectors, ids, scores):
         hits = kb.fetch(row_ids, row_scores)
@@ -67,8 +70,8 @@ def retrieve_all(settings: Any, kb: Any, questions: list[str]) -> list[Retrieved
             embedding=[float(x) for x in vector],
             texts=[h.text for h in hits],
             metadata=[json.dumps(h.metadata()) for h in hits],
-            prompt=builder.build(settings.rag.template, question, docs),
-            stop=list(builder.spec(settings.rag.template).stop),
+            prompt=builder.build(template, question, docs),
+            stop=list(builder.spec(template).stop),
         ))
     return out
 
@@ -76,59 +79,62 @@ def retrieve_all(settings: Any, kb: Any, questions: list[str]) -> list[Retrieved
 def embedder_data(questions: list[str], chunks: list[str]) -> list[dict[str, Any]]:
     """Queries and passages interleaved: one text per request (the model's `text` is [1] per batch row)."""
     texts = [t for pair in zip(questions, chunks) for t in pair] + chunks[len(questions):]
-    return [{"text": tensor([t], [1])} for t in texts]
+    return [{EMBEDDER.text: tensor([t], [1])} for t in texts]
 
 
 def retriever_data(rows: list[Retrieved], top_k: int) -> list[dict[str, Any]]:
-    return [{"embedding": tensor(r.embedding), "top_k": tensor([top_k], [1])} for r in rows]
+    return [{RETRIEVER.embedding: tensor(r.embedding), RETRIEVER.top_k: tensor([top_k], [1])} for r in rows]
 
 
 def prompt_builder_data(rows: list[Retrieved], template: str) -> list[dict[str, Any]]:
+    p = PROMPT_BUILDER
     return [
-        {"query": tensor([r.question], [1]), "context": tensor(r.texts), "metadata": tensor(r.metadata),
-         "template": tensor([template], [1])}
+        {p.query: tensor([r.question], [1]), p.context: tensor(r.texts), p.metadata: tensor(r.metadata),
+         p.template: tensor([template], [1])}
         for r in rows
     ]
 
 
 def generator_data(rows: list[Retrieved], max_tokens: int, temperature: float) -> list[dict[str, Any]]:
     sampling = json.dumps({"max_tokens": max_tokens, "temperature": temperature})
+    g = GENERATOR
     return [
-        {"text_input": tensor([r.prompt], [1]), "stop": tensor(r.stop), "sampling_parameters": tensor([sampling], [1]),
-         "stream": tensor([True], [1])}
+        {g.text_input: tensor([r.prompt], [1]), g.stop: tensor(r.stop), g.sampling_parameters: tensor([sampling], [1]),
+         g.stream: tensor([True], [1])}
         for r in rows
     ]
 
 
 def rag_data(questions: list[str]) -> list[dict[str, Any]]:
-    return [{"text_input": tensor([q], [1]), "stream": tensor([True], [1])} for q in questions]
+    return [{RAG.text_input: tensor([q], [1]), RAG.stream: tensor([True], [1])} for q in questions]
 
 
 def build_inputs(out_dir: Path, max_tokens: int | None = None, n_passages: int = 48) -> dict[str, Path]:
     """Write ``<model>.json`` for every model into ``out_dir``; returns model -> path.
 
-    ``max_tokens`` is the generator's budget per request (default ``[rag] max_tokens``); a summary of what was
-    written goes to ``inputs.json``."""
+    ``max_tokens`` is the generator's budget per request (default ``[generator] max_tokens_default``, what a RAG
+    request gets); a summary of what was written goes to ``inputs.json``."""
     from tritonrag.kb.search import KnowledgeBase
     from tritonrag.settings import load_settings
 
     settings = load_settings()
-    max_tokens = settings.rag.max_tokens if max_tokens is None else max_tokens
+    max_tokens = settings.generator.max_tokens_default if max_tokens is None else max_tokens
+    top_k, template = settings.retriever.top_k_default, settings.prompt_builder.template
     kb = KnowledgeBase(settings.index_dir)
     questions = list(QUESTIONS)
     rows = retrieve_all(settings, kb, questions)
     data = {
-        "embedder": embedder_data(questions, passages(kb, n_passages)),
-        "retriever": retriever_data(rows, settings.rag.top_k),
-        "prompt_builder": prompt_builder_data(rows, settings.rag.template),
-        "generator": generator_data(rows, max_tokens, settings.rag.temperature),
-        "rag": rag_data(questions),
+        EMBEDDER.model: embedder_data(questions, passages(kb, n_passages)),
+        RETRIEVER.model: retriever_data(rows, top_k),
+        PROMPT_BUILDER.model: prompt_builder_data(rows, template),
+        GENERATOR.model: generator_data(rows, max_tokens, settings.generator.temperature_default),
+        RAG.model: rag_data(questions),
     }
     paths = {model: write_json(out_dir / f"{model}.json", {"data": entries}) for model, entries in data.items()}
     write_json(out_dir / "inputs.json", {
         "knowledge_base": str(kb.path), "kb_version": kb.version, "chunks": len(kb), "dimension": kb.dimension,
-        "questions": len(questions), "embedder_texts": len(data["embedder"]), "top_k": settings.rag.top_k,
-        "template": settings.rag.template, "generator_max_tokens": max_tokens,
+        "questions": len(questions), "embedder_texts": len(data[EMBEDDER.model]), "top_k": top_k,
+        "template": template, "generator_max_tokens": max_tokens,
         "prompt_chars_mean": sum(len(r.prompt) for r in rows) / len(rows),
     })
     return paths
@@ -137,7 +143,8 @@ def build_inputs(out_dir: Path, max_tokens: int | None = None, n_passages: int =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for the <model>.json files")
-    parser.add_argument("--full", action="store_true", help="generator max_tokens = [rag] max_tokens (default 32)")
+    parser.add_argument("--full", action="store_true",
+                        help="generator max_tokens = [generator] max_tokens_default (default 32)")
     args = parser.parse_args()
     paths = build_inputs(args.out, None if args.full else QUICK_MAX_TOKENS)
     for model, path in paths.items():

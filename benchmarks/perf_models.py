@@ -46,9 +46,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPOSITORY, machine_description, machine_markdown, markdown_table, percentile, write_csv, write_json
-from perf_inputs import MODELS, QUICK_MAX_TOKENS, build_inputs
+from perf_inputs import QUICK_MAX_TOKENS, build_inputs
 
-DECOUPLED = ("generator", "rag")  # model_transaction_policy { decoupled: true }: gRPC streaming only
+from tritonrag.serving.contract import EMBEDDER, GENERATOR, MODEL_IO, MODELS, PROMPT_BUILDER, RAG, RETRIEVER
+
+# model_transaction_policy { decoupled: true }: gRPC streaming only
+DECOUPLED = tuple(model.name for model in MODEL_IO if model.decoupled)
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,14 @@ class Plan:
 # 3 in a row agree within the stability percentage.
 GENERATION = Plan((1, 8), (1, 4, 8, 16), Windows(2, 1, fixed=True), Windows(4, 2, fixed=True))
 PLANS: dict[str, Plan] = {
-    "embedder": Plan((1, 8), (1, 2, 4, 8, 16), Windows(40, 20, fixed=True), Windows(100, 25, 15, 8)),
-    "retriever": Plan((1, 8), (1, 2, 4, 8, 16), Windows(200, 100, fixed=True), Windows(300, 50, 15, 8)),
-    "prompt_builder": Plan((1, 8), (1, 2, 4, 8, 16), Windows(200, 100, fixed=True), Windows(300, 50, 15, 8)),
+    EMBEDDER.model: Plan((1, 8), (1, 2, 4, 8, 16), Windows(40, 20, fixed=True), Windows(100, 25, 15, 8)),
+    RETRIEVER.model: Plan((1, 8), (1, 2, 4, 8, 16), Windows(200, 100, fixed=True), Windows(300, 50, 15, 8)),
+    PROMPT_BUILDER.model: Plan((1, 8), (1, 2, 4, 8, 16), Windows(200, 100, fixed=True), Windows(300, 50, 15, 8)),
     # Generation runs ~40 tokens/s in total on a 2-core CPU: a handful of requests per level (quick: 2, or one per
     # slot); full mode sends one fixed window of 2 requests per slot (at least 4): a stability search would take
     # tens of minutes, and benchmarks/rag_load.py measures end-to-end generation more thoroughly anyway.
-    "generator": GENERATION,
-    "rag": GENERATION,
+    GENERATOR.model: GENERATION,
+    RAG.model: GENERATION,
 }
 GENERATOR_KEYS = ("engine", "enforce_eager", "enable_prefix_caching")  # reported: they move its numbers
 UNSTABLE = "Failed to obtain stable measurement"
@@ -123,8 +126,8 @@ def command(binary: Path, job: Job, measurement: list[str], csv_path: Path, expo
         args.append("--streaming")
     if export_path is not None:
         args += ["--profile-export-file", str(export_path)]
-    if job.model == "rag":
-        args += ["--request-parameter", f"max_tokens:{job.max_tokens}:int"]
+    if job.model == RAG.model:
+        args += ["--request-parameter", f"{RAG.max_tokens}:{job.max_tokens}:int"]
     return args
 
 
@@ -174,7 +177,8 @@ def streaming_latencies(requests: list[dict[str, Any]]) -> dict[str, Any]:
         first.append((stamps[0] - sent) / 1e6)
         last.append((stamps[-1] - sent) / 1e6)
         counts.append(len(stamps))
-        texts = [s for s, o in zip(stamps, request.get("response_outputs") or []) if o.get("text_output")]
+        # the generator's and the rag model's text output have the same name
+        texts = [s for s, o in zip(stamps, request.get("response_outputs") or []) if o.get(RAG.text_output)]
         first_text.append(((texts[0] if texts else stamps[-1]) - sent) / 1e6)
     if not first:
         return {}
@@ -274,7 +278,7 @@ def run(out_dir: Path, http_url: str, grpc_url: str, quick: bool, models: list[s
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    max_tokens = QUICK_MAX_TOKENS if quick else settings.rag.max_tokens
+    max_tokens = QUICK_MAX_TOKENS if quick else settings.generator.max_tokens_default
     inputs = build_inputs(out_dir / "inputs", max_tokens)
     binary, env = find_perf_analyzer(), perf_analyzer_env(settings.home)
     profiler = Profiler(out_dir, binary, env, quick)

@@ -25,6 +25,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import latency_summary, markdown_table, questions
 
+from tritonrag.serving.contract import RAG
+
 
 @dataclass
 class Sample:
@@ -60,7 +62,7 @@ class Level:
 
 
 def _text_of(payload: dict[str, Any]) -> str:
-    value = payload.get("text_output", "")
+    value = payload.get(RAG.text_output, "")
     if isinstance(value, list):
         value = value[0] if value else ""
     return value if isinstance(value, str) else str(value)
@@ -68,7 +70,7 @@ def _text_of(payload: dict[str, Any]) -> str:
 
 def request_body(question: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """Triton's generate extension wants ``stream`` to stream token by token; the baseline ignores it."""
-    return {"text_input": question, "stream": True, "parameters": parameters}
+    return {RAG.text_input: question, RAG.stream: True, "parameters": parameters}
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, question: str, parameters: dict[str, Any],
@@ -145,7 +147,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=0, help="requests per level (default: 2 x concurrency, >= 8)")
     parser.add_argument("--max-tokens", type=int, default=0, help="override the answer length (default: server's)")
     args = parser.parse_args()
-    parameters = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    parameters = {RAG.max_tokens: args.max_tokens} if args.max_tokens else {}
     levels = [int(c) for c in args.concurrency.split(",")]
     results = run_levels(args.system, args.url, levels, lambda c: args.requests or max(8, 2 * c), parameters)
     print(markdown_table([r.row() for r in results],

@@ -8,6 +8,8 @@ from typing import Any
 
 from common import fmt, machine_markdown, markdown_table, write_json
 
+from tritonrag.serving.contract import EMBEDDER, GENERATOR, RETRIEVER
+
 RAG_COLUMNS = ["system", "concurrency", "requests", "errors", "req_per_s", "tokens_per_s", "ttft_p50_ms",
                "ttft_p99_ms", "latency_p50_ms", "latency_p99_ms"]
 RAG_HEADERS = ["system", "c", "requests", "errors", "req/s", "tokens/s", "TTFT p50 ms", "TTFT p99 ms",
@@ -60,7 +62,7 @@ def target_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "ratio": _ratio(a.get("ttft_p50_ms"), b["ttft_p50_ms"]), "verdict": "reported"})
     limits = results.get("limits") or []
     perf = results.get("perf") or []
-    for model, unit in (("embedder", "texts/s"), ("retriever", "queries/s")):
+    for model, unit in ((EMBEDDER.model, "texts/s"), (RETRIEVER.model, "queries/s")):
         served = best_served(perf, model)
         limit = max((r["limit"] for r in limits if r["component"] == model), default=None)
         value = served["infer_per_s"] if served else None
@@ -70,7 +72,7 @@ def target_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "unit": unit, "ratio": ratio, "verdict": _verdict(ratio, 0.9, True)})
     generator = {r["concurrency"]: r for r in results.get("generator") or []}
     for row in limits:
-        if row["component"] == "generator" and row.get("concurrency") in generator:
+        if row["component"] == GENERATOR.model and row.get("concurrency") in generator:
             served = generator[row["concurrency"]]["tokens_per_s"]
             rows.append({"target": f"served generator at c={row['concurrency']} vs in-process vLLM (no target)",
                          "ours": served, "reference": row["limit"], "unit": "tokens/s",
@@ -121,7 +123,7 @@ def write(out: Path, mode: str, results: dict[str, Any], failures: dict[str, str
         f"Command: `scripts/bench.sh --{mode}` (runs `.venv/bin/python benchmarks/{invocation}`), "
         f"{total_s / 60:.1f} minutes, code at commit `{machine.get('commit', '?')}`. "
         "Settings every system used: [`config.toml`](config.toml) on top of "
-        "`src/tritonrag/defaults.toml`. Raw data: [`raw/`](raw), [`results.json`](results.json).\n",
+        "`src/tritonrag/settings/defaults.toml`. Raw data: [`raw/`](raw), [`results.json`](results.json).\n",
         "Machine:\n\n" + machine_markdown(machine) + "\n",
     ]
     targets = target_rows(results)

@@ -28,10 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tritonrag.serving.contract import EMBEDDER, RETRIEVER
+
 ROOT = Path(__file__).resolve().parents[1]
 MTEB_NDCG10 = 0.64508  # MTEB leaderboard: sentence-transformers/all-MiniLM-L6-v2 on SciFact (test)
-SWEEPS = {"flat": [{}], "ivf": [{"nprobe": n} for n in (4, 16, 64, 128)],
-          "hnsw": [{"ef_search": e} for e in (64, 128, 256)]}
+# the retriever's request parameters for approximate indexes
+SWEEPS = {"flat": [{}], "ivf": [{RETRIEVER.nprobe: n} for n in (4, 16, 64, 128)],
+          "hnsw": [{RETRIEVER.ef_search: e} for e in (64, 128, 256)]}
 MODES = {"doc": (0, 0), "chunked": (160, 32)}
 
 
@@ -87,13 +90,14 @@ class Served:
         self.client = grpcclient.InferenceServerClient(url)
 
     def search(self, vector: np.ndarray, top_k: int, params: dict[str, int]) -> tuple[list[dict], np.ndarray]:
-        inputs = [self.grpc.InferInput("embedding", [1, vector.shape[-1]], "FP32"),
-                  self.grpc.InferInput("top_k", [1, 1], "INT32")]
+        r = RETRIEVER
+        inputs = [self.grpc.InferInput(r.embedding, [1, vector.shape[-1]], "FP32"),
+                  self.grpc.InferInput(r.top_k, [1, 1], "INT32")]
         inputs[0].set_data_from_numpy(vector.reshape(1, -1).astype(np.float32))
         inputs[1].set_data_from_numpy(np.array([[top_k]], np.int32))
-        result = self.client.infer("retriever", inputs, parameters=params or None,
-                                   outputs=[self.grpc.InferRequestedOutput(n) for n in ("scores", "metadata")])
-        return [json.loads(m) for m in result.as_numpy("metadata").reshape(-1)], result.as_numpy("scores")[0]
+        result = self.client.infer(r.model, inputs, parameters=params or None,
+                                   outputs=[self.grpc.InferRequestedOutput(n) for n in (r.scores, r.metadata)])
+        return [json.loads(m) for m in result.as_numpy(r.metadata).reshape(-1)], result.as_numpy(r.scores)[0]
 
 
 def run_queries(served: Served, vectors: np.ndarray, qids: list[str], top_k: int,
@@ -136,8 +140,8 @@ def bench_mode(mode: str, folder: Path, work: Path, types: list[str], queries: d
     settings = load_settings()
     server = TritonServer(ROOT / "model_repository", settings.home, Ports.choose(0, 0, 0),
                           env={"TRITONRAG_CONFIG": os.environ["TRITONRAG_CONFIG"]}, log_file=work / f"{mode}.log",
-                          extra_args=("--model-control-mode=explicit", "--load-model=embedder",
-                                      "--load-model=retriever"))
+                          extra_args=("--model-control-mode=explicit", f"--load-model={EMBEDDER.model}",
+                                      f"--load-model={RETRIEVER.model}"))
     server.start(settings.server.startup_timeout_s)
     rows = []
     try:

@@ -9,7 +9,8 @@ Steps, one after the other on the same machine (each starts and stops what it ne
 
 Both systems get the same settings file (written to <out>/config.toml): prefix caching off, since the question
 mix repeats and cache hits would flatter whoever runs later; quick mode also skips torch.compile (enforce_eager)
-and shortens answers. Everything else is the configuration in src/tritonrag/defaults.toml.
+and shortens answers ([generator] max_tokens_default, which RAG answers get). Everything else is the configuration
+in src/tritonrag/settings/defaults.toml.
 
     scripts/bench.sh --quick          # ~7 minutes: c=8 only, short answers, results in <date>-quick/
     scripts/bench.sh --full           # ~30 minutes on 2 cores: c=1,4,8,16, results in <date>/
@@ -34,6 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCHMARKS, REPOSITORY, ROOT, machine_description, write_csv, write_json, write_overlay
+
+from tritonrag.serving.contract import GENERATOR, RAG
 
 STEPS = ("limits", "perf", "generator", "rag", "locust", "baseline", "overhead")
 
@@ -96,10 +99,10 @@ class Run:
 
 def write_config(path: Path, mode: Mode) -> Path:
     """The settings every system runs with: the user's TRITONRAG_CONFIG (if any) plus the suite's overrides."""
-    generator: dict[str, Any] = {"enable_prefix_caching": False}
+    generator: dict[str, Any] = {"enable_prefix_caching": False, "max_tokens_default": mode.max_tokens}
     if mode.enforce_eager:
         generator["enforce_eager"] = True
-    return write_overlay(path, {"generator": generator, "rag": {"max_tokens": mode.max_tokens}},
+    return write_overlay(path, {"generator": generator},
                          "written by benchmarks/suite.py: the settings every system in this run used")
 
 
@@ -116,7 +119,7 @@ def run_limits(run: Run) -> list[dict[str, Any]]:
     vectors = np.array([e["embedding"]["content"] for e in json.loads(paths["retriever"].read_text())["data"]],
                        dtype=np.float32)
     rows = [embedder_limit(texts, run.mode.limit_seconds)]
-    rows += retriever_limit(vectors, load_settings().rag.top_k, run.mode.limit_seconds)
+    rows += retriever_limit(vectors, load_settings().retriever.top_k_default, run.mode.limit_seconds)
     for row in rows:
         run.log(f"{row['component']} ({row['measure']}): {row['limit']:.0f} {row['unit']}")
     json_path = run.out / "raw" / "generator_inprocess.json"
@@ -126,7 +129,7 @@ def run_limits(run: Run) -> list[dict[str, Any]]:
     run.commands.append(shlex.join(command))
     subprocess.run(command, check=True, env=os.environ.copy())
     for row in json.loads(json_path.read_text()):
-        rows.append({"component": "generator", "measure": f"vLLM generate, c={row['concurrency']}",
+        rows.append({"component": GENERATOR.model, "measure": f"vLLM generate, c={row['concurrency']}",
                      "unit": "tokens/s", "limit": row["tokens_per_s"], "items": row["tokens"],
                      "concurrency": row["concurrency"]})
     write_csv(run.out / "raw" / "limits.csv", rows)
@@ -191,7 +194,7 @@ def run_triton_steps(run: Run, steps: set[str]) -> None:
         if "generator" in steps:
             run.step("generator", lambda: run_generator(run, server))
         if "rag" in steps:
-            url = f"http://{server.http_url.removeprefix('http://')}/v2/models/rag/generate_stream"
+            url = f"http://{server.http_url.removeprefix('http://')}/v2/models/{RAG.model}/generate_stream"
             run.step("rag tritonrag", lambda: run_rag(run, "tritonrag", url))
         if "locust" in steps:
             run.step("locust", lambda: run_locust(run, server))

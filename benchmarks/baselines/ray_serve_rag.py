@@ -30,10 +30,11 @@ from ray import serve
 from tritonrag.errors import InvalidInput
 from tritonrag.pipeline.request import RagParams
 from tritonrag.pipeline.sources import sources_json
+from tritonrag.serving.contract import RAG
 from tritonrag.settings import GeneratorSettings, Settings
 
 HEALTH_TIMEOUT_S = 2.0
-MODEL_NAME = "rag"  # the name Triton's routes and events carry, so one client drives both systems
+MODEL_NAME = RAG.model  # the name Triton's routes and events carry, so one client drives both systems
 COLLECTION = "tritonrag_kb"
 DEPLOYMENTS = ("ingress", "orchestrator", "embedder", "retriever", "prompt_builder", "chat")
 # CPU shares that fit ray.init(num_cpus=2) with one replica each (a scheduling reservation, not a limit).
@@ -261,7 +262,8 @@ class Chat:
         return True
 
     async def generate(self, prompt: str, sampling: dict[str, Any], stop: list[str]) -> AsyncIterator[dict[str, str]]:
-        """Yield ``{"text_output": piece}`` as tokens arrive, then ``{"finish_reason": ...}``."""
+        """Yield ``{"text_output": piece}`` as tokens arrive, then ``{"finish_reason": ...}`` (the rag model's
+        output names)."""
         from tritonrag.generation.sampling import SamplingParams
 
         params = SamplingParams.from_request({**sampling, "stop": stop}, self.settings)
@@ -271,9 +273,9 @@ class Chat:
             while True:
                 kind, value = await sink.queue.get()
                 if kind == "text":
-                    yield {"text_output": value}
+                    yield {RAG.text_output: value}
                 elif kind == "finish":
-                    yield {"finish_reason": value}
+                    yield {RAG.finish_reason: value}
                     return
                 else:
                     raise value
@@ -301,13 +303,16 @@ class Orchestrator:
         return all(await asyncio.gather(*(stage.ping.remote() for stage in stages)))
 
     async def answer(self, query: str, parameters: dict[str, Any]) -> AsyncIterator[dict[str, str]]:
+        """What a request leaves unset gets the stage's default, as in tritonrag (sampling: the Chat's)."""
         params = parse_params(query, parameters, self.settings)
+        top_k = self.settings.retriever.top_k_default if params.top_k is None else params.top_k
+        template = params.template or self.settings.prompt_builder.template
         vector = await self.embedder.embed.remote(query)
-        hits = await self.retriever.search.remote(vector, params.top_k)
+        hits = await self.retriever.search.remote(vector, top_k)
         if not hits:
             raise InvalidInput("the knowledge base is empty: ingest documents first")
-        prompt, stop = await self.prompt_builder.build.remote(query, hits, params.template)
-        yield {"sources": sources_json([h["chunk_id"] for h in hits], [h["score"] for h in hits],
+        prompt, stop = await self.prompt_builder.build.remote(query, hits, template)
+        yield {RAG.sources: sources_json([h["chunk_id"] for h in hits], [h["score"] for h in hits],
                                        [h["metadata"] for h in hits], [h["text"] for h in hits])}
         async for event in self.chat.options(stream=True).generate.remote(prompt, params.sampling(), stop):
             yield event
@@ -316,10 +321,10 @@ class Orchestrator:
 def parse_params(query: str, parameters: Any, settings: Settings) -> RagParams:
     """The rag model's request validation (same parameters and limits); filters are not supported here."""
     if not isinstance(query, str) or not query.strip():
-        raise InvalidInput("input 'text_input' is empty: send a question")
+        raise InvalidInput(f"input '{RAG.text_input}' is empty: send a question")
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be a JSON object")
-    if parameters.get("filter") is not None:
+    if parameters.get(RAG.filter) is not None:
         raise InvalidInput("the Ray Serve baseline does not support metadata filters")
     return RagParams.from_parameters(parameters, settings.rag, settings.retriever)
 
@@ -344,7 +349,7 @@ def _error(exc: BaseException) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=400 if isinstance(exc, ValueError) else 500)
 
 
-def _event(**outputs: str) -> str:
+def _event(outputs: dict[str, str]) -> str:
     return f"data: {json.dumps({'model_name': MODEL_NAME, 'model_version': '1', **outputs})}\n\n"
 
 
@@ -355,7 +360,7 @@ async def _read_body(request: Request) -> tuple[str, dict[str, Any]]:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
-    return body.get("text_input", ""), body.get("parameters") or {}
+    return body.get(RAG.text_input, ""), body.get("parameters") or {}
 
 
 @serve.deployment
@@ -390,13 +395,13 @@ class Ingress:
             parse_params(query, parameters, self.settings)
             pieces, sources, finish_reason = [], "[]", "stop"
             async for event in self._events(query, parameters):
-                pieces.append(event.get("text_output", ""))
-                sources = event.get("sources", sources)
-                finish_reason = event.get("finish_reason", finish_reason)
+                pieces.append(event.get(RAG.text_output, ""))
+                sources = event.get(RAG.sources, sources)
+                finish_reason = event.get(RAG.finish_reason, finish_reason)
         except Exception as exc:
             return _error(exc)
-        return JSONResponse({"model_name": MODEL_NAME, "model_version": "1", "text_output": "".join(pieces),
-                             "finish_reason": finish_reason, "sources": sources})
+        return JSONResponse({"model_name": MODEL_NAME, "model_version": "1", RAG.text_output: "".join(pieces),
+                             RAG.finish_reason: finish_reason, RAG.sources: sources})
 
     @api.post("/generate_stream")
     @api.post(f"/v2/models/{MODEL_NAME}/generate_stream")
@@ -413,12 +418,12 @@ class Ingress:
     async def _sse(self, query: str, parameters: dict[str, Any]) -> AsyncIterator[str]:
         try:
             async for event in self._events(query, parameters):
-                if "sources" in event:
-                    yield _event(text_output="", sources=event["sources"])
-                elif "finish_reason" in event:
-                    yield _event(text_output="", finish_reason=event["finish_reason"])
+                if RAG.sources in event:
+                    yield _event({RAG.text_output: "", RAG.sources: event[RAG.sources]})
+                elif RAG.finish_reason in event:
+                    yield _event({RAG.text_output: "", RAG.finish_reason: event[RAG.finish_reason]})
                 else:
-                    yield _event(text_output=event["text_output"])
+                    yield _event({RAG.text_output: event[RAG.text_output]})
         except Exception as exc:
             yield f"data: {json.dumps({'error': str(_unwrap(exc))})}\n\n"
 

@@ -19,6 +19,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_baseline import BaselineServer
 
+from tritonrag.serving.contract import RAG
+
 DEMO_QUESTIONS = (
     "Describe the body of water in Utah",
     "Tell me as much as you can about the robbery",
@@ -43,7 +45,7 @@ def stream(url: str, body: dict[str, Any], timeout: float = 300) -> tuple[list[d
             line = raw.decode().strip()
             if line.startswith("data:"):
                 events.append(json.loads(line[5:]))
-                if events[-1].get("text_output") and first is None:
+                if events[-1].get(RAG.text_output) and first is None:
                     first = time.perf_counter() - started
     total = time.perf_counter() - started
     return events, first or total, total
@@ -57,7 +59,7 @@ def reference_sources(questions: tuple[str, ...]) -> dict[str, list[int]]:
 
     settings = load_settings()
     vectors = TextEmbedder(settings.embedder, device="cpu").encode(list(questions))
-    _, ids = KnowledgeBase(settings.index_dir).search(vectors, settings.rag.top_k)
+    _, ids = KnowledgeBase(settings.index_dir).search(vectors, settings.retriever.top_k_default)
     return {q: row.tolist() for q, row in zip(questions, ids)}
 
 
@@ -71,7 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--eager", action="store_true", help="overlay [generator] enforce_eager = true (fast start)")
-    parser.add_argument("--max-tokens", type=int, default=0, help="0 = [rag] max_tokens")
+    parser.add_argument("--max-tokens", type=int, default=0, help="0 = [generator] max_tokens_default")
     parser.add_argument("--log", default="/tmp/tritonrag_baseline_smoke.log")
     parser.add_argument("args", nargs="*", help="more serve_baseline.py arguments (after --)")
     args = parser.parse_args()
@@ -82,25 +84,26 @@ def main() -> int:
         overlay.write_text("[generator]\nenforce_eager = true\n")
         env["TRITONRAG_CONFIG"] = str(overlay)
     reference = reference_sources(DEMO_QUESTIONS)
-    parameters = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    parameters = {RAG.max_tokens: args.max_tokens} if args.max_tokens else {}
     ok = True
     server = BaselineServer(port=args.port, env=env, log_path=args.log, args=args.args)
     with server:
         print(f"ready in {server.startup_s:.1f}s at {server.url}")
         for question in DEMO_QUESTIONS:
-            body = {"text_input": question, "parameters": parameters}
+            body = {RAG.text_input: question, "parameters": parameters}
             started = time.perf_counter()
             answer = post(f"{server.url}/generate", body)
             generate_s = time.perf_counter() - started
-            events, ttft, total = stream(f"{server.url}/generate_stream", {**body, "stream": True})
-            ids = [s["chunk_id"] for s in json.loads(answer["sources"])]
-            stream_ids = [s["chunk_id"] for s in json.loads(events[0]["sources"])]
-            streamed = "".join(e.get("text_output", "") for e in events)
+            events, ttft, total = stream(f"{server.url}/generate_stream", {**body, RAG.stream: True})
+            ids = [s["chunk_id"] for s in json.loads(answer[RAG.sources])]
+            stream_ids = [s["chunk_id"] for s in json.loads(events[0][RAG.sources])]
+            streamed = "".join(e.get(RAG.text_output, "") for e in events)
+            text = answer[RAG.text_output]
             same = ids == stream_ids == reference[question]
-            ok &= same and streamed == answer["text_output"] and events[-1].get("finish_reason") is not None
-            print(f"--- {question}\n  /generate {generate_s:.2f}s finish={answer['finish_reason']}: "
-                  f"{answer['text_output'][:80]!r}\n  /generate_stream ttft {ttft:.2f}s total {total:.2f}s, "
-                  f"{len(events)} events, same text: {streamed == answer['text_output']}\n"
+            ok &= same and streamed == text and events[-1].get(RAG.finish_reason) is not None
+            print(f"--- {question}\n  /generate {generate_s:.2f}s finish={answer[RAG.finish_reason]}: "
+                  f"{text[:80]!r}\n  /generate_stream ttft {ttft:.2f}s total {total:.2f}s, "
+                  f"{len(events)} events, same text: {streamed == text}\n"
                   f"  sources {ids} (tritonrag {reference[question]}): match {same}")
     leftovers = server.leftovers + stray_processes(f"ray_tritonrag_{args.port}")
     print(f"stopped; leftover processes: {leftovers or 'none'}")

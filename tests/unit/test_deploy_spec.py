@@ -3,7 +3,7 @@
 import pytest
 
 from tritonrag.deploy.placement import gpus_used, plan
-from tritonrag.deploy.spec import SpecError, load_spec
+from tritonrag.deploy.spec import COMPONENTS, DEFAULT_BATCHING, Batching, SpecError, load_spec
 
 ONE_GPU = """
 cluster: {gpus: 1, gpu_memory_gib: 80}
@@ -54,3 +54,22 @@ def test_detect_and_gpu_lists():
 def test_bad_specs_say_where_and_why(text, message):
     with pytest.raises(SpecError, match=message):
         load_spec(text)
+
+
+def test_what_a_spec_leaves_out_takes_the_spec_defaults():
+    spec = load_spec("components: {embedder: {instances: 2, batching: {max_queue_delay_us: 500}}}")
+    assert [spec.instances(name) for name in COMPONENTS] == [2, 1, 1, 1, 1]
+    assert spec.component("generator").device == "cpu"
+    assert spec.batching("embedder") == Batching(64, (), 500)  # max_batch_size from DEFAULT_BATCHING
+    assert spec.batching("retriever") == DEFAULT_BATCHING["retriever"] == Batching(64, (), 0)
+    assert spec.batching("rag") == Batching(0, (), None)  # not batched by Triton
+
+
+@pytest.mark.parametrize(("name", "batching", "message"), [
+    ("embedder", "{preferred_batch_sizes: [128]}", r"embedder.batching.preferred_batch_sizes: .* max_batch_size 64"),
+    ("generator", "{max_queue_delay_us: 0}", "generator.batching: only embedder and retriever are batched"),
+])
+def test_batching_is_checked_against_the_defaults(name, batching, message):
+    spec = load_spec(f"components: {{{name}: {{batching: {batching}}}}}")
+    with pytest.raises(SpecError, match=message):
+        spec.batching(name)

@@ -13,22 +13,23 @@ from tritonrag.settings import load_settings
 
 @pytest.fixture(scope="module")
 def settings():
-    return replace(load_settings().generator, engine="transformers", device="cpu")
+    return replace(load_settings().generator, engine="transformers")
 
 
 def test_unknown_engine_is_a_clear_error(settings):
     with pytest.raises(ValueError, match=r"engine = 'tensorrt' is unknown; choose one of vllm, transformers"):
-        create_engine(replace(settings, engine="tensorrt"))
+        create_engine(replace(settings, engine="tensorrt"), "cpu")
 
 
 def test_engine_that_cannot_start_names_the_switch(settings):
     with pytest.raises(RuntimeError, match=r'could not start .*engine = "vllm"'):
-        create_engine(replace(settings, model="/nonexistent/model"))
+        create_engine(replace(settings, model="/nonexistent/model"), "cpu")
 
 
 @pytest.fixture(scope="module")
 def engine(settings):
-    engine = TransformersEngine(settings)
+    engine = TransformersEngine(settings, "cpu")
+    assert engine.generator.device == "cpu"
     yield engine
     engine.shutdown()
 

@@ -6,7 +6,15 @@ import pytest
 
 from tritonrag.devices import GIB, InstanceGpus, faiss_index_bytes, faiss_temp_memory, limit_torch_memory
 from tritonrag.generation.device_settings import generator_settings
-from tritonrag.serving.instance import configured, encode, instance_device, instance_gpus, model_parameters, placed
+from tritonrag.serving.contract import GPU_MEMORY_PARAMETER, INSTANCE_GPUS_PARAMETER
+from tritonrag.serving.instance import (
+    configured_section,
+    encode_instance_parameters,
+    instance_config,
+    instance_device,
+    instance_gpus,
+    model_parameters,
+)
 from tritonrag.settings import load_settings, override
 
 
@@ -18,8 +26,8 @@ def triton_args(params: dict[str, str], kind: str = "CPU", device: int = 0, name
 
 
 def test_overrides_round_trip_through_the_model_config():
-    params = encode({"max_num_seqs": 64, "dtype": "bfloat16", "enforce_eager": True})
-    settings, gpus = placed(triton_args(params), load_settings(), "generator")
+    params = encode_instance_parameters({"max_num_seqs": 64, "dtype": "bfloat16", "enforce_eager": True})
+    settings, gpus = instance_config(triton_args(params), load_settings(), "generator")
     assert (settings.max_num_seqs, settings.dtype, settings.enforce_eager) == (64, "bfloat16", True)
     assert gpus is None and instance_device(gpus) == "cpu"
     assert model_parameters({}) == {}
@@ -27,7 +35,7 @@ def test_overrides_round_trip_through_the_model_config():
 
 def test_home_expands_in_overridden_paths():
     settings = load_settings()
-    generator = configured(settings, "generator", encode({"model": "{home}/models/other"}))
+    generator = configured_section(settings, "generator", encode_instance_parameters({"model": "{home}/models/other"}))
     assert generator.model == f"{settings.home}/models/other"
 
 
@@ -48,11 +56,12 @@ def test_floats_accept_whole_numbers():
 
 def test_bad_json_in_the_config_says_to_render_again():
     with pytest.raises(ValueError, match=r"not JSON.*tritonrag render"):
-        placed(triton_args({"max_num_seqs": "{"}), load_settings(), "generator")
+        instance_config(triton_args({"max_num_seqs": "{"}), load_settings(), "generator")
 
 
 def test_gpu_instance_gets_its_device_and_cap():
-    params = encode({}, {0: (0.1, 8.0), 3: (0.25, 4.0)})
+    params = encode_instance_parameters({}, {0: (0.1, 8.0), 3: (0.25, 4.0)})
+    assert set(params) == {GPU_MEMORY_PARAMETER}
     gpus = instance_gpus(triton_args(params, "GPU", 3), params)
     assert gpus == InstanceGpus((3,), 0.25, 4.0)
     assert instance_device(gpus) == "cuda:3"
@@ -60,8 +69,9 @@ def test_gpu_instance_gets_its_device_and_cap():
 
 
 def test_tensor_parallel_instance_finds_its_group_by_name():
-    params = encode({}, {g: (0.8, 64.0) for g in range(4)},
-                    {"generator_gpus_0_1": [0, 1], "generator_gpus_2_3": [2, 3]})
+    params = encode_instance_parameters({}, {g: (0.8, 64.0) for g in range(4)},
+                                        {"generator_gpus_0_1": [0, 1], "generator_gpus_2_3": [2, 3]})
+    assert set(params) == {GPU_MEMORY_PARAMETER, INSTANCE_GPUS_PARAMETER}
     gpus = instance_gpus(triton_args(params, "MODEL", name="generator_gpus_2_3_0"), params)
     assert gpus == InstanceGpus((2, 3), 0.8, 64.0) and gpus.cuda_visible_devices == "2,3"
     with pytest.raises(ValueError, match="none of the tensor-parallel groups"):
@@ -70,12 +80,13 @@ def test_tensor_parallel_instance_finds_its_group_by_name():
 
 def test_generator_settings_follow_the_placement():
     base = load_settings().generator
-    settings, env = generator_settings(base, None)
-    assert settings.device == "cpu" and env == {"CUDA_VISIBLE_DEVICES": ""}
-    settings, env = generator_settings(base, InstanceGpus((4, 5), 0.8, 64.0))
-    assert (settings.device, settings.tensor_parallel_size, settings.gpu_memory_utilization) == ("cuda", 2, 0.8)
+    settings, device, env = generator_settings(base, None)
+    assert settings == base and device == "cpu" and env == {"CUDA_VISIBLE_DEVICES": ""}
+    settings, device, env = generator_settings(base, InstanceGpus((4, 5), 0.8, 64.0))
+    assert (device, settings.tensor_parallel_size, settings.gpu_memory_utilization) == ("cuda", 2, 0.8)
     assert env == {"CUDA_VISIBLE_DEVICES": "4,5"}
-    settings, _ = generator_settings(base, InstanceGpus((0,)))
+    settings, device, _ = generator_settings(base, InstanceGpus((0,)))
+    assert device == "cuda"
     assert settings.gpu_memory_utilization == base.gpu_memory_utilization  # no cap rendered: the setting stays
 
 

@@ -1,6 +1,9 @@
 from pathlib import Path
 
+from tritonrag.deploy.plan import plan_deployment
 from tritonrag.deploy.render import model_specs, render_repository
+from tritonrag.deploy.spec import load_spec
+from tritonrag.serving.contract import MODEL_IO
 from tritonrag.settings import load_settings
 
 COMMITTED = Path(__file__).parents[2] / "model_repository"
@@ -54,20 +57,37 @@ def test_decoupled_only_for_generator_and_rag(tmp_path):
     assert decoupled == {"generator", "rag"}
 
 
-def test_settings_drive_the_rendering(tmp_path):
-    override = tmp_path / "o.toml"
-    override.write_text("[embedder]\ninstances = 3\nmax_batch_size = 16\n")
+def test_the_deployment_spec_drives_instances_and_batching(tmp_path):
+    spec = load_spec("components: {embedder: {instances: 3, batching: {max_batch_size: 16, max_queue_delay_us: 100}}}")
     repo = tmp_path / "repo"
-    render_repository(load_settings(override), repo)
+    render_repository(load_settings(), repo, plan=plan_deployment(spec, load_settings(), ()))
     text = (repo / "embedder" / "config.pbtxt").read_text()
     assert "max_batch_size: 16" in text
     assert "count: 3" in text
-    assert "KIND_CPU" in text  # the default deployment is the CPU one; GPUs come from a deployment spec
-    assert "dynamic_batching" in text
-    assert "dynamic_batching" not in (repo / "prompt_builder" / "config.pbtxt").read_text()
+    assert "KIND_CPU" in text  # a spec without GPUs runs everything on the CPU
+    assert "dynamic_batching { max_queue_delay_microseconds: 100 }" in text
+    retriever = (repo / "retriever" / "config.pbtxt").read_text()  # left out: the spec's defaults
+    assert "max_batch_size: 64" in retriever and "max_queue_delay_microseconds: 0" in retriever
+    prompt_builder = (repo / "prompt_builder" / "config.pbtxt").read_text()
+    assert "dynamic_batching" not in prompt_builder and "max_batch_size: 0" in prompt_builder
+
+
+def test_settings_overrides_reach_the_instances_through_the_spec(tmp_path):
+    spec = load_spec("components: {generator: {engine: {max_num_seqs: 8}}}")
+    repo = tmp_path / "repo"
+    render_repository(load_settings(), repo, plan=plan_deployment(spec, load_settings(), ()))
+    assert 'key: "max_num_seqs"' in (repo / "generator" / "config.pbtxt").read_text()
+
+
+def test_configs_declare_the_contract(tmp_path):
+    render_repository(load_settings(), tmp_path)
+    for model in MODEL_IO:
+        text = (tmp_path / model.name / "config.pbtxt").read_text()
+        for tensor in (*model.inputs, *model.outputs):
+            assert f'name: "{tensor.name}"\n    data_type: {tensor.dtype}' in text
 
 
 def test_model_specs_names():
     assert [spec.name for spec in model_specs(load_settings())] == [
         "embedder", "retriever", "prompt_builder", "generator", "rag"
-    ]
+    ] == [model.name for model in MODEL_IO]

@@ -13,12 +13,11 @@ from tritonrag.deploy.placement import Gpu, Placement, PlacementError, instance_
 from tritonrag.deploy.spec import COMPONENTS, DeploymentSpec, SpecError, load_spec
 from tritonrag.settings import Settings, override
 
-# Keys the spec sets at component level; ``engine`` may not set them behind its back.
+# Keys the spec sets at component level; ``engine`` may not set them behind its back (all but ``model`` are no
+# settings at all, but a clear pointer beats "unknown setting").
 SPEC_LEVEL = {"instances": "instances", "max_batch_size": "batching.max_batch_size",
+              "preferred_batch_sizes": "batching.preferred_batch_sizes",
               "max_queue_delay_us": "batching.max_queue_delay_us", "device": "device", "model": "model"}
-
-
-BATCHED = ("embedder", "retriever")  # the models Triton batches dynamically
 
 
 # Above this a GPU's shares leave too little room for the instances' CUDA contexts, which no cap covers.
@@ -78,24 +77,17 @@ def _overrides(name: str, spec: DeploymentSpec, settings: Settings) -> dict[str,
 
 
 def plan_deployment(spec: DeploymentSpec, settings: Settings, gpus: Sequence[Gpu]) -> DeploymentPlan:
-    """Apply ``spec`` to ``settings`` and place every instance on ``gpus``; SpecError/PlacementError otherwise."""
-    defaults = {name: getattr(settings, name).instances for name in COMPONENTS}
-    placements = plan(spec.demands(defaults), gpus)
+    """Apply ``spec`` to ``settings`` (the ``engine`` overrides) and place every instance on ``gpus``; instances and
+    batching are the spec's (its defaults where it leaves them out). SpecError/PlacementError otherwise."""
+    placements = plan(spec.demands(), gpus)
     components = {}
     for name in COMPONENTS:
-        section, batching = getattr(settings, name), spec.component(name).batching
-        batched = name in BATCHED
-        max_batch = batching.max_batch_size if batching.max_batch_size is not None else (
-            section.max_batch_size if batched else 0)
-        if not batched and (max_batch or batching.preferred_batch_sizes or batching.max_queue_delay_us is not None):
-            raise SpecError(f"components.{name}.batching: only {' and '.join(BATCHED)} are batched by Triton")
-        delay = batching.max_queue_delay_us if batching.max_queue_delay_us is not None else (
-            section.max_queue_delay_us if batched else None)
+        batching = spec.batching(name)
         mine = tuple(p for p in placements if p.component == name)
         components[name] = ComponentPlan(name, _overrides(name, spec, settings), mine,
-                                         tuple(instance_groups(mine, name)), max_batch, batching.preferred_batch_sizes,
-                                         delay)
-    return DeploymentPlan(spec, tuple(gpus), components, spec.replica_range(defaults))
+                                         tuple(instance_groups(mine, name)), batching.max_batch_size or 0,
+                                         batching.preferred_batch_sizes, batching.max_queue_delay_us)
+    return DeploymentPlan(spec, tuple(gpus), components, spec.replica_range())
 
 
 Runner = Callable[[list[str]], str]

@@ -8,6 +8,8 @@
       generator: {instances: 1, device: gpu, gpu_share: 0.8, engine: {max_num_seqs: 64, tensor_parallel_size: 2}}
 
 ``instances`` is per server; ``min_instances``/``max_instances`` bound the whole cluster (see ``replica_range``).
+What a file leaves out takes the spec's defaults: one instance per server on the CPU, and Triton batches only the
+embedder and the retriever (``DEFAULT_BATCHING``). Placement and batching are not settings: the spec owns them.
 ``engine`` overrides the component's settings section (tritonrag.settings), ``model`` its model. A generator with
 ``engine.tensor_parallel_size: N`` spans N GPUs at ``gpu_share`` (up to 1) of each; ``gpu_share: N`` (a whole number
 above 1) means N whole GPUs.
@@ -24,16 +26,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tritonrag.deploy.placement import STRATEGIES, Demand, Gpu
+from tritonrag.serving.contract import EMBEDDER, GENERATOR, MODELS, RETRIEVER
 
-COMPONENTS = ("embedder", "retriever", "prompt_builder", "generator", "rag")
-GPU_COMPONENTS = ("embedder", "retriever", "generator")
-MODEL_COMPONENTS = ("embedder", "generator")  # the ones with a ``model`` setting
+COMPONENTS = MODELS  # one component per served model
+GPU_COMPONENTS = (EMBEDDER.model, RETRIEVER.model, GENERATOR.model)
+MODEL_COMPONENTS = (EMBEDDER.model, GENERATOR.model)  # the ones with a ``model`` setting
 DEVICES = ("cpu", "gpu")
 COMPONENT_KEYS = {"model", "instances", "min_instances", "max_instances", "device", "gpu_share", "gpu_memory_gib",
                   "placement", "batching", "engine"}
 
 
 BATCHING_KEYS = {"max_batch_size", "preferred_batch_sizes", "max_queue_delay_us"}
+
+DEFAULT_INSTANCES = 1  # per server
+DEFAULT_DEVICE = "cpu"
 
 
 class SpecError(ValueError):
@@ -47,13 +53,26 @@ class Batching:
     max_queue_delay_us: int | None = None
 
 
+# The models Triton batches dynamically, and their batching where the spec leaves it out. max_batch_size: the rows
+# Triton may hand one execute call. Triton's batcher batches whatever queued while the instance was busy even with no
+# delay; a delay only makes a lone request wait.
+DEFAULT_BATCHING = {
+    # 2000 us measured: same saturated throughput, +2 ms per request (benchmarks/results/)
+    EMBEDDER.model: Batching(max_batch_size=64, max_queue_delay_us=0),
+    # 1000 us cost 2.8x the throughput at concurrency 1 and 2x at 4 (same reason)
+    RETRIEVER.model: Batching(max_batch_size=64, max_queue_delay_us=0),
+}
+BATCHED = tuple(DEFAULT_BATCHING)
+UNBATCHED = Batching(max_batch_size=0)  # the others: one request per execute call, no dynamic batcher
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     name: str
-    instances: int | None = None  # per server; None: the settings' [component] instances
+    instances: int | None = None  # per server; None: DEFAULT_INSTANCES
     min_instances: int | None = None  # cluster level (autoscaling), not per server
     max_instances: int | None = None
-    device: str = "cpu"
+    device: str = DEFAULT_DEVICE
     gpu_share: float = 0.0
     gpu_memory_gib: float | None = None
     placement: str = "pack"
@@ -77,30 +96,43 @@ class DeploymentSpec:
     components: tuple[ComponentSpec, ...]
 
     def component(self, name: str) -> ComponentSpec:
-        """The named component's spec; one the file leaves out runs on the CPU, as many as the settings say."""
+        """The named component's spec; one the file leaves out runs on the CPU with the defaults."""
         return next((c for c in self.components if c.name == name), ComponentSpec(name))
 
-    def instances(self, name: str, defaults: Mapping[str, int] | None = None) -> int:
-        """Instances of ``name`` per server: the spec's, else ``defaults`` (the settings), else 1."""
+    def instances(self, name: str) -> int:
+        """Instances of ``name`` per server: the spec's, else DEFAULT_INSTANCES."""
         given = self.component(name).instances
-        return given if given is not None else (defaults or {}).get(name, 1)
+        return given if given is not None else DEFAULT_INSTANCES
 
-    def demands(self, defaults: Mapping[str, int] | None = None) -> list[Demand]:
-        """The planner's input: every component, those the file leaves out on the CPU (instances: ``instances``)."""
+    def batching(self, name: str) -> Batching:
+        """How Triton batches ``name``: what the spec sets over DEFAULT_BATCHING (UNBATCHED for the others)."""
+        given, default = self.component(name).batching, DEFAULT_BATCHING.get(name, UNBATCHED)
+        where = f"components.{name}.batching"
+        sets_any = bool(given.max_batch_size or given.preferred_batch_sizes or given.max_queue_delay_us is not None)
+        _check(where, name in BATCHED or not sets_any, f"only {' and '.join(BATCHED)} are batched by Triton")
+        max_batch = default.max_batch_size if given.max_batch_size is None else given.max_batch_size
+        preferred = given.preferred_batch_sizes or default.preferred_batch_sizes
+        delay = default.max_queue_delay_us if given.max_queue_delay_us is None else given.max_queue_delay_us
+        _check(f"{where}.preferred_batch_sizes", all(size <= (max_batch or 0) for size in preferred),
+               f"sizes {list(preferred)} must not exceed max_batch_size {max_batch}")
+        return Batching(max_batch, preferred, delay)
+
+    def demands(self) -> list[Demand]:
+        """The planner's input: every component, those the file leaves out on the CPU with the default instances."""
         demands = []
         for name in COMPONENTS:
             c = self.component(name)
             share = c.gpu_share if c.device == "gpu" else 0.0
             gpus = c.gpus_per_instance if share and share <= 1 else 0
-            demands.append(Demand(name, self.instances(name, defaults), share, c.gpu_memory_gib, c.placement, gpus))
+            demands.append(Demand(name, self.instances(name), share, c.gpu_memory_gib, c.placement, gpus))
         return demands
 
-    def replica_range(self, defaults: Mapping[str, int] | None = None) -> tuple[int, int | None]:
+    def replica_range(self) -> tuple[int, int | None]:
         """How many copies of the whole server the cluster runs so that every component's min/max_instances hold:
         the smallest count meeting every minimum and the largest staying under every maximum (None: no maximum)."""
         low, high = 1, None
         for c in self.components:
-            per_server = self.instances(c.name, defaults)
+            per_server = self.instances(c.name)
             if c.min_instances is not None:
                 low = max(low, -(-c.min_instances // per_server))
             if c.max_instances is not None:
@@ -148,7 +180,7 @@ def _batching(where: str, raw: Any) -> Batching:
 def _component(name: str, raw: Any) -> ComponentSpec:
     where = f"components.{name}"
     raw = _keys(where, raw or {}, COMPONENT_KEYS)
-    device = raw.get("device", "cpu")
+    device = raw.get("device", DEFAULT_DEVICE)
     _check(f"{where}.device", device in DEVICES, f"must be one of {', '.join(DEVICES)}, got {device!r}")
     share = _number(f"{where}.gpu_share", raw.get("gpu_share", 1.0 if device == "gpu" else 0.0), float, 0)
     _check(f"{where}.gpu_share", device == "gpu" or share == 0, "a CPU component takes no GPU share")
@@ -157,7 +189,7 @@ def _component(name: str, raw: Any) -> ComponentSpec:
            f"above 1 it is a whole number of GPUs (e.g. 2 for tensor parallel 2), got {share}")
     _check(f"{where}.device", device == "cpu" or name in GPU_COMPONENTS,
            f"{name} does no GPU work; only {', '.join(GPU_COMPONENTS)} take a GPU")
-    _check(f"{where}.gpu_share", share <= 1 or name == "generator",
+    _check(f"{where}.gpu_share", share <= 1 or name == GENERATOR.model,
            "only the generator spans several GPUs (tensor parallel); give a share up to 1")
     _check(f"{where}.model", "model" not in raw or name in MODEL_COMPONENTS,
            f"only {', '.join(MODEL_COMPONENTS)} have a model")

@@ -25,8 +25,9 @@ class TextEmbedder:
     pooling, which is how INSTRUCTOR models were trained; for other models the prompt is simply prepended.
     """
 
-    def __init__(self, settings: EmbedderSettings, device: str | None = None,
-                 memory_fraction: float | None = None) -> None:
+    def __init__(self, settings: EmbedderSettings, device: str = "auto", memory_fraction: float | None = None) -> None:
+        """``device``: a torch device, or "auto" (CUDA when torch sees a GPU); ``memory_fraction``: the instance's cap
+        on that GPU (tritonrag.devices)."""
         self.settings = settings
         self.stand_in: StandInEncoder | None = None
         stand_in_dim = stand_in_dimension(settings.model)
@@ -37,7 +38,7 @@ class TextEmbedder:
             return
         from sentence_transformers import SentenceTransformer
 
-        self.device = device or pick_device(settings.device)
+        self.device = pick_device(device)
         limit_torch_memory(self.device, memory_fraction)  # the instance's GPU share (tritonrag.devices)
         self.model = SentenceTransformer(resolve_model_ref(settings.model), device=self.device)
         if settings.instructor_pooling:

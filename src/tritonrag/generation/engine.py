@@ -38,8 +38,10 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
-def create_engine(settings: GeneratorSettings) -> Engine:
-    """The configured engine; a clear error naming the config switch when it cannot start."""
+def create_engine(settings: GeneratorSettings, device: str = "auto") -> Engine:
+    """The configured engine; a clear error naming the config switch when it cannot start. ``device`` is the
+    transformers engine's torch device ("auto": CUDA when torch sees a GPU); vLLM finds its own from the
+    environment (CUDA_VISIBLE_DEVICES, tritonrag.generation.device_settings)."""
     if settings.engine not in ENGINES:
         raise ValueError(f"[generator] engine = {settings.engine!r} is unknown; choose one of {', '.join(ENGINES)}")
     if settings.engine == "stand-in":
@@ -53,7 +55,7 @@ def create_engine(settings: GeneratorSettings) -> Engine:
             return VllmEngine(settings)
         from tritonrag.generation.transformers_engine import TransformersEngine
 
-        return TransformersEngine(settings)
+        return TransformersEngine(settings, device)
     except Exception as exc:
         log.exception("the %s engine failed to start", settings.engine)
         other = "transformers" if settings.engine == "vllm" else "vllm"

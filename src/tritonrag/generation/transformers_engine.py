@@ -23,12 +23,12 @@ OnText = Callable[[str], bool]
 class TransformersGenerator:
     """Token-by-token generation with transformers' ``generate`` (the fallback engine; one request at a time)."""
 
-    def __init__(self, settings: GeneratorSettings) -> None:
+    def __init__(self, settings: GeneratorSettings, device: str = "auto") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.settings = settings
-        self.device = pick_device(settings.device)
+        self.device = pick_device(device)
         limit_torch_memory(self.device, settings.gpu_memory_utilization)
         dtype = getattr(torch, settings.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model)
@@ -137,8 +137,8 @@ class TransformersEngine(WorkerThreadEngine):
 
     name = "transformers"
 
-    def __init__(self, settings: GeneratorSettings) -> None:
-        self.generator = TransformersGenerator(settings)
+    def __init__(self, settings: GeneratorSettings, device: str = "auto") -> None:
+        self.generator = TransformersGenerator(settings, device)
         super().__init__()
 
     def _generate(self, prompt: str, params: SamplingParams, sink: GenerationSink) -> Completion:

@@ -2,8 +2,10 @@
 
 The renderer (tritonrag.deploy.render) writes, per model:
 - each setting the deployment spec overrides (``engine``/``model`` keys), under its own name, JSON-encoded;
-- ``gpu_memory``: per GPU the instance may run on, its memory cap ({"0": {"fraction": 0.1, "gib": 8.0}});
-- ``instance_gpus``: for tensor-parallel instances (KIND_MODEL), the GPUs of each instance group.
+- ``gpu_memory`` (contract.GPU_MEMORY_PARAMETER): per GPU the instance may run on, its memory cap
+  ({"0": {"fraction": 0.1, "gib": 8.0}});
+- ``instance_gpus`` (contract.INSTANCE_GPUS_PARAMETER): for tensor-parallel instances (KIND_MODEL), the GPUs of each
+  instance group.
 
 An instance then knows its device and its memory cap (how a fractional GPU share is enforced): vLLM's
 ``gpu_memory_utilization``, torch's per-process memory fraction, or the FAISS index's memory budget. Caps bound
@@ -17,22 +19,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from tritonrag.devices import InstanceGpus
+from tritonrag.serving.contract import GPU_MEMORY_PARAMETER, INSTANCE_GPUS_PARAMETER
 from tritonrag.settings import Settings, override
 
-GPU_MEMORY = "gpu_memory"
-INSTANCE_GPUS = "instance_gpus"
-RESERVED = (GPU_MEMORY, INSTANCE_GPUS)
+RESERVED = (GPU_MEMORY_PARAMETER, INSTANCE_GPUS_PARAMETER)  # not settings: where the instance runs
 
 
-def encode(settings: Mapping[str, Any], gpu_memory: Mapping[int, tuple[float, float]] | None = None,
-           instance_gpus: Mapping[str, list[int]] | None = None) -> dict[str, str]:
-    """Model parameters (string values) from setting overrides, per-GPU (fraction, GiB) caps and group GPUs."""
+def encode_instance_parameters(settings: Mapping[str, Any],
+                               gpu_memory: Mapping[int, tuple[float, float]] | None = None,
+                               instance_gpus: Mapping[str, list[int]] | None = None) -> dict[str, str]:
+    """The model parameters (string values) the renderer writes: setting overrides, per-GPU (fraction, GiB) caps
+    and the GPUs of each tensor-parallel group."""
     params = {name: json.dumps(value) for name, value in sorted(settings.items())}
     if gpu_memory:
-        params[GPU_MEMORY] = json.dumps({str(gpu): {"fraction": round(f, 4), "gib": round(g, 3)}
+        params[GPU_MEMORY_PARAMETER] = json.dumps({str(gpu): {"fraction": round(f, 4), "gib": round(g, 3)}
                                          for gpu, (f, g) in sorted(gpu_memory.items())}, sort_keys=True)
     if instance_gpus:
-        params[INSTANCE_GPUS] = json.dumps(dict(sorted(instance_gpus.items())))
+        params[INSTANCE_GPUS_PARAMETER] = json.dumps(dict(sorted(instance_gpus.items())))
     return params
 
 
@@ -51,7 +54,7 @@ def _decode(params: Mapping[str, str], key: str) -> Any:
             from None
 
 
-def configured(settings: Settings, section: str, params: Mapping[str, str]) -> Any:
+def configured_section(settings: Settings, section: str, params: Mapping[str, str]) -> Any:
     """The ``section`` settings with the model's parameters applied (``{home}`` expanded as in the settings)."""
     overrides = {}
     for key in params:
@@ -67,8 +70,8 @@ def instance_gpus(args: Mapping[str, str], params: Mapping[str, str]) -> Instanc
     kind = args.get("model_instance_kind", "CPU")
     if kind == "GPU":
         devices: tuple[int, ...] = (int(args.get("model_instance_device_id", 0)),)
-    elif kind == "MODEL" and INSTANCE_GPUS in params:
-        groups = _decode(params, INSTANCE_GPUS)
+    elif kind == "MODEL" and INSTANCE_GPUS_PARAMETER in params:
+        groups = _decode(params, INSTANCE_GPUS_PARAMETER)
         name = args.get("model_instance_name", "")
         group = max((g for g in groups if name.startswith(g + "_") or name == g), key=len, default=None)
         if group is None:
@@ -76,17 +79,18 @@ def instance_gpus(args: Mapping[str, str], params: Mapping[str, str]) -> Instanc
         devices = tuple(groups[group])
     else:
         return None
-    caps = _decode(params, GPU_MEMORY) if GPU_MEMORY in params else {}
+    caps = _decode(params, GPU_MEMORY_PARAMETER) if GPU_MEMORY_PARAMETER in params else {}
     known = [caps[str(d)] for d in devices if str(d) in caps]
     if not known:
         return InstanceGpus(devices)
     return InstanceGpus(devices, min(c["fraction"] for c in known), min(c["gib"] for c in known))
 
 
-def placed(args: Mapping[str, str], settings: Settings, section: str) -> tuple[Any, InstanceGpus | None]:
-    """For a model's ``initialize``: its section of the settings as the rendered config says, and its GPUs."""
+def instance_config(args: Mapping[str, str], settings: Settings, section: str) -> tuple[Any, InstanceGpus | None]:
+    """For a model's ``initialize``: its section of the settings as its rendered config.pbtxt says (the overrides
+    of the deployment spec applied), and the GPUs Triton placed this instance on (None: the CPU)."""
     params = model_parameters(args)
-    return configured(settings, section, params), instance_gpus(args, params)
+    return configured_section(settings, section, params), instance_gpus(args, params)
 
 
 def instance_device(gpus: InstanceGpus | None) -> str:

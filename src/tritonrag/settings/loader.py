@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tritonrag.serving.contract import MODELS
 from tritonrag.settings.sections import (
     ChunkingSettings,
     EmbedderSettings,
@@ -35,6 +36,28 @@ def default_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "tritonrag").expanduser()
 
 
+# Keys that were settings of the component sections and now belong to the deployment spec: where it sets each.
+SPEC_KEYS = {"instances": "instances", "device": "device", "max_batch_size": "batching.max_batch_size",
+             "max_queue_delay_us": "batching.max_queue_delay_us"}
+# Keys that moved to another owner.
+MOVED_KEYS = {
+    ("rag", "top_k"): "the retriever owns the default: [retriever] top_k_default",
+    ("rag", "template"): "the prompt builder owns the default: [prompt_builder] template",
+    ("rag", "max_tokens"): "the generator owns the default: [generator] max_tokens_default",
+    ("rag", "temperature"): "the generator owns the default: [generator] temperature_default",
+    ("prompt_builder", "default_template"): "renamed [prompt_builder] template",
+}
+
+
+def _where_now(section: str, key: str) -> str | None:
+    """Where a removed setting is set now, or None for a key that never was one."""
+    if section in MODELS and key in SPEC_KEYS:
+        return (f"[{section}] {key}: placement and batching are set in the deployment spec "
+                f"(components.{section}.{SPEC_KEYS[key]}); see deploy/specs/cpu.yaml")
+    moved = MOVED_KEYS.get((section, key))
+    return f"[{section}] {key}: {moved}" if moved else None
+
+
 T = TypeVar("T")
 
 
@@ -53,7 +76,9 @@ def _build(cls: type[T], section: str, raw: dict[str, Any], home: Path) -> T:
     names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"unknown setting(s) [{section}] {', '.join(unknown)}; known: {', '.join(names)}")
+        hints = [hint for hint in (_where_now(section, key) for key in unknown) if hint]
+        raise ValueError("\n".join([f"unknown setting(s) [{section}] {', '.join(unknown)}; known: {', '.join(names)}",
+                                    *hints]))
     missing = sorted(set(names) - set(values))
     if missing:
         raise ValueError(f"missing setting(s) [{section}] {', '.join(missing)}")

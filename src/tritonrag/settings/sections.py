@@ -1,4 +1,8 @@
-"""The settings sections: one frozen dataclass per [section] of defaults.toml."""
+"""The settings sections: one frozen dataclass per [section] of defaults.toml.
+
+Placement and batching (instances, device, max_batch_size, max_queue_delay_us) are not here: the deployment spec owns
+them (tritonrag.deploy.spec).
+"""
 
 from __future__ import annotations
 
@@ -23,11 +27,7 @@ class ChunkingSettings:
 @dataclass(frozen=True)
 class EmbedderSettings:
     model: str
-    device: str
-    instances: int
-    max_batch_size: int
     encode_batch_size: int
-    max_queue_delay_us: int
     max_text_chars: int
     normalize: bool
     instructor_pooling: bool
@@ -48,12 +48,8 @@ class IndexSettings:
 @dataclass(frozen=True)
 class RetrieverSettings:
     index_dir: str
-    instances: int
-    max_batch_size: int
-    max_queue_delay_us: int
     top_k_default: int
     top_k_max: int
-    device: str
     nprobe: int
     ef_search: int
     reload_interval_s: float
@@ -62,8 +58,7 @@ class RetrieverSettings:
 
 @dataclass(frozen=True)
 class PromptBuilderSettings:
-    instances: int
-    default_template: str
+    template: str
     max_query_chars: int
     max_context_chars: int
 
@@ -72,9 +67,7 @@ class PromptBuilderSettings:
 class GeneratorSettings:
     engine: str
     model: str
-    device: str
     dtype: str
-    instances: int
     max_model_len: int
     gpu_memory_utilization: float
     tensor_parallel_size: int
@@ -95,11 +88,8 @@ class GeneratorSettings:
 
 @dataclass(frozen=True)
 class RagSettings:
-    instances: int
-    top_k: int
-    template: str
-    max_tokens: int
-    temperature: float
+    """The orchestrator's own settings; a request's retrieval, prompt and sampling defaults are the stages'."""
+
     bls_timeout_s: float
     max_concurrency: int
     stream_default: bool

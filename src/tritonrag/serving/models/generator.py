@@ -14,7 +14,8 @@ from tritonrag.errors import InvalidInput
 from tritonrag.generation.device_settings import generator_settings
 from tritonrag.generation.engine import create_engine
 from tritonrag.generation.sampling import SamplingParams
-from tritonrag.serving.instance import placed
+from tritonrag.serving.contract import GENERATOR
+from tritonrag.serving.instance import instance_config
 from tritonrag.serving.tensors import error_response, read_scalar, read_string, request_parameters, string_tensor
 from tritonrag.settings import load_settings
 from tritonrag.validation import parse_json_object
@@ -28,9 +29,9 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 
 def _text_response(text, finish_reason=None):
-    outputs = [string_tensor("text_output", [text])]
+    outputs = [string_tensor(GENERATOR.text_output, [text])]
     if finish_reason is not None:
-        outputs.append(string_tensor("finish_reason", [finish_reason]))
+        outputs.append(string_tensor(GENERATOR.finish_reason, [finish_reason]))
     return pb_utils.InferenceResponse(outputs)
 
 
@@ -128,27 +129,27 @@ class _RequestStream:
 
 class TritonPythonModel:
     def initialize(self, args):
-        settings, gpus = placed(args, load_settings(), "generator")
-        self.settings, environment = generator_settings(settings, gpus)
+        settings, gpus = instance_config(args, load_settings(), GENERATOR.model)
+        self.settings, device, environment = generator_settings(settings, gpus)
         os.environ.update(environment)  # before the engine starts CUDA or its processes
-        self.engine = create_engine(self.settings)
+        self.engine = create_engine(self.settings, device)
         self.metrics = Metrics({"model": args["model_name"], "version": args["model_version"],
                                 "engine": self.engine.name})
         self.by_cancel_key = {}  # streams a BLS caller may cancel by key (see rag's _cancel_generation)
 
     def _parse(self, request, parameters):
-        prompt = read_string(request, "text_input")
+        prompt = read_string(request, GENERATOR.text_input)
         if not prompt.strip():
-            raise InvalidInput("input 'text_input' is empty: send a prompt")
+            raise InvalidInput(f"input '{GENERATOR.text_input}' is empty: send a prompt")
         raw = dict(parameters)
-        raw.pop("cancel_key", None)
-        stream_param = raw.pop("stream", False)
-        sampling = read_string(request, "sampling_parameters", required=False)
-        raw.update(parse_json_object(sampling, "input 'sampling_parameters'"))
-        stop = pb_utils.get_input_tensor_by_name(request, "stop")
+        raw.pop(GENERATOR.cancel_key, None)
+        stream_param = raw.pop(GENERATOR.stream, False)
+        sampling = read_string(request, GENERATOR.sampling_parameters, required=False)
+        raw.update(parse_json_object(sampling, f"input '{GENERATOR.sampling_parameters}'"))
+        stop = pb_utils.get_input_tensor_by_name(request, GENERATOR.stop)
         if stop is not None:
             raw["stop"] = [s.decode("utf-8", "replace") for s in stop.as_numpy().reshape(-1)]
-        stream = read_scalar(request, "stream")
+        stream = read_scalar(request, GENERATOR.stream)
         return prompt, SamplingParams.from_request(raw, self.settings), bool(stream_param if stream is None else stream)
 
     def request_done(self, reason, stream):
@@ -161,15 +162,15 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 keys = request_parameters(request)
-                if "cancel" in keys:
-                    self._cancel(keys["cancel"])
+                if GENERATOR.cancel in keys:
+                    self._cancel(keys[GENERATOR.cancel])
                     sender.send(flags=FINAL)
                     continue
                 prompt, params, stream = self._parse(request, keys)
             except InvalidInput as exc:
                 sender.send(error_response(exc), flags=FINAL)
                 continue
-            request_stream = _RequestStream(self, sender, stream, keys.get("cancel_key"))
+            request_stream = _RequestStream(self, sender, stream, keys.get(GENERATOR.cancel_key))
             if request_stream.cancel_key:
                 self.by_cancel_key[request_stream.cancel_key] = request_stream
             self.engine.submit(prompt, params, request_stream)

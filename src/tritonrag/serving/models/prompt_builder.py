@@ -6,35 +6,38 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.errors import InvalidInput
 from tritonrag.prompts.builder import ContextDocument, PromptBuilder
-from tritonrag.serving.instance import placed
+from tritonrag.serving.contract import PROMPT_BUILDER
+from tritonrag.serving.instance import instance_config
 from tritonrag.serving.tensors import error_response, read_string, read_strings, string_tensor
 from tritonrag.settings import load_settings
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.settings, _ = placed(args, load_settings(), "prompt_builder")
+        self.settings, _ = instance_config(args, load_settings(), PROMPT_BUILDER.model)
         self.builder = PromptBuilder(self.settings.max_query_chars, self.settings.max_context_chars)
 
     def _build(self, request):
-        query = read_string(request, "query")
-        texts = read_strings(request, "context", required=False) or []
-        metadata = read_strings(request, "metadata", required=False) or ["{}"] * len(texts)
+        query = read_string(request, PROMPT_BUILDER.query)
+        texts = read_strings(request, PROMPT_BUILDER.context, required=False) or []
+        metadata = read_strings(request, PROMPT_BUILDER.metadata, required=False) or ["{}"] * len(texts)
         if len(metadata) != len(texts):
-            raise InvalidInput(f"'metadata' has {len(metadata)} rows but 'context' has {len(texts)}")
+            raise InvalidInput(f"'{PROMPT_BUILDER.metadata}' has {len(metadata)} rows but '{PROMPT_BUILDER.context}' "
+                               f"has {len(texts)}")
         documents = []
         for i, (text, meta) in enumerate(zip(texts, metadata)):
             try:
                 fields = json.loads(meta)
             except json.JSONDecodeError:
-                raise InvalidInput(f"'metadata' row {i} is not valid JSON") from None
+                raise InvalidInput(f"'{PROMPT_BUILDER.metadata}' row {i} is not valid JSON") from None
             documents.append(
                 ContextDocument(text=text, **{k: str(fields.get(k, "")) for k in ("title", "source", "section")})
             )
-        name = read_string(request, "template", required=False) or self.settings.default_template
+        name = read_string(request, PROMPT_BUILDER.template, required=False) or self.settings.template
         prompt = self.builder.build(name, query, documents)
         stop = self.builder.spec(name).stop
-        return pb_utils.InferenceResponse([string_tensor("prompt", [prompt]), string_tensor("stop", stop)])
+        return pb_utils.InferenceResponse([string_tensor(PROMPT_BUILDER.prompt, [prompt]),
+                                           string_tensor(PROMPT_BUILDER.stop, stop)])
 
     def execute(self, requests):
         responses = []

@@ -14,9 +14,12 @@ from tritonrag.kb.batched_search import parse_search, run_searches
 from tritonrag.kb.live import LiveKnowledgeBase, NoKnowledgeBase
 from tritonrag.kb.search import KnowledgeBase
 from tritonrag.kb.versions import version_number
-from tritonrag.serving.instance import placed
+from tritonrag.serving.contract import RETRIEVER
+from tritonrag.serving.instance import instance_config
 from tritonrag.serving.tensors import error_response, read_scalar, read_string, request_parameters, string_tensor
 from tritonrag.settings import load_settings
+
+STATS = "stats"  # what _parse returns for a statistics request (a marker, not a tensor name)
 
 
 class Metrics:
@@ -45,7 +48,7 @@ class Metrics:
 
 class TritonPythonModel:
     def initialize(self, args):
-        s, gpus = placed(args, load_settings(), "retriever")
+        s, gpus = instance_config(args, load_settings(), RETRIEVER.model)
         self.settings = s
         self.metrics = Metrics({"model": args["model_name"], "instance": args["model_instance_name"]})
         device, gpu, cap = ("gpu", gpus.devices[0], gpus.memory_gib) if gpus else ("cpu", 0, None)
@@ -56,18 +59,20 @@ class TritonPythonModel:
         self.live = LiveKnowledgeBase(s.index_dir, load, s.reload_interval_s, on_swap=self.metrics.swapped)
 
     def _parse(self, request, kb):
-        if read_scalar(request, "stats"):
-            return "stats"
-        tensor = pb_utils.get_input_tensor_by_name(request, "embedding")
+        if read_scalar(request, RETRIEVER.stats):
+            return STATS
+        tensor = pb_utils.get_input_tensor_by_name(request, RETRIEVER.embedding)
         if tensor is None:
-            raise InvalidInput("send input 'embedding' to search, or 'stats': true for the index's statistics")
-        top_k = pb_utils.get_input_tensor_by_name(request, "top_k")
+            raise InvalidInput(f"send input '{RETRIEVER.embedding}' to search, or '{RETRIEVER.stats}': true for the "
+                               "index's statistics")
+        top_k = pb_utils.get_input_tensor_by_name(request, RETRIEVER.top_k)
         if top_k is not None:
             values = set(top_k.as_numpy().reshape(-1).tolist())
             if len(values) != 1:
-                raise InvalidInput(f"input 'top_k' must be one value for all rows of a request, got {sorted(values)}")
+                raise InvalidInput(f"input '{RETRIEVER.top_k}' must be one value for all rows of a request, "
+                                   f"got {sorted(values)}")
             top_k = values.pop()
-        raw_filter = read_string(request, "filter", required=False)
+        raw_filter = read_string(request, RETRIEVER.filter, required=False)
         return parse_search(tensor.as_numpy(), kb.dimension, top_k, raw_filter, request_parameters(request),
                             self.settings)
 
@@ -94,7 +99,7 @@ class TritonPythonModel:
         for item in parsed:
             if isinstance(item, Exception):
                 responses.append(error_response(item))
-            elif item == "stats":
+            elif item == STATS:
                 responses.append(self._stats())
             else:
                 responses.append(self._pack(next(results)))
@@ -102,7 +107,7 @@ class TritonPythonModel:
 
     def _stats(self):
         stats = self.live.stats()
-        return pb_utils.InferenceResponse([string_tensor("stats", [json.dumps(stats)], (1, 1))])
+        return pb_utils.InferenceResponse([string_tensor(RETRIEVER.stats, [json.dumps(stats)], (1, 1))])
 
     def _pack(self, rows):
         k = min(len(row) for row in rows)  # fewer than top_k when the index (or a filter) holds fewer chunks
@@ -110,10 +115,10 @@ class TritonPythonModel:
         shape = (len(rows), k)
         return pb_utils.InferenceResponse(
             [
-                pb_utils.Tensor("chunk_ids", np.array([h.chunk_id for h in hits], np.int64).reshape(shape)),
-                pb_utils.Tensor("scores", np.array([h.score for h in hits], np.float32).reshape(shape)),
-                string_tensor("texts", [h.text for h in hits], shape),
-                string_tensor("metadata", [json.dumps(h.metadata()) for h in hits], shape),
+                pb_utils.Tensor(RETRIEVER.chunk_ids, np.array([h.chunk_id for h in hits], np.int64).reshape(shape)),
+                pb_utils.Tensor(RETRIEVER.scores, np.array([h.score for h in hits], np.float32).reshape(shape)),
+                string_tensor(RETRIEVER.texts, [h.text for h in hits], shape),
+                string_tensor(RETRIEVER.metadata, [json.dumps(h.metadata()) for h in hits], shape),
             ]
         )
 

@@ -1,0 +1,55 @@
+"""What the pipeline emits for one request, in order: (stream) sources first, text pieces, then exactly one terminal
+event: the final answer, a failure, or a cancellation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class SourcesEvent:
+    """The retrieved sources (JSON), sent before the answer streams so a client can show them meanwhile."""
+
+    sources: str
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    """A new piece of a streamed answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class FinalEvent:
+    """The end of the answer: the whole text when not streamed (else ""), and the sources when not sent before."""
+
+    text: str
+    finish_reason: str
+    sources: str | None = None
+
+
+class ErrorCode(Enum):
+    """How a failure maps onto the serving layer's status codes (Triton: TritonError codes; HTTP: 4xx/5xx)."""
+
+    INVALID_ARG = "invalid_arg"  # the request is at fault: the message says what to change
+    NOT_FOUND = "not_found"  # something the request names does not exist
+    UNSUPPORTED = "unsupported"  # the request asks for something this deployment does not do
+    UNAVAILABLE = "unavailable"  # a stage cannot answer now (not loaded, no knowledge base yet, overloaded)
+    INTERNAL = "internal"  # a bug or a fault of the server
+
+
+@dataclass(frozen=True)
+class FailedEvent:
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True)
+class CancelledEvent:
+    """The client went away; nobody reads an answer or an error."""
+
+
+Event = SourcesEvent | TextEvent | FinalEvent | FailedEvent | CancelledEvent
+TERMINAL = (FinalEvent, FailedEvent, CancelledEvent)

@@ -1,0 +1,53 @@
+"""What the pipeline needs of each stage, as protocols: the Triton adapter supplies BLS-backed stages
+(tritonrag.serving.bls_stages), the benchmarks in-process ones (tritonrag.pipeline.local_stages), the unit tests fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from tritonrag.kb.filters import Filter
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt
+
+
+class EmbedStage(Protocol):
+    async def embed(self, text: str) -> np.ndarray:
+        """The query's vector, [1, dim] float32."""
+
+
+class RetrieveStage(Protocol):
+    async def retrieve(self, embedding: np.ndarray, top_k: int | None, flt: Filter | None) -> list[Passage]:
+        """The best passages for ``embedding``, best first (``top_k`` None: the retriever's default)."""
+
+
+class PromptStage(Protocol):
+    async def build(self, query: str, passages: Sequence[Passage], template: str | None) -> Prompt:
+        """The prompt for ``query`` over ``passages`` (``template`` None: the prompt builder's default)."""
+
+
+class GenerationStream(Protocol):
+    """One generation in flight: its chunks as they come; ``cancel`` asks the generator to stop, ``close`` reads
+    what is left so the stream ends cleanly (Triton 2.51's BLS streams must be read to their end)."""
+
+    def __aiter__(self) -> AsyncIterator[GenerationChunk]: ...
+
+    async def cancel(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class GenerateStage(Protocol):
+    async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool) -> GenerationStream:
+        """Start generating; ``sampling`` holds only what the request set (the generator has the defaults)."""
+
+
+class Stages(Protocol):
+    """The four stages of the standard RAG flow."""
+
+    embedder: EmbedStage
+    retriever: RetrieveStage
+    prompt_builder: PromptStage
+    generator: GenerateStage

@@ -1,0 +1,60 @@
+"""The values that flow between the pipeline's stages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tritonrag.errors import InvalidInput
+from tritonrag.pipeline.request import RagParams
+from tritonrag.settings import RagSettings, RetrieverSettings
+
+
+@dataclass(frozen=True)
+class RagRequest:
+    """One question and its validated options."""
+
+    query: str
+    params: RagParams = field(default_factory=RagParams)
+
+    @property
+    def stream(self) -> bool:
+        return self.params.stream
+
+    @classmethod
+    def parse(cls, query: str, parameters: Mapping[str, Any], stream: bool | None, rag: RagSettings,
+              retriever: RetrieverSettings) -> RagRequest:
+        """Validate a request: its text, its parameters, and a `stream` input that overrides the parameter."""
+        if not query.strip():
+            raise InvalidInput("input 'text_input' is empty: send a question")
+        params = RagParams.from_parameters(parameters, rag, retriever)
+        if stream is not None and stream != params.stream:
+            params = replace(params, stream=bool(stream))
+        return cls(query, params)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk: its id and score, its text, and its document's metadata (source, title, section, ...)."""
+
+    chunk_id: int
+    score: float
+    text: str
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the generator is asked: the prompt text and the template's stop strings."""
+
+    text: str
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """A piece of generated text; the last one of a generation carries its finish reason."""
+
+    text: str
+    finish_reason: str | None = None

@@ -1,0 +1,141 @@
+"""The pipeline's stages as BLS calls to the other models of the same Triton server (for the `rag` adapter).
+
+Each stage turns the pipeline's values into the contract's tensors and back; a model's error becomes a StageError
+with the model's code, so a downstream INVALID_ARG reaches the client as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tritonrag.kb.filters import Filter
+from tritonrag.pipeline.errors import StageError
+from tritonrag.pipeline.events import ErrorCode
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt
+from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RETRIEVER
+
+DRAIN_TIMEOUT_S = 30.0  # how long a cancelled generator stream may take to close
+_CODES = {getattr(pb_utils.TritonError, code.name): code for code in ErrorCode}
+
+
+def stage_error(model: str, error: Any) -> StageError:
+    code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
+    return StageError(model, error.message(), _CODES.get(code, ErrorCode.INTERNAL))
+
+
+def _bytes(values: Sequence[str], shape: tuple[int, ...] | None = None) -> np.ndarray:
+    array = np.array([v.encode("utf-8") for v in values], np.object_)
+    return array.reshape(shape) if shape else array
+
+
+def _first_string(response: Any, name: str) -> str | None:
+    tensor = pb_utils.get_output_tensor_by_name(response, name)
+    return None if tensor is None else tensor.as_numpy().reshape(-1)[0].decode("utf-8")
+
+
+class BlsStages:
+    """Embedder, retriever, prompt builder and generator of this server, called with BLS."""
+
+    def __init__(self, timeout_s: float, executor: Executor) -> None:
+        self.timeout_us = int(timeout_s * 1e6)
+        self.executor = executor
+        self.embedder, self.retriever, self.prompt_builder, self.generator = self, self, self, self
+
+    async def _infer(self, model: str, inputs: list[Any], outputs: Sequence[str]) -> list[np.ndarray]:
+        request = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=list(outputs),
+                                            timeout=self.timeout_us)
+        response = await request.async_exec()
+        if response.has_error():
+            raise stage_error(model, response.error())
+        return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
+
+    async def embed(self, text: str) -> np.ndarray:
+        (embedding,) = await self._infer(
+            EMBEDDER.model, [pb_utils.Tensor(EMBEDDER.text, _bytes([text], (1, 1)))], [EMBEDDER.embedding])
+        return embedding
+
+    async def retrieve(self, embedding: np.ndarray, top_k: int | None, flt: Filter | None) -> list[Passage]:
+        inputs = [pb_utils.Tensor(RETRIEVER.embedding, embedding)]
+        if top_k is not None:
+            inputs.append(pb_utils.Tensor(RETRIEVER.top_k, np.array([[top_k]], np.int32)))
+        if flt is not None:
+            inputs.append(pb_utils.Tensor(RETRIEVER.filter, _bytes([flt.to_json()], (1, 1))))
+        ids, scores, texts, metadata = await self._infer(
+            RETRIEVER.model, inputs, [RETRIEVER.chunk_ids, RETRIEVER.scores, RETRIEVER.texts, RETRIEVER.metadata])
+        return [Passage(int(i), float(s), t.decode("utf-8"), json.loads(m))
+                for i, s, t, m in zip(ids.reshape(-1), scores.reshape(-1), texts.reshape(-1), metadata.reshape(-1))]
+
+    async def build(self, query: str, passages: Sequence[Passage], template: str | None) -> Prompt:
+        inputs = [
+            pb_utils.Tensor(PROMPT_BUILDER.query, _bytes([query])),
+            pb_utils.Tensor(PROMPT_BUILDER.context, _bytes([p.text for p in passages])),
+            pb_utils.Tensor(PROMPT_BUILDER.metadata, _bytes([json.dumps(dict(p.metadata)) for p in passages])),
+        ]
+        if template is not None:
+            inputs.append(pb_utils.Tensor(PROMPT_BUILDER.template, _bytes([template])))
+        prompt, stop = await self._infer(PROMPT_BUILDER.model, inputs, [PROMPT_BUILDER.prompt, PROMPT_BUILDER.stop])
+        return Prompt(prompt.reshape(-1)[0].decode("utf-8"), tuple(s.decode("utf-8") for s in stop.reshape(-1)))
+
+    async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool) -> BlsGeneration:
+        cancel_key = uuid.uuid4().hex
+        request = pb_utils.InferenceRequest(
+            model_name=GENERATOR.model,
+            parameters={GENERATOR.cancel_key: cancel_key},
+            inputs=[
+                pb_utils.Tensor(GENERATOR.text_input, _bytes([prompt.text])),
+                pb_utils.Tensor(GENERATOR.stop, _bytes(list(prompt.stop))),
+                pb_utils.Tensor(GENERATOR.sampling_parameters, _bytes([json.dumps(dict(sampling))])),
+                pb_utils.Tensor(GENERATOR.stream, np.array([stream], bool)),
+            ],
+            requested_output_names=[GENERATOR.text_output, GENERATOR.finish_reason],
+            timeout=self.timeout_us,
+        )
+        return BlsGeneration(self, await request.async_exec(decoupled=True), cancel_key)
+
+
+class BlsGeneration:
+    """A generator stream over BLS. The response iterator's next() blocks, so it runs on the executor and other
+    requests keep flowing on the event loop."""
+
+    def __init__(self, stages: BlsStages, responses: Any, cancel_key: str) -> None:
+        self.stages, self.responses, self.cancel_key = stages, responses, cancel_key
+
+    async def _next(self) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.stages.executor, next, self.responses, None)
+
+    async def __aiter__(self) -> AsyncIterator[GenerationChunk]:
+        while (response := await self._next()) is not None:
+            if response.has_error():
+                raise stage_error(GENERATOR.model, response.error())
+            yield GenerationChunk(_first_string(response, GENERATOR.text_output) or "",
+                                  _first_string(response, GENERATOR.finish_reason))
+
+    async def cancel(self) -> None:
+        """Triton 2.51's BLS response iterator has no cancel() (later releases do, and it is used then), so the
+        generator also accepts a cancel request naming the stream's key."""
+        if hasattr(self.responses, "cancel"):
+            self.responses.cancel()
+            return
+        request = pb_utils.InferenceRequest(
+            model_name=GENERATOR.model, inputs=[pb_utils.Tensor(GENERATOR.text_input, _bytes([""]))],
+            requested_output_names=[GENERATOR.text_output], parameters={GENERATOR.cancel: self.cancel_key},
+            timeout=self.stages.timeout_us,
+        )
+        for _ in await request.async_exec(decoupled=True):
+            pass
+
+    async def close(self) -> None:
+        """Read the stream to its final response: in Triton 2.51 a BLS response iterator dropped while responses
+        are still arriving corrupts the stub's memory (it crashed a few requests later)."""
+        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_S
+        while asyncio.get_running_loop().time() < deadline:
+            if await self._next() is None:
+                return

@@ -1,0 +1,91 @@
+"""The Triton adapters without Triton: each imports against a minimal stand-in for triton_python_backend_utils,
+and the rag adapter turns each pipeline event into the right response (the integration tests run them for real)."""
+
+import importlib
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from tritonrag.pipeline.events import CancelledEvent, ErrorCode, FailedEvent, FinalEvent, SourcesEvent, TextEvent
+
+ADAPTERS = ("embedder", "retriever", "prompt_builder", "generator", "rag")
+
+
+class TritonError:
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message, code=INTERNAL):
+        self._message, self._code = message, code
+
+    def message(self):
+        return self._message
+
+    def code(self):
+        return self._code
+
+
+class Tensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        return self.array
+
+
+class InferenceResponse:
+    def __init__(self, output_tensors=None, error=None):
+        self.outputs = {t.name: t.array for t in output_tensors or []}
+        self.error = error
+
+
+@pytest.fixture
+def adapters(monkeypatch):
+    """The serving modules imported afresh against the stand-in, and forgotten again afterwards."""
+    stub = types.ModuleType("triton_python_backend_utils")
+    stub.TritonError, stub.Tensor, stub.InferenceResponse = TritonError, Tensor, InferenceResponse
+    stub.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    for name in [m for m in sys.modules if m.startswith("tritonrag.serving")]:
+        monkeypatch.delitem(sys.modules, name)
+    modules = {name: importlib.import_module(f"tritonrag.serving.models.{name}") for name in ADAPTERS}
+    modules["bls_stages"] = importlib.import_module("tritonrag.serving.bls_stages")
+    yield modules
+    for name in [m for m in sys.modules if m.startswith("tritonrag.serving")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_every_adapter_imports_and_defines_the_model(adapters):
+    for name in ADAPTERS:
+        assert hasattr(adapters[name], "TritonPythonModel"), name
+
+
+def _strings(response, name):
+    return [v.decode() for v in np.asarray(response.outputs[name]).reshape(-1)]
+
+
+def test_rag_sends_each_event_as_its_response(adapters):
+    to_response = adapters["rag"]._response
+    response, last = to_response(SourcesEvent('[{"chunk_id": 1}]'))
+    assert not last and _strings(response, "text_output") == [""] and _strings(response, "sources") == [
+        '[{"chunk_id": 1}]']
+    response, last = to_response(TextEvent("Fogg"))
+    assert not last and set(response.outputs) == {"text_output"} and _strings(response, "text_output") == ["Fogg"]
+    response, last = to_response(FinalEvent("", "stop"))
+    assert last and set(response.outputs) == {"text_output", "finish_reason"}
+    response, last = to_response(FinalEvent("all of it", "length", "[]"))
+    assert last and _strings(response, "finish_reason") == ["length"] and _strings(response, "sources") == ["[]"]
+    response, last = to_response(FailedEvent(ErrorCode.INVALID_ARG, "top_k must be between 1 and 100, got 0"))
+    assert last and response.outputs == {}
+    assert (response.error.code(), response.error.message()) == (TritonError.INVALID_ARG,
+                                                                  "top_k must be between 1 and 100, got 0")
+    assert to_response(CancelledEvent()) == (None, True)
+
+
+def test_a_models_error_code_survives_the_bls_hop(adapters):
+    stage_error = adapters["bls_stages"].stage_error
+    error = stage_error("retriever", TritonError("filter is not valid JSON", TritonError.INVALID_ARG))
+    assert (error.code, str(error)) == (ErrorCode.INVALID_ARG, "retriever: filter is not valid JSON")
+    assert stage_error("generator", TritonError("boom", TritonError.CANCELLED)).code is ErrorCode.INTERNAL
+    assert str(stage_error("generator", TritonError(""))) == "generator: failed without a message"

@@ -1,0 +1,237 @@
+"""The RAG pipeline driven with in-process fake stages: streaming order, sources first, cancellation, stage errors
+before and during the stream, flows, and what reaches each stage."""
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from tritonrag.errors import InvalidInput
+from tritonrag.kb.filters import parse_filter
+from tritonrag.pipeline.errors import StageError
+from tritonrag.pipeline.events import (
+    CancelledEvent,
+    ErrorCode,
+    FailedEvent,
+    FinalEvent,
+    SourcesEvent,
+    TextEvent,
+)
+from tritonrag.pipeline.flow import CancelWatch, Flow, RagPipeline, standard_flows
+from tritonrag.pipeline.request import RagParams
+from tritonrag.pipeline.steps import BuildPrompt, EmbedQuery, Retrieve
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, RagRequest
+from tritonrag.settings import load_settings
+
+PASSAGES = [Passage(7, 0.9, "Fogg left London.", {"source": "book.txt", "title": "Ch 1"}),
+            Passage(3, 0.5, "He won the wager.", {"source": "book.txt", "title": "Ch 37"})]
+
+
+class FakeStream:
+    def __init__(self, chunks, fail_at=None):
+        self.chunks, self.fail_at = chunks, fail_at
+        self.sent = 0
+        self.cancelled = self.closed = False
+
+    async def __aiter__(self):
+        for i, chunk in enumerate(self.chunks):
+            if i == self.fail_at:
+                raise StageError("generator", "engine died", ErrorCode.INTERNAL)
+            self.sent += 1
+            yield chunk
+
+    async def cancel(self):
+        self.cancelled = True
+
+    async def close(self):
+        self.closed = True
+
+
+@dataclass
+class FakeStages:
+    """One object as all four stages; records what each was asked."""
+
+    passages: list
+    chunks: list
+    fail: dict
+    fail_at: int | None = None
+
+    def __post_init__(self):
+        self.embedder = self.retriever = self.prompt_builder = self.generator = self
+        self.calls, self.stream = [], None
+
+    def _maybe_fail(self, stage):
+        if stage in self.fail:
+            raise self.fail[stage]
+
+    async def embed(self, text):
+        self.calls.append(("embed", text))
+        self._maybe_fail("embed")
+        return np.ones((1, 4), np.float32)
+
+    async def retrieve(self, embedding, top_k, flt):
+        self.calls.append(("retrieve", top_k, flt))
+        self._maybe_fail("retrieve")
+        return self.passages
+
+    async def build(self, query, passages, template):
+        self.calls.append(("build", query, [p.chunk_id for p in passages], template))
+        self._maybe_fail("build")
+        return Prompt(f"Q: {query}", ("\n\n",))
+
+    async def start(self, prompt, sampling, stream):
+        self.calls.append(("generate", prompt, dict(sampling), stream))
+        self._maybe_fail("generate")
+        self.stream = FakeStream(self.chunks, self.fail_at)
+        return self.stream
+
+
+CHUNKS = [GenerationChunk("Phileas "), GenerationChunk("Fogg"), GenerationChunk("", "stop")]
+
+
+def stages(passages=PASSAGES, chunks=CHUNKS, fail=None, fail_at=None):
+    return FakeStages(list(passages), list(chunks), fail or {}, fail_at)
+
+
+def request(stream=True, **params):
+    return RagRequest("Who is Fogg?", RagParams(stream=stream, **params))
+
+
+def run(pipeline, req, is_cancelled=lambda: False, **kwargs):
+    async def collect():
+        return [event async for event in pipeline.run(req, is_cancelled, **kwargs)]
+
+    return asyncio.run(collect())
+
+
+def test_stream_sends_sources_first_then_text_then_final():
+    events = run(RagPipeline(stages()), request())
+    assert isinstance(events[0], SourcesEvent)
+    assert [e.text for e in events[1:-1]] == ["Phileas ", "Fogg"]
+    assert all(isinstance(e, TextEvent) for e in events[1:-1])
+    assert events[-1] == FinalEvent("", "stop", None)
+    sources = json.loads(events[0].sources)
+    assert [s["chunk_id"] for s in sources] == [7, 3] and sources[0]["title"] == "Ch 1"
+    assert sources[0]["snippet"] == "Fogg left London."
+
+
+def test_without_stream_one_final_event_carries_text_and_sources():
+    events = run(RagPipeline(stages()), request(stream=False))
+    assert len(events) == 1
+    final = events[0]
+    assert (final.text, final.finish_reason) == ("Phileas Fogg", "stop")
+    assert [s["chunk_id"] for s in json.loads(final.sources)] == [7, 3]
+
+
+def test_finish_reason_comes_from_the_last_chunk():
+    chunks = [GenerationChunk("a"), GenerationChunk("b", "length")]
+    assert run(RagPipeline(stages(chunks=chunks)), request())[-1].finish_reason == "length"
+
+
+def test_stages_get_the_question_and_only_what_the_request_set():
+    fake = stages()
+    run(RagPipeline(fake), request(stream=False))
+    assert fake.calls[0] == ("embed", "Who is Fogg?")
+    assert fake.calls[1] == ("retrieve", None, None)  # the retriever's default top_k
+    assert fake.calls[2] == ("build", "Who is Fogg?", [7, 3], None)  # the prompt builder's default template
+    assert fake.calls[3][2:] == ({}, False)  # the generator's default sampling
+    flt = parse_filter({"source": "book.txt"})
+    fake = stages()
+    run(RagPipeline(fake), request(top_k=2, template="beluga_qa", max_tokens=5, temperature=0.5, filter=flt))
+    assert fake.calls[1] == ("retrieve", 2, flt)
+    assert fake.calls[2][3] == "beluga_qa"
+    assert fake.calls[3][2:] == ({"max_tokens": 5, "temperature": 0.5}, True)
+
+
+def test_cancellation_mid_stream_stops_the_generator():
+    fake = stages(chunks=[GenerationChunk(str(i)) for i in range(10)] + [GenerationChunk("", "stop")])
+    answers = iter([False, False, True])  # the client goes away after two pieces
+    pipeline = RagPipeline(fake, cancel_check_s=0.0)
+    events = run(pipeline, request(), lambda: next(answers, True))
+    assert isinstance(events[0], SourcesEvent)
+    assert [e.text for e in events if isinstance(e, TextEvent)] == ["0", "1"]
+    assert events[-1] == CancelledEvent()
+    assert fake.stream.cancelled and fake.stream.closed  # told to stop, then read to its end
+    assert fake.stream.sent == 3
+
+
+def test_a_stage_error_before_the_stream_keeps_its_code():
+    fake = stages(fail={"retrieve": StageError("retriever", "top_k must be between 1 and 100",
+                                               ErrorCode.INVALID_ARG)})
+    events = run(RagPipeline(fake), request())
+    assert events == [FailedEvent(ErrorCode.INVALID_ARG, "retriever: top_k must be between 1 and 100")]
+    assert [c[0] for c in fake.calls] == ["embed", "retrieve"]  # nothing generated
+
+
+def test_an_unexpected_error_is_internal_and_named():
+    events = run(RagPipeline(stages(fail={"embed": RuntimeError("CUDA out of memory")})), request())
+    assert events == [FailedEvent(ErrorCode.INTERNAL, "RuntimeError: CUDA out of memory")]
+
+
+def test_a_generator_error_mid_stream_stops_the_stream_and_fails_the_request():
+    fake = stages(fail_at=1)
+    events = run(RagPipeline(fake), request())
+    assert isinstance(events[0], SourcesEvent) and events[1] == TextEvent("Phileas ")
+    assert events[-1] == FailedEvent(ErrorCode.INTERNAL, "generator: engine died")
+    assert fake.stream.cancelled and fake.stream.closed
+
+
+def test_an_error_when_starting_generation_fails_the_request():
+    events = run(RagPipeline(stages(fail={"generate": InvalidInput("prompt has 5000 tokens")})), request())
+    assert isinstance(events[0], SourcesEvent)
+    assert events[-1] == FailedEvent(ErrorCode.INVALID_ARG, "prompt has 5000 tokens")
+
+
+def test_an_error_after_the_client_left_is_a_cancellation():
+    events = run(RagPipeline(stages(fail={"retrieve": RuntimeError("x")})), request(), lambda: True)
+    assert events == [CancelledEvent()]
+
+
+def test_nothing_retrieved_is_a_clear_invalid_argument():
+    events = run(RagPipeline(stages(passages=[])), request())
+    assert events == [FailedEvent(ErrorCode.INVALID_ARG, "the knowledge base is empty: ingest documents first")]
+    flt = parse_filter({"source": "none.txt"})
+    (failed,) = run(RagPipeline(stages(passages=[])), request(filter=flt))
+    assert failed.code is ErrorCode.INVALID_ARG and "matches no document" in failed.message
+
+
+def test_a_flow_composes_steps_without_touching_the_adapter():
+    @dataclass(frozen=True)
+    class Shout:
+        name: str = "shout"
+
+        async def run(self, state):
+            state.query = state.query.upper()
+
+    fake = stages()
+    flows = standard_flows(fake)
+    flows["loud"] = Flow("loud", (Shout(), EmbedQuery(fake), Retrieve(fake), BuildPrompt(fake)))
+    pipeline = RagPipeline(fake, flows)
+    run(pipeline, request(stream=False), flow="loud")
+    assert fake.calls[0] == ("embed", "WHO IS FOGG?")
+    (failed,) = run(pipeline, request(), flow="nope")
+    assert failed.code is ErrorCode.INVALID_ARG and "loud, rag" in failed.message
+
+
+def test_request_parsing():
+    settings = load_settings()
+    parse = RagRequest.parse
+    with pytest.raises(InvalidInput, match="empty"):
+        parse("  ", {}, None, settings.rag, settings.retriever)
+    assert parse("q", {"stream": True}, None, settings.rag, settings.retriever).stream is True
+    assert parse("q", {"stream": True}, False, settings.rag, settings.retriever).stream is False  # the input wins
+    with pytest.raises(InvalidInput, match="unknown parameter"):
+        parse("q", {"topk": 3}, None, settings.rag, settings.retriever)
+
+
+def test_cancel_watch_asks_at_most_every_interval():
+    asked, now = [], [0.0]
+    watch = CancelWatch(lambda: asked.append(now[0]) or len(asked) > 2, 0.05, clock=lambda: now[0])
+    for t in (0.0, 0.01, 0.02, 0.06, 0.07, 0.2):
+        now[0] = t
+        watch.check()
+    assert asked == [0.0, 0.06, 0.2] and watch.cancelled
+    now[0] = 9.0
+    assert watch.check() and len(asked) == 3  # a yes is remembered, not asked again
