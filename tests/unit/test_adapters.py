@@ -44,13 +44,15 @@ class InferenceResponse:
 def adapters(monkeypatch):
     """The serving modules imported afresh against the stand-in, and forgotten again afterwards."""
     stub = types.ModuleType("triton_python_backend_utils")
-    stub.TritonError, stub.Tensor, stub.InferenceResponse = TritonError, Tensor, InferenceResponse
     stub.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
     for name in [m for m in sys.modules if m.startswith("tritonrag.serving")]:
         monkeypatch.delitem(sys.modules, name)
+    # Triton imports model.py for auto-complete before the stub's classes (TritonError, Tensor, ...) exist on the
+    # module: an adapter may not touch them at import time.
     modules = {name: importlib.import_module(f"tritonrag.serving.models.{name}") for name in ADAPTERS}
     modules["bls_stages"] = importlib.import_module("tritonrag.serving.bls_stages")
+    stub.TritonError, stub.Tensor, stub.InferenceResponse = TritonError, Tensor, InferenceResponse
     yield modules
     for name in [m for m in sys.modules if m.startswith("tritonrag.serving")]:
         monkeypatch.delitem(sys.modules, name)

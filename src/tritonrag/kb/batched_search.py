@@ -11,6 +11,7 @@ import numpy as np
 from tritonrag.errors import InvalidInput
 from tritonrag.kb.filters import Filter, parse_filter
 from tritonrag.kb.search import Hit, KnowledgeBase
+from tritonrag.serving.contract import RETRIEVER
 from tritonrag.settings import RetrieverSettings
 from tritonrag.validation import as_int
 
@@ -42,18 +43,18 @@ def parse_search(queries: np.ndarray, dimension: int, top_k: Any, raw_filter: An
             f"input 'embedding' must be [batch, {dimension}] (the index's dimension), got {list(queries.shape)}")
     if not np.isfinite(queries).all():
         raise InvalidInput("input 'embedding' contains NaN or infinite values")
-    known = {"nprobe", "ef_search"}
+    known = set(RETRIEVER.search_parameters)
     unknown = sorted(set(parameters) - known)
     if unknown:
         raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    nprobe = parameters.get("nprobe")
+    nprobe = parameters.get(RETRIEVER.nprobe)
     if nprobe is not None:
-        nprobe = as_int(nprobe, "nprobe")
+        nprobe = as_int(nprobe, RETRIEVER.nprobe)
         if not 1 <= nprobe <= MAX_NPROBE:
             raise InvalidInput(f"nprobe must be between 1 and {MAX_NPROBE}, got {nprobe}")
-    ef_search = parameters.get("ef_search")
+    ef_search = parameters.get(RETRIEVER.ef_search)
     if ef_search is not None:
-        ef_search = as_int(ef_search, "ef_search")
+        ef_search = as_int(ef_search, RETRIEVER.ef_search)
         if not 1 <= ef_search <= MAX_EF_SEARCH:
             raise InvalidInput(f"ef_search must be between 1 and {MAX_EF_SEARCH}, got {ef_search}")
     k = settings.top_k_default if top_k is None else check_top_k(top_k, settings)

@@ -23,12 +23,14 @@ from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt
 from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RETRIEVER
 
 DRAIN_TIMEOUT_S = 30.0  # how long a cancelled generator stream may take to close
-_CODES = {getattr(pb_utils.TritonError, code.name): code for code in ErrorCode}
 
 
 def stage_error(model: str, error: Any) -> StageError:
+    """The StageError of a model's error response, with its code (pb_utils.TritonError exists only once the stub
+    runs, not while Triton imports the model for auto-complete: look it up here)."""
+    codes = {getattr(pb_utils.TritonError, code.name): code for code in ErrorCode}
     code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
-    return StageError(model, error.message(), _CODES.get(code, ErrorCode.INTERNAL))
+    return StageError(model, error.message(), codes.get(code, ErrorCode.INTERNAL))
 
 
 def _bytes(values: Sequence[str], shape: tuple[int, ...] | None = None) -> np.ndarray:
