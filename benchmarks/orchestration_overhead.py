@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import http.client
 import json
 import os
 import queue
@@ -45,8 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     BENCHMARKS,
@@ -55,42 +52,22 @@ from common import (
     latency_summary,
     machine_description,
     machine_markdown,
-    markdown_table,
     questions,
     write_csv,
     write_json,
 )
 from common import write_overlay as write_settings_overlay
+from overhead_clients import IN_PROCESS, Config, GrpcRag, HttpRag, InProcessRag, Sample
+from overhead_report import TARGET_P50_MS, decomposition, overhead_rows, report, summarise
 
 STAND_IN = BENCHMARKS / "stand_in.toml"
 SERVED = "committed"  # the committed model repository (the rendering of the default CPU spec)
-TARGET_P50_MS = 3.0
 
 
-IN_PROCESS = "in-process"
 
 
-@dataclass(frozen=True)
-class Config:
-    """One measured configuration: server variant, protocol (grpc stream / http generate / in-process), length."""
-
-    variant: str  # a server variant, or IN_PROCESS
-    protocol: str  # "grpc-stream", "http-generate" or IN_PROCESS
-    max_tokens: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.protocol} max_tokens={self.max_tokens}"
-
-    def row(self) -> dict[str, Any]:
-        return {"variant": self.variant, "config": self.name, "protocol": self.protocol, "max_tokens": self.max_tokens}
 
 
-@dataclass
-class Sample:
-    ttft_s: float
-    total_s: float
-    pieces: int
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -105,169 +82,12 @@ def write_overlay(path: Path) -> Path:
 # --------------------------------------------------------------------------------------------- clients
 
 
-class GrpcRag:
-    """One gRPC stream to `rag`, reused for sequential requests (as a long-lived client would)."""
-
-    def __init__(self, url: str) -> None:
-        import tritonclient.grpc as grpcclient
-
-        self._grpc = grpcclient
-        self._results: queue.Queue[tuple[Any, Any]] = queue.Queue()
-        self.client = grpcclient.InferenceServerClient(url)
-        self.client.start_stream(callback=lambda result, error: self._results.put((result, error)))
-        self._ids = iter(range(10**12))
-
-    def ask(self, question: str, max_tokens: int, stream: bool = True) -> Sample:
-        grpc = self._grpc
-        text = grpc.InferInput("text_input", [1], "BYTES")
-        text.set_data_from_numpy(np.array([question.encode()], dtype=np.object_))
-        flag = grpc.InferInput("stream", [1], "BOOL")
-        flag.set_data_from_numpy(np.array([stream], dtype=bool))
-        request_id = str(next(self._ids))
-        started = time.perf_counter()
-        ttft, pieces = None, 0
-        self.client.async_stream_infer("rag", [text, flag], request_id=request_id,
-                                       parameters={"max_tokens": max_tokens}, enable_empty_final_response=True)
-        while True:
-            result, error = self._results.get(timeout=60)
-            if error is not None:
-                raise RuntimeError(f"rag over gRPC: {error}")
-            response = result.get_response()
-            if response.id != request_id:
-                raise RuntimeError(f"response for request {response.id!r} while waiting for {request_id!r}")
-            if any(o.name == "text_output" for o in response.outputs):
-                piece = result.as_numpy("text_output").reshape(-1)[0]
-                if piece:
-                    pieces += 1
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
-            if response.parameters["triton_final_response"].bool_param:
-                total = time.perf_counter() - started
-                return Sample(ttft or total, total, pieces)
-
-    def close(self) -> None:
-        self.client.stop_stream()
-        self.client.close()
 
 
-class HttpRag:
-    """One keep-alive HTTP connection to `rag`'s /generate (a single JSON answer per request)."""
-
-    def __init__(self, url: str) -> None:
-        host, port = url.rsplit(":", 1)
-        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
-
-    def ask(self, question: str, max_tokens: int) -> Sample:
-        body = json.dumps({"text_input": question, "stream": False, "parameters": {"max_tokens": max_tokens}})
-        started = time.perf_counter()
-        self.connection.request("POST", "/v2/models/rag/generate", body, {"Content-Type": "application/json"})
-        response = self.connection.getresponse()
-        data = response.read()
-        total = time.perf_counter() - started
-        if response.status != 200:
-            raise RuntimeError(f"rag over HTTP: {response.status} {data[:300]!r}")
-        return Sample(total, total, 1 if json.loads(data).get("text_output") else 0)
-
-    def close(self) -> None:
-        self.connection.close()
 
 
-class _TimedStages:
-    """The in-process stages, timing each call (embedder, retriever, prompt_builder) per request."""
-
-    def __init__(self, stages: Any) -> None:
-        self.inner = stages
-        self.embedder = self.retriever = self.prompt_builder = self.generator = self
-        self.seconds: dict[str, float] = {"embedder": 0.0, "retriever": 0.0, "prompt_builder": 0.0}
-
-    async def _timed(self, name: str, call: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await call
-        finally:
-            self.seconds[name] += time.perf_counter() - started
-
-    async def embed(self, text: str) -> Any:
-        return await self._timed("embedder", self.inner.embed(text))
-
-    async def retrieve(self, embedding: Any, top_k: Any, flt: Any) -> Any:
-        return await self._timed("retriever", self.inner.retrieve(embedding, top_k, flt))
-
-    async def build(self, query: str, passages: Any, template: Any) -> Any:
-        return await self._timed("prompt_builder", self.inner.build(query, passages, template))
-
-    async def start(self, prompt: Any, sampling: Any, stream: bool) -> Any:
-        return await self.inner.start(prompt, sampling, stream)
 
 
-class InProcessRag:
-    """The `rag` pipeline itself (tritonrag.pipeline.RagPipeline, the code the served `rag` runs) over in-process
-    stages (tritonrag.pipeline.local_stages): the served path minus Triton, BLS and the client protocol."""
-
-    def __init__(self, settings: Any) -> None:
-        import asyncio
-
-        from tritonrag.embedding.encoder import TextEmbedder
-        from tritonrag.generation.engine import create_engine
-        from tritonrag.kb.search import KnowledgeBase
-        from tritonrag.pipeline.flow import RagPipeline
-        from tritonrag.pipeline.local_stages import LocalStages
-        from tritonrag.prompts.builder import PromptBuilder
-
-        self.settings = settings
-        r, p = settings.retriever, settings.prompt_builder
-        self.engine = create_engine(settings.generator)
-        stages = LocalStages(
-            TextEmbedder(settings.embedder, "cpu"),
-            KnowledgeBase(settings.index_dir, "cpu", r.nprobe, r.ef_search, r.filter_exact_max), r,
-            PromptBuilder(p.max_query_chars, p.max_context_chars), p.template, self.engine, settings.generator)
-        self.stages = _TimedStages(stages)
-        self.pipeline = RagPipeline(self.stages)
-        # One event loop for every caller thread (the closed loop asks from several at once), as in the rag stub.
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="inproc-rag", daemon=True)
-        self._thread.start()
-        self.reset_stages()
-
-    def reset_stages(self) -> None:
-        self.stages.seconds = dict.fromkeys(self.stages.seconds, 0.0)
-        self.generator_s = 0.0
-        self.calls = 0
-
-    def stage_rows(self) -> list[dict[str, Any]]:
-        """Mean time of each step since the last reset, in the shape of the served models' statistics."""
-        seconds = {**self.stages.seconds, "generator": self.generator_s}
-        return [{"variant": IN_PROCESS, "model": name, "calls": self.calls, "infer_us": s / self.calls * 1e6,
-                 "total_us": s / self.calls * 1e6} for name, s in seconds.items() if self.calls]
-
-    async def _ask(self, question: str, max_tokens: int) -> Sample:
-        from tritonrag.pipeline.events import FailedEvent, TextEvent
-        from tritonrag.pipeline.request import RagParams
-        from tritonrag.pipeline.types import RagRequest
-
-        before = sum(self.stages.seconds.values())
-        started = time.perf_counter()
-        first, pieces = None, 0
-        async for event in self.pipeline.run(RagRequest(question, RagParams(stream=True, max_tokens=max_tokens))):
-            if isinstance(event, TextEvent):
-                pieces += 1
-                first = first or time.perf_counter()
-            elif isinstance(event, FailedEvent):
-                raise RuntimeError(f"in-process pipeline failed: {event.message}")
-        total = time.perf_counter() - started
-        self.generator_s += total - (sum(self.stages.seconds.values()) - before)
-        self.calls += 1
-        return Sample((first or started + total) - started, total, pieces)
-
-    def ask(self, question: str, max_tokens: int) -> Sample:
-        import asyncio
-
-        return asyncio.run_coroutine_threadsafe(self._ask(question, max_tokens), self.loop).result(60)
-
-    def close(self) -> None:
-        self.engine.shutdown()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -368,49 +188,10 @@ def stage_rows(variant: str, before: dict[str, dict[str, int]], after: dict[str,
     return rows
 
 
-def summarise(config: Config, samples: list[Sample]) -> dict[str, Any]:
-    return {
-        **config.row(), "requests": len(samples), "pieces": int(np.median([s.pieces for s in samples])),
-        **latency_summary([s.total_s for s in samples], "total_"),
-        **latency_summary([s.ttft_s for s in samples], "ttft_"),
-    }
 
 
-def overhead_rows(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """served - in-process, per served configuration (differences of percentiles, not paired differences)."""
-    inproc = {r["max_tokens"]: r for r in summary if r["protocol"] == IN_PROCESS}
-    rows = []
-    for r in summary:
-        base = inproc.get(r["max_tokens"])
-        if r["protocol"] == IN_PROCESS or base is None:
-            continue
-        row = {"variant": r["variant"], "config": r["config"], "protocol": r["protocol"], "max_tokens": r["max_tokens"]}
-        for stat in ("p50", "p99", "mean"):
-            row[f"served_{stat}_ms"] = r[f"total_{stat}_ms"]
-            row[f"inproc_{stat}_ms"] = base[f"total_{stat}_ms"]
-            row[f"overhead_{stat}_ms"] = r[f"total_{stat}_ms"] - base[f"total_{stat}_ms"]
-        row["overhead_ttft_p50_ms"] = r["ttft_p50_ms"] - base["ttft_p50_ms"]
-        row["meets_target"] = "yes" if row["overhead_p50_ms"] <= TARGET_P50_MS else "no"
-        rows.append(row)
-    return rows
 
 
-def decomposition(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fixed cost per request (max_tokens = 1) and cost per extra token, per variant and protocol."""
-    out = []
-    by = {(r["variant"], r["protocol"], r["max_tokens"]): r for r in rows}
-    for (variant, protocol, tokens), r in by.items():
-        one = by.get((variant, protocol, 1))
-        if tokens == 1 or one is None:
-            continue
-        out.append({
-            "variant": variant, "protocol": protocol,
-            "fixed_p50_ms": one["overhead_p50_ms"], "fixed_mean_ms": one["overhead_mean_ms"],
-            "per_token_p50_us": (r["overhead_p50_ms"] - one["overhead_p50_ms"]) * 1000 / (tokens - 1),
-            "per_token_mean_us": (r["overhead_mean_ms"] - one["overhead_mean_ms"]) * 1000 / (tokens - 1),
-            "tokens": tokens,
-        })
-    return out
 
 
 @dataclass
@@ -514,50 +295,6 @@ def _grpc_worker(url: str, max_tokens: int) -> tuple[Callable[[str], Sample], Ca
 # --------------------------------------------------------------------------------------------- report
 
 
-def report(result: dict[str, Any]) -> str:
-    rows = result["overhead"]
-    lines = [
-        "Per-request latency, concurrency 1 (ms). Served = Triton `rag` (BLS: embedder -> retriever -> "
-        "prompt_builder -> generator) with stand-in embedder and generator; in-process = the same functions in "
-        f"one process. Overhead = served - in-process; target <= {TARGET_P50_MS:g} ms at p50.",
-        "",
-        markdown_table(rows, ["variant", "config", "inproc_p50_ms", "served_p50_ms", "overhead_p50_ms",
-                              "inproc_p99_ms", "served_p99_ms", "overhead_p99_ms", "overhead_mean_ms",
-                              "overhead_ttft_p50_ms", "meets_target"],
-                       ["variant", "served config", "in-process p50", "served p50", "overhead p50",
-                        "in-process p99", "served p99", "overhead p99", "overhead mean", "TTFT overhead p50",
-                        f"p50 <= {TARGET_P50_MS:g} ms"]),
-    ]
-    if result["decomposition"]:
-        lines += ["", "Overhead = fixed cost per request + cost per extra streamed token (max_tokens=N vs 1):", "",
-                  markdown_table(result["decomposition"],
-                                 ["variant", "protocol", "fixed_p50_ms", "fixed_mean_ms", "per_token_p50_us",
-                                  "per_token_mean_us", "tokens"],
-                                 ["variant", "protocol", "fixed p50 (ms)", "fixed mean (ms)", "per token p50 (µs)",
-                                  "per token mean (µs)", "N"])]
-    if result["stages"]:
-        lines += ["", "Where served requests spend time: mean per call of each model over the sequential requests of "
-                  "all configurations (µs, Triton's statistics; for rag and generator, execute() only, not the "
-                  "responses streamed after it returns). In-process rows: the same step as a function call "
-                  "(prompt_builder includes sources_json and sampling validation; generator is submit to "
-                  "on_finish, all tokens):", "",
-                  markdown_table(result["stages"], ["variant", "model", "calls", "queue_us", "input_us", "infer_us",
-                                                    "output_us", "total_us"],
-                                 ["variant", "model", "calls", "queue", "compute input", "compute infer",
-                                  "compute output", "total"])]
-    if result["throughput"]:
-        lines += ["", "Closed loop (each worker sends its next request when the last one ends):", "",
-                  markdown_table(result["throughput"],
-                                 ["variant", "config", "concurrency", "requests", "req_per_s", "total_p50_ms",
-                                  "total_p99_ms"],
-                                 ["variant", "config", "concurrency", "requests", "req/s", "p50 (ms)", "p99 (ms)"])]
-    lines += ["", "All configurations (ms):", "",
-              markdown_table(result["summary"],
-                             ["variant", "config", "requests", "pieces", "total_p50_ms", "total_p90_ms",
-                              "total_p99_ms", "total_mean_ms", "ttft_p50_ms", "ttft_p99_ms"],
-                             ["variant", "config", "requests", "pieces", "p50", "p90", "p99", "mean", "TTFT p50",
-                              "TTFT p99"])]
-    return "\n".join(lines)
 
 
 def run(out_dir: Path, quick: bool, requests: int | None = None, concurrency: int = 8,

@@ -8,4 +8,6 @@ cd "$ROOT"
 VENV=${TRITONRAG_VENV:-$ROOT/.venv}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$VENV/bin/ruff" check .
+# the layers ([tool.importlinter] in pyproject.toml); --no-cache: nothing written into the checkout
+"$VENV/bin/lint-imports" --no-cache --no-logo
 exec "$VENV/bin/python" -m pytest "$@"

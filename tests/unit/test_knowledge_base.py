@@ -147,13 +147,6 @@ def test_empty_folder_hints_ingest(tmp_path):
         KnowledgeBase(tmp_path)
 
 
-def test_old_single_folder_format_says_rebuild(tmp_path):
-    (tmp_path / "index.faiss").write_bytes(b"x")
-    (tmp_path / "docstore.sqlite").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match="old single-folder format"):
-        KnowledgeBase(tmp_path)
-
-
 def test_other_format_version_rejected(tmp_path):
     build(tmp_path)
     path = published_path(tmp_path) / MANIFEST_FILE

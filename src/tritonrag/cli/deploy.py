@@ -139,6 +139,7 @@ def _start_server(model_repository: Path | None, http_port: int | None, grpc_por
                          metrics_port or settings.server.metrics_port)
     server = TritonServer(_repository(model_repository), settings.home, ports, address=host)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops Triton as cleanly as Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (`serve &`)
     with console.status(f"starting Triton (models loading; log: {server.log_file})..."):
         started = time.monotonic()
         server.start(settings.server.startup_timeout_s)

@@ -35,9 +35,6 @@ class TransformersGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).to(self.device).eval()
         self._lock = threading.Lock()
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-
     def generate(self, prompt: str, params: SamplingParams, on_text: OnText) -> Completion:
         """Generate for ``prompt``, calling ``on_text`` with each piece of answer text as it is decoded."""
         import torch

@@ -21,8 +21,6 @@ from tritonrag.kb.faiss_index import IndexSpec, build_index
 from tritonrag.kb.loaders import content_hash
 from tritonrag.kb.versions import (
     DOCSTORE_FILE,
-    INDEX_FILE,
-    MANIFEST_FILE,
     VECTORS_FILE,
     Manifest,
     build_lock,
@@ -36,8 +34,6 @@ from tritonrag.kb.versions import (
 from tritonrag.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
 
 
 class LocalEmbedder:
@@ -127,85 +123,134 @@ def update_knowledge_base(
         if spec is None:
             keep = manifest is not None and not replace_all
             spec = IndexSpec.from_manifest(manifest.index) if keep else IndexSpec.from_settings(settings.index)
-        old = _load_version(published_path(root), manifest) if manifest else None
-        reason = _compatible(manifest, settings) if manifest else None
-        if old is not None and reason:
-            if not replace_all:
-                raise ValueError(f"cannot update {root} in place: {reason}; rebuild it with `tritonrag ingest`")
-            log.warning("re-embedding every document of %s: %s", root, reason)
-        old_docs = old.documents if old is not None and not reason else {}
-
-        new_docs = {doc.source: doc for doc in upserts}
-        missing = sorted(set(deletes) - set(old_docs))
-        if missing:
-            raise ValueError(f"no document(s) {', '.join(map(repr, missing[:5]))} in {root}; "
-                             "`tritonrag kb documents` lists what is stored")
-        overlap = sorted(set(deletes) & set(new_docs))
-        if overlap:
-            raise ValueError(f"document(s) {', '.join(overlap[:5])} both added and deleted")
-        if replace_all:
-            final_sources = set(new_docs)
-        else:
-            final_sources = (set(old_docs) - set(deletes)) | set(new_docs)
-        hashes = {source: content_hash(doc) for source, doc in new_docs.items()}
-        changed = [doc for source, doc in new_docs.items()
-                   if source not in old_docs or old_docs[source].content_hash != hashes[source]]
-        changed_sources = {doc.source for doc in changed}
-        kept = final_sources - changed_sources
-        counts = (sum(s not in old_docs for s in changed_sources), sum(s in old_docs for s in changed_sources),
-                  len(set(new_docs) - changed_sources), len(set(old_docs) - final_sources))
-
-        if changed and embedder is None:
+        old = _reusable_version(root, manifest, settings, replace_all)
+        changes = _plan_changes(root, old.documents if old is not None else {}, upserts, deletes, replace_all)
+        if changes.changed and embedder is None:
             embedder = LocalEmbedder(settings)
-        started = time.monotonic()
-        next_id = old.manifest.next_chunk_id if old is not None else 0
-        new_chunks: list[Chunk] = []
-        records: dict[str, DocumentRecord] = {s: old_docs[s] for s in kept}
-        for doc in _iterprogress_bar(changed, "chunking", "doc", progress):
-            pieces = chunk_document(doc, embedder.token_spans, settings.chunking.chunk_tokens,
-                                    settings.chunking.overlap_tokens)
-            if not pieces:
-                log.warning("%s has no text; skipped", doc.source)
-                continue
-            new_chunks += pieces
-            records[doc.source] = DocumentRecord(doc.source, doc.title, hashes[doc.source], doc.metadata, len(pieces))
-        timings["chunk_s"] = time.monotonic() - started
 
+        started = time.monotonic()
+        new_records, new_chunks = _chunk_documents(changes, embedder, settings, progress)
+        timings["chunk_s"] = time.monotonic() - started
         started = time.monotonic()
         journal = EmbeddingJournal(root / JOURNAL_FILE)
-        instruction = settings.embedder.document_instruction
-        new_vectors, resumed = embed_chunks([c.text for c in new_chunks], embedder, instruction, journal,
-                                            settings.index.embed_batch_size, progress) if new_chunks else (None, 0)
+        new_vectors, resumed = None, 0
+        if new_chunks:
+            new_vectors, resumed = embed_chunks([c.text for c in new_chunks], embedder,
+                                                settings.embedder.document_instruction, journal,
+                                                settings.index.embed_batch_size, progress)
         timings["embed_s"] = time.monotonic() - started
 
-        keep_rows = np.array([i for i, c in enumerate(old.chunks) if c.source in kept], np.int64) \
-            if old is not None and not reason else np.zeros(0, np.int64)
-        parts_ids = [old.chunk_ids[keep_rows] if len(keep_rows) else np.zeros(0, np.int64),
-                     np.arange(next_id, next_id + len(new_chunks), dtype=np.int64)]
-        chunks = [old.chunks[i] for i in keep_rows] + new_chunks if old is not None else new_chunks
-        dim = _dimension(old, new_vectors)
-        vectors = np.concatenate([
-            np.asarray(old.vectors[keep_rows], np.float32) if len(keep_rows) else np.zeros((0, dim), np.float32),
-            new_vectors if new_vectors is not None else np.zeros((0, dim), np.float32),
-        ])
-        contents = VersionContents(np.concatenate(parts_ids), chunks, vectors,
-                                   sorted(records.values(), key=lambda r: r.source))
-        built_with = {"embedder_model": settings.embedder.model, "chunk_tokens": settings.chunking.chunk_tokens,
-                      "overlap_tokens": settings.chunking.overlap_tokens}
-        report = _write_and_publish(root, contents, spec, manifest, built_with, settings.index.keep_versions,
-                                    timings)
+        # chunk ids continue from the published version's, even when its chunks are not reused
+        first_id = manifest.next_chunk_id if manifest is not None else 0
+        contents, reused = _new_contents(old, changes.kept, new_records, new_chunks, new_vectors, first_id,
+                                         _dimension(manifest, new_vectors))
+        report = _write_and_publish(root, contents, spec, manifest, _built_with(settings),
+                                    settings.index.keep_versions, timings)
         journal.close(delete=True)
-    report.embedded, report.resumed = len(new_chunks) - resumed, resumed
-    report.reused = len(keep_rows)
-    report.added, report.updated, report.unchanged, report.deleted = counts
+    report.embedded, report.resumed, report.reused = len(new_chunks) - resumed, resumed, reused
+    report.added, report.updated, report.unchanged, report.deleted = changes.counts
     return report
 
 
-def _dimension(old: _OldVersion | None, new_vectors: np.ndarray | None) -> int:
+def _reusable_version(root: Path, manifest: Manifest | None, settings: Settings,
+                      replace_all: bool) -> _OldVersion | None:
+    """The published version, whose chunks and vectors the new one may reuse; None when there is none, or when it
+    was embedded or chunked otherwise than the settings say (an error unless ``replace_all`` re-embeds it all)."""
+    if manifest is None:
+        return None
+    reason = _compatible(manifest, settings)
+    if reason is None:
+        return _load_version(published_path(root), manifest)
+    if not replace_all:
+        raise ValueError(f"cannot update {root} in place: {reason}; rebuild it with `tritonrag ingest`")
+    log.warning("re-embedding every document of %s: %s", root, reason)
+    return None
+
+
+@dataclass(frozen=True)
+class _Changes:
+    """What an update does to the documents of the version it starts from."""
+
+    changed: list[Document]  # new, or with changed content: to chunk and embed
+    kept: set[str]  # sources whose stored chunks and vectors carry over
+    hashes: dict[str, str]  # the content hash of each upsert, by source
+    counts: tuple[int, int, int, int]  # documents added, updated, unchanged, deleted
+
+
+def _plan_changes(root: Path, old_docs: dict[str, DocumentRecord], upserts: Sequence[Document],
+                  deletes: Sequence[str], replace_all: bool) -> _Changes:
+    """Compare the upserts and deletes with the stored documents; unknown or contradictory deletes are errors."""
+    new_docs = {doc.source: doc for doc in upserts}
+    missing = sorted(set(deletes) - set(old_docs))
+    if missing:
+        raise ValueError(f"no document(s) {', '.join(map(repr, missing[:5]))} in {root}; "
+                         "`tritonrag kb documents` lists what is stored")
+    overlap = sorted(set(deletes) & set(new_docs))
+    if overlap:
+        raise ValueError(f"document(s) {', '.join(overlap[:5])} both added and deleted")
+    final_sources = set(new_docs) if replace_all else (set(old_docs) - set(deletes)) | set(new_docs)
+    hashes = {source: content_hash(doc) for source, doc in new_docs.items()}
+    changed = [doc for source, doc in new_docs.items()
+               if source not in old_docs or old_docs[source].content_hash != hashes[source]]
+    changed_sources = {doc.source for doc in changed}
+    counts = (sum(s not in old_docs for s in changed_sources), sum(s in old_docs for s in changed_sources),
+              len(set(new_docs) - changed_sources), len(set(old_docs) - final_sources))
+    kept = final_sources - changed_sources
+    return _Changes(changed, kept, hashes, counts)
+
+
+def _chunk_documents(changes: _Changes, embedder: Embedder | None, settings: Settings,
+                     progress: bool) -> tuple[dict[str, DocumentRecord], list[Chunk]]:
+    """The records and chunks of the changed documents; a document without text is left out (with a warning)."""
+    records: dict[str, DocumentRecord] = {}
+    chunks: list[Chunk] = []
+    if not changes.changed:
+        return records, chunks
+    assert embedder is not None, "documents to chunk need an embedder (its tokenizer)"
+    for doc in _iterprogress_bar(changes.changed, "chunking", "doc", progress):
+        pieces = chunk_document(doc, embedder.token_spans, settings.chunking.chunk_tokens,
+                                settings.chunking.overlap_tokens)
+        if not pieces:
+            log.warning("%s has no text; skipped", doc.source)
+            continue
+        chunks += pieces
+        records[doc.source] = DocumentRecord(doc.source, doc.title, changes.hashes[doc.source], doc.metadata,
+                                             len(pieces))
+    return records, chunks
+
+
+def _new_contents(old: _OldVersion | None, kept: set[str], new_records: dict[str, DocumentRecord],
+                  new_chunks: list[Chunk], new_vectors: np.ndarray | None, first_id: int,
+                  dimension: int) -> tuple[VersionContents, int]:
+    """The new version's contents: the kept documents' chunks, ids and vectors from ``old``, then the new chunks
+    numbered from ``first_id``; returns them and how many chunks were reused."""
+    rows = [i for i, c in enumerate(old.chunks) if c.source in kept] if old is not None else []
+    if old is not None and rows:
+        keep_rows = np.array(rows, np.int64)
+        kept_ids, kept_chunks = old.chunk_ids[keep_rows], [old.chunks[i] for i in rows]
+        kept_vectors = np.asarray(old.vectors[keep_rows], np.float32)
+    else:
+        kept_ids, kept_chunks, kept_vectors = np.zeros(0, np.int64), [], np.zeros((0, dimension), np.float32)
+    chunk_ids = np.concatenate([kept_ids, np.arange(first_id, first_id + len(new_chunks), dtype=np.int64)])
+    new_vectors = new_vectors if new_vectors is not None else np.zeros((0, dimension), np.float32)
+    records = {source: old.documents[source] for source in kept} if old is not None else {}
+    documents = sorted({**records, **new_records}.values(), key=lambda r: r.source)
+    contents = VersionContents(chunk_ids, kept_chunks + new_chunks, np.concatenate([kept_vectors, new_vectors]),
+                               documents)
+    return contents, len(rows)
+
+
+def _built_with(settings: Settings) -> dict[str, object]:
+    """The manifest fields that say how the chunks and vectors were made."""
+    return {"embedder_model": settings.embedder.model, "chunk_tokens": settings.chunking.chunk_tokens,
+            "overlap_tokens": settings.chunking.overlap_tokens}
+
+
+def _dimension(published: Manifest | None, new_vectors: np.ndarray | None) -> int:
     if new_vectors is not None and new_vectors.size:
         return int(new_vectors.shape[1])
-    if old is not None:
-        return old.manifest.dimension
+    if published is not None:
+        return published.dimension
     raise ValueError("nothing to index: no documents with text were given")
 
 
@@ -235,8 +280,6 @@ def _write_and_publish(root: Path, contents: VersionContents, spec: IndexSpec, p
     })
     publish(root, manifest.version)
     prune_versions(root, keep_versions)
-    for legacy in (INDEX_FILE, DOCSTORE_FILE, MANIFEST_FILE):  # the pre-versioning single-folder layout
-        (root / legacy).unlink(missing_ok=True)
     timings["write_s"] = time.monotonic() - started
     return BuildReport(manifest, seconds=dict(timings))
 

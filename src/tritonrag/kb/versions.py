@@ -68,10 +68,6 @@ class Manifest:
         return str(self.index["type"])
 
 
-
-
-
-
 def version_number(name: str) -> int:
     match = _VERSION_NAME.match(name)
     if not match:
@@ -106,10 +102,8 @@ def published_path(root: Path) -> Path:
     root = Path(root)
     name = published_version(root)
     if name is None:
-        old_format = (root / INDEX_FILE).exists()
-        hint = " (it holds an index in the old single-folder format: rebuild it)" if old_format else ""
         raise FileNotFoundError(
-            f"no knowledge base at {root}{hint}: build one with `tritonrag ingest PATH...` (or scripts/setup.sh)"
+            f"no knowledge base at {root}: build one with `tritonrag ingest PATH...` (or scripts/setup.sh)"
         )
     return versions_dir(root) / name
 

@@ -7,7 +7,6 @@ unit tested without Triton.
 from __future__ import annotations
 
 import locale
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,15 +35,6 @@ def ensure_utf8_locale() -> None:
 
 
 ensure_utf8_locale()
-
-
-def require_backend() -> Any:
-    if pb_utils is None:
-        raise RuntimeError(
-            "triton_python_backend_utils is not importable: this module runs inside Triton's Python backend. "
-            f"interpreter={sys.executable} sys.path={sys.path}"
-        )
-    return pb_utils
 
 
 def _decode(value: Any, name: str, row: int) -> str:
