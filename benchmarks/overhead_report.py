@@ -80,9 +80,9 @@ def report(result: dict[str, Any]) -> str:
     if result["stages"]:
         lines += ["", "Where served requests spend time: mean per call of each model over the sequential requests of "
                   "all configurations (µs, Triton's statistics; for rag and generator, execute() only, not the "
-                  "responses streamed after it returns). In-process rows: the same step as a function call "
-                  "(prompt_builder includes sources_json and sampling validation; generator is submit to "
-                  "on_finish, all tokens):", "",
+                  "responses streamed after it returns). In-process rows: each stage of the same pipeline called in "
+                  "process; generator = the rest of the request (sampling validation, sources, every token "
+                  "through the engine's sink):", "",
                   markdown_table(result["stages"], ["variant", "model", "calls", "queue_us", "input_us", "infer_us",
                                                     "output_us", "total_us"],
                                  ["variant", "model", "calls", "queue", "compute input", "compute infer",

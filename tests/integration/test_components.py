@@ -163,3 +163,23 @@ def test_retriever_stats_over_http_generate(server, knowledge_base):
 def test_retriever_without_embedding_or_stats_is_told_what_to_send(server):
     status, body = post_json(f"http://{server.http_url}/v2/models/retriever/generate", {"top_k": 3})
     assert status == 400 and "send input 'embedding'" in body["error"]
+
+
+def test_remote_embedder_sizes_its_requests_by_the_served_batching(server, settings, knowledge_base):
+    from tritonrag.deploy.server import free_port
+    from tritonrag.serving.contract import PROMPT_BUILDER
+    from tritonrag.serving.remote_embedder import ROWS_PER_REQUEST, TritonEmbedder
+
+    embedder = TritonEmbedder(server.grpc_url, settings.embedder)
+    try:
+        assert embedder.rows_per_request == ROWS_PER_REQUEST  # the served max_batch_size (64) allows it
+        vectors = embedder.encode([f"passage {i}" for i in range(ROWS_PER_REQUEST + 5)])
+        assert vectors.shape == (ROWS_PER_REQUEST + 5, knowledge_base.dimension)
+    finally:
+        embedder.close()
+    with pytest.raises(ValueError, match=r"between 1 and 64, the max_batch_size of model 'embedder'"):
+        TritonEmbedder(server.grpc_url, settings.embedder, rows_per_request=65)
+    with pytest.raises(RuntimeError, match=r"does not batch \(max_batch_size 0\)"):
+        TritonEmbedder(server.grpc_url, settings.embedder, model=PROMPT_BUILDER.model)
+    with pytest.raises(RuntimeError, match="cannot reach Triton's gRPC endpoint"):
+        TritonEmbedder(f"127.0.0.1:{free_port()}", settings.embedder)
