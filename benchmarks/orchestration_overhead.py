@@ -60,6 +60,8 @@ from common import write_overlay as write_settings_overlay
 from overhead_clients import IN_PROCESS, Config, GrpcRag, HttpRag, InProcessRag, Sample
 from overhead_report import TARGET_P50_MS, decomposition, overhead_rows, report, summarise
 
+from tritonrag.serving.contract import MODELS, RAG
+
 STAND_IN = BENCHMARKS / "stand_in.toml"
 SERVED = "committed"  # the committed model repository (the rendering of the default CPU spec)
 
@@ -172,7 +174,7 @@ def stage_rows(variant: str, before: dict[str, dict[str, int]], after: dict[str,
     For the decoupled models (rag, generator) "infer" is the execute call only, not the responses it streams.
     """
     rows = []
-    for name in ("rag", "embedder", "retriever", "prompt_builder", "generator"):
+    for name in (RAG.model, *(m for m in MODELS if m != RAG.model)):
         if name not in after:
             continue
         calls = after[name]["calls"] - before.get(name, {}).get("calls", 0)

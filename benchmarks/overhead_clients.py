@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from tritonrag.serving.contract import EMBEDDER, PROMPT_BUILDER, RAG, RETRIEVER
+
 IN_PROCESS = "in-process"
 
 
@@ -53,14 +55,14 @@ class GrpcRag:
 
     def ask(self, question: str, max_tokens: int, stream: bool = True) -> Sample:
         grpc = self._grpc
-        text = grpc.InferInput("text_input", [1], "BYTES")
+        text = grpc.InferInput(RAG.text_input, [1], "BYTES")
         text.set_data_from_numpy(np.array([question.encode()], dtype=np.object_))
         flag = grpc.InferInput("stream", [1], "BOOL")
         flag.set_data_from_numpy(np.array([stream], dtype=bool))
         request_id = str(next(self._ids))
         started = time.perf_counter()
         ttft, pieces = None, 0
-        self.client.async_stream_infer("rag", [text, flag], request_id=request_id,
+        self.client.async_stream_infer(RAG.model, [text, flag], request_id=request_id,
                                        parameters={"max_tokens": max_tokens}, enable_empty_final_response=True)
         while True:
             result, error = self._results.get(timeout=60)
@@ -69,8 +71,8 @@ class GrpcRag:
             response = result.get_response()
             if response.id != request_id:
                 raise RuntimeError(f"response for request {response.id!r} while waiting for {request_id!r}")
-            if any(o.name == "text_output" for o in response.outputs):
-                piece = result.as_numpy("text_output").reshape(-1)[0]
+            if any(o.name == RAG.text_output for o in response.outputs):
+                piece = result.as_numpy(RAG.text_output).reshape(-1)[0]
                 if piece:
                     pieces += 1
                     if ttft is None:
@@ -92,15 +94,16 @@ class HttpRag:
         self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
 
     def ask(self, question: str, max_tokens: int) -> Sample:
-        body = json.dumps({"text_input": question, "stream": False, "parameters": {"max_tokens": max_tokens}})
+        body = json.dumps({RAG.text_input: question, RAG.stream: False, "parameters": {RAG.max_tokens: max_tokens}})
         started = time.perf_counter()
-        self.connection.request("POST", "/v2/models/rag/generate", body, {"Content-Type": "application/json"})
+        self.connection.request("POST", f"/v2/models/{RAG.model}/generate", body,
+                                {"Content-Type": "application/json"})
         response = self.connection.getresponse()
         data = response.read()
         total = time.perf_counter() - started
         if response.status != 200:
             raise RuntimeError(f"rag over HTTP: {response.status} {data[:300]!r}")
-        return Sample(total, total, 1 if json.loads(data).get("text_output") else 0)
+        return Sample(total, total, 1 if json.loads(data).get(RAG.text_output) else 0)
 
     def close(self) -> None:
         self.connection.close()
@@ -112,7 +115,7 @@ class _TimedStages:
     def __init__(self, stages: Any) -> None:
         self.inner = stages
         self.embedder = self.retriever = self.prompt_builder = self.generator = self
-        self.seconds: dict[str, float] = {"embedder": 0.0, "retriever": 0.0, "prompt_builder": 0.0}
+        self.seconds: dict[str, float] = {EMBEDDER.model: 0.0, RETRIEVER.model: 0.0, PROMPT_BUILDER.model: 0.0}
 
     async def _timed(self, name: str, call: Any) -> Any:
         started = time.perf_counter()
@@ -122,13 +125,13 @@ class _TimedStages:
             self.seconds[name] += time.perf_counter() - started
 
     async def embed(self, text: str) -> Any:
-        return await self._timed("embedder", self.inner.embed(text))
+        return await self._timed(EMBEDDER.model, self.inner.embed(text))
 
     async def retrieve(self, embedding: Any, top_k: Any, flt: Any) -> Any:
-        return await self._timed("retriever", self.inner.retrieve(embedding, top_k, flt))
+        return await self._timed(RETRIEVER.model, self.inner.retrieve(embedding, top_k, flt))
 
     async def build(self, query: str, passages: Any, template: Any) -> Any:
-        return await self._timed("prompt_builder", self.inner.build(query, passages, template))
+        return await self._timed(PROMPT_BUILDER.model, self.inner.build(query, passages, template))
 
     async def start(self, prompt: Any, sampling: Any, stream: bool) -> Any:
         return await self.inner.start(prompt, sampling, stream)
