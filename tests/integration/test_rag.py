@@ -47,6 +47,22 @@ def test_filter_restricts_sources_to_one_document(server):
     assert len(answer.sources) == 2
 
 
+def test_a_question_the_documents_do_not_touch_is_abstained_without_generating(server):
+    url = f"http://{server.http_url}/v2/models/rag/generate"
+    status, body = post_json(url, {"text_input": "Hi", "parameters": FAST})  # best passage ~0.18 < 0.3
+    assert status == 200, body
+    assert body["finish_reason"] == "abstained"
+    assert body["text_output"].startswith("The documents do not contain an answer")
+    assert json.loads(body["sources"]), "the passages found are still reported"
+    events = sse_events(f"{url}_stream", {"text_input": "Hi", "parameters": {**FAST, "stream": True}})
+    assert json.loads(events[0]["sources"]) and events[-1]["finish_reason"] == "abstained"
+    assert any(e.get("text_output", "").startswith("The documents do not contain") for e in events)
+    status, body = post_json(url, {"text_input": "Hi", "parameters": {**FAST, "min_score": 0}})
+    assert status == 200 and body["finish_reason"] in ("stop", "length"), body  # 0 disables: generated
+    status, body = post_json(url, {"text_input": "Hi", "parameters": {"min_score": 5}})
+    assert status == 400 and "min_score must be between -1 and 1" in body["error"], body
+
+
 def test_generate_stream_sse_plain_json(server):
     body = {"text_input": "Describe the body of water in Utah", "parameters": {"max_tokens": 12, "stream": True}}
     events = sse_events(f"http://{server.http_url}/v2/models/rag/generate_stream", body)

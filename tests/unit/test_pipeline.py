@@ -12,6 +12,7 @@ from tritonrag.errors import InvalidInput
 from tritonrag.kb.filters import parse_filter
 from tritonrag.pipeline.errors import StageError
 from tritonrag.pipeline.events import (
+    ABSTAINED,
     CancelledEvent,
     ErrorCode,
     FailedEvent,
@@ -235,3 +236,31 @@ def test_cancel_watch_asks_at_most_every_interval():
     assert asked == [0.0, 0.06, 0.2] and watch.cancelled
     now[0] = 9.0
     assert watch.check() and len(asked) == 3  # a yes is remembered, not asked again
+
+
+def test_weak_evidence_abstains_without_generating():
+    weak = [Passage(9, 0.21, "Breakfast at the Reform Club.", {"source": "book.txt", "title": "Ch 1"})]
+    fake = stages(passages=weak)
+    events = run(RagPipeline(fake), request(min_score=0.3))
+    assert [c[0] for c in fake.calls] == ["embed", "retrieve"]  # no prompt built, nothing generated
+    assert isinstance(events[0], SourcesEvent) and json.loads(events[0].sources)[0]["chunk_id"] == 9
+    assert events[1].text.startswith("The documents do not contain an answer") and "0.21" in events[1].text
+    assert events[-1] == FinalEvent("", ABSTAINED)
+    (final,) = run(RagPipeline(stages(passages=weak)), request(stream=False, min_score=0.3))
+    assert final.finish_reason == ABSTAINED and "under the threshold 0.30" in final.text and final.sources
+
+
+def test_evidence_at_or_over_the_threshold_is_answered_and_zero_disables():
+    assert run(RagPipeline(stages()), request(min_score=0.9))[-1] == FinalEvent("", "stop")  # best is 0.9
+    weak = [Passage(9, -0.2, "x", {})]
+    assert run(RagPipeline(stages(passages=weak)), request(min_score=0.0))[-1].finish_reason == "stop"
+
+
+def test_min_score_defaults_to_the_settings_and_is_validated():
+    settings = load_settings()
+    parse = RagRequest.parse
+    assert parse("q", {}, None, settings.rag, settings.retriever).params.min_score == settings.rag.abstain_below_score
+    assert parse("q", {"min_score": "0.5"}, None, settings.rag, settings.retriever).params.min_score == 0.5
+    for bad in (2, "high", True):
+        with pytest.raises(InvalidInput, match="min_score"):
+            parse("q", {"min_score": bad}, None, settings.rag, settings.retriever)

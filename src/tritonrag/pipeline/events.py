@@ -21,6 +21,9 @@ class TextEvent:
     text: str
 
 
+ABSTAINED = "abstained"  # the finish reason of an answer given without generating (tritonrag.pipeline.steps)
+
+
 @dataclass(frozen=True)
 class FinalEvent:
     """The end of the answer: the whole text when not streamed (else ""), and the sources when not sent before."""

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from tritonrag.errors import InvalidInput
 from tritonrag.pipeline.errors import RequestCancelled, failure
-from tritonrag.pipeline.events import CancelledEvent, Event, FinalEvent, SourcesEvent, TextEvent
+from tritonrag.pipeline.events import ABSTAINED, CancelledEvent, Event, FinalEvent, SourcesEvent, TextEvent
 from tritonrag.pipeline.stages import GenerateStage, Stages
-from tritonrag.pipeline.steps import BuildPrompt, EmbedQuery, RagState, Retrieve, Step
+from tritonrag.pipeline.steps import AbstainOnWeakEvidence, BuildPrompt, EmbedQuery, RagState, Retrieve, Step
 from tritonrag.pipeline.types import RagRequest
 
 DEFAULT_FLOW = "rag"
@@ -33,8 +33,9 @@ class Flow:
 
 
 def standard_flows(stages: Stages) -> dict[str, Flow]:
-    """The flows every deployment serves: ``rag`` (embed the question, retrieve passages, build the prompt)."""
-    rag = Flow(DEFAULT_FLOW, (EmbedQuery(stages.embedder), Retrieve(stages.retriever),
+    """The flows every deployment serves: ``rag`` (embed the question, retrieve passages, abstain when even the best
+    scores under the request's min_score, build the prompt)."""
+    rag = Flow(DEFAULT_FLOW, (EmbedQuery(stages.embedder), Retrieve(stages.retriever), AbstainOnWeakEvidence(),
                               BuildPrompt(stages.prompt_builder)))
     return {rag.name: rag}
 
@@ -73,7 +74,8 @@ class RagPipeline:
             state = RagState(request)
             for step in self._flow(flow).steps:
                 await step.run(state)
-            async for event in generate(self.stages.generator, state, watch):
+            answer = abstain(state) if state.abstention else generate(self.stages.generator, state, watch)
+            async for event in answer:
                 yield event
         except Exception as exc:
             yield CancelledEvent() if _client_gone(is_cancelled) else failure(exc)
@@ -89,6 +91,17 @@ def _client_gone(is_cancelled: Callable[[], bool]) -> bool:
         return bool(is_cancelled())
     except Exception:  # asking failed: the client is most likely gone, and there is nobody to tell
         return True
+
+
+async def abstain(state: RagState) -> AsyncIterator[Event]:
+    """The answer of an abstention, in the shape of a generated one: (stream) sources, the message as text, final."""
+    message = state.abstention.message
+    if state.request.stream:
+        yield SourcesEvent(state.sources)
+        yield TextEvent(message)
+        yield FinalEvent("", ABSTAINED)
+    else:
+        yield FinalEvent(message, ABSTAINED, state.sources)
 
 
 async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch) -> AsyncIterator[Event]:

@@ -2,6 +2,7 @@
 
 Every value a request leaves out stays unset: the stage that owns the setting applies its own default (top_k: the
 retriever's, template: the prompt builder's, max_tokens and temperature: the generator's), so a default exists once.
+The orchestrator's own options (stream, min_score) take the [rag] settings' defaults.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class RagParams:
     top_p: float | None = None
     seed: int | None = None
     filter: Filter | None = None
+    min_score: float | None = None  # abstain when the best passage scores under it; None or 0: never
 
     @classmethod
     def from_parameters(cls, raw: Mapping[str, Any], rag: RagSettings, retriever: RetrieverSettings) -> RagParams:
@@ -56,6 +58,7 @@ class RagParams:
             top_p=optional(RAG.top_p, as_float),
             seed=optional(RAG.seed, as_int),
             filter=parse_filter(raw.get(RAG.filter)),
+            min_score=_min_score(raw.get(RAG.min_score, rag.abstain_below_score)),
         )
 
     def sampling(self) -> dict[str, Any]:
@@ -63,3 +66,11 @@ class RagParams:
         values = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                   "seed": self.seed}
         return {name: value for name, value in values.items() if value is not None}
+
+
+def _min_score(value: Any) -> float:
+    """A score threshold: passages' scores are cosine similarities, so between -1 and 1 (0 disables)."""
+    score = as_float(value, RAG.min_score)
+    if not -1.0 <= score <= 1.0:
+        raise InvalidInput(f"min_score must be between -1 and 1 (a cosine similarity; 0 disables), got {score}")
+    return score

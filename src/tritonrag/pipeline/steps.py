@@ -14,6 +14,19 @@ from tritonrag.pipeline.stages import EmbedStage, PromptStage, RetrieveStage
 from tritonrag.pipeline.types import Passage, Prompt, RagRequest
 
 
+@dataclass(frozen=True)
+class Abstention:
+    """Why the pipeline answers without generating: the best passage scores under the request's threshold."""
+
+    best_score: float
+    min_score: float
+
+    @property
+    def message(self) -> str:
+        return (f"The documents do not contain an answer to this question: the best passage scores "
+                f"{self.best_score:.2f}, under the threshold {self.min_score:.2f} (parameter min_score; 0 disables).")
+
+
 @dataclass
 class RagState:
     """What the steps know so far of one request."""
@@ -23,6 +36,7 @@ class RagState:
     embedding: np.ndarray | None = None
     passages: list[Passage] = field(default_factory=list)
     prompt: Prompt | None = None
+    abstention: Abstention | None = None  # set: answer that, generate nothing
 
     def __post_init__(self) -> None:
         self.query = self.query or self.request.query
@@ -63,9 +77,24 @@ class Retrieve:
 
 
 @dataclass(frozen=True)
+class AbstainOnWeakEvidence:
+    """Abstain, without spending generation, when even the best passage scores under the request's min_score."""
+
+    name: str = "abstain"
+
+    async def run(self, state: RagState) -> None:
+        threshold = state.request.params.min_score
+        best = max((p.score for p in state.passages), default=float("-inf"))
+        if threshold and best < threshold:
+            state.abstention = Abstention(best, threshold)
+
+
+@dataclass(frozen=True)
 class BuildPrompt:
     prompt_builder: PromptStage
     name: str = "prompt"
 
     async def run(self, state: RagState) -> None:
+        if state.abstention is not None:
+            return
         state.prompt = await self.prompt_builder.build(state.query, state.passages, state.request.params.template)

@@ -81,11 +81,12 @@ class RagContract:
     top_p: str = "top_p"
     seed: str = "seed"
     filter: str = "filter"  # JSON string (request parameters are scalars)
+    min_score: str = "min_score"  # the best passage's score under which rag abstains without generating
 
     @property
     def parameters(self) -> tuple[str, ...]:
         return (self.top_k, self.template, self.max_tokens, self.temperature, self.top_p, self.seed, self.stream,
-                self.filter)
+                self.filter, self.min_score)
 
 
 EMBEDDER = EmbedderContract()

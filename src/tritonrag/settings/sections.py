@@ -93,6 +93,7 @@ class RagSettings:
     bls_timeout_s: float
     max_concurrency: int
     stream_default: bool
+    abstain_below_score: float
 
 
 @dataclass(frozen=True)
