@@ -176,7 +176,8 @@ def rag_checks(ctx: Context) -> list[Check]:
 
     server = ctx.found["server"]
     started = time.perf_counter()
-    answer = RagClient(server.http_url, "http", timeout_s=120).ask(QUESTION, top_k=4, max_tokens=32, seed=0)
+    client = RagClient(server.http_url, "http", timeout_s=120)
+    answer = client.ask(QUESTION, top_k=4, max_tokens=32, seed=0, min_score=0)  # min_score 0: always generate
     elapsed = time.perf_counter() - started
     sources = [{"chunk": s.get("chunk_id"), "score": s.get("score"), "section": s.get("section")}
                for s in (answer.sources or [])]
@@ -191,7 +192,8 @@ def rag_checks(ctx: Context) -> list[Check]:
     device = (stats.get("index") or {}).get("device")
     checks.append(verdict("retriever: stats device (faiss-cpu)", "cpu", device, device == "cpu"))
     try:
-        grpc_answer = RagClient(server.grpc_url, "grpc", timeout_s=120).ask(QUESTION, top_k=2, max_tokens=8)
+        grpc_client = RagClient(server.grpc_url, "grpc", timeout_s=120)
+        grpc_answer = grpc_client.ask(QUESTION, top_k=2, max_tokens=8, min_score=0)
         checks.append(verdict("rag: gRPC stream (tritonclient)", "an answer", f"{len(grpc_answer.text)} chars",
                               grpc_answer.finish_reason in ("stop", "length")))
     except (ImportError, RuntimeError) as exc:  # tritonclient raises RuntimeError when grpc will not import
