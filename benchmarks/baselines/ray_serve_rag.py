@@ -215,8 +215,7 @@ class PromptBuilder:
     def build(self, query: str, hits: list[dict[str, Any]], template: str) -> tuple[str, list[str]]:
         from tritonrag.prompts.builder import ContextDocument
 
-        keys = ("title", "source", "section")
-        documents = [ContextDocument(text=h["text"], **{k: str(h["metadata"].get(k, "")) for k in keys}) for h in hits]
+        documents = [ContextDocument.from_metadata(h["text"], h["metadata"]) for h in hits]
         return self.builder.build(template, query, documents), list(self.builder.spec(template).stop)
 
 

@@ -44,9 +44,7 @@ class LocalStages:
 
     async def build(self, query: str, passages: Sequence[Passage], template: str | None) -> Prompt:
         name = template or self._template
-        documents = [ContextDocument(text=p.text, **{k: str(p.metadata.get(k, "")) for k in ("title", "source",
-                                                                                             "section")})
-                     for p in passages]
+        documents = [ContextDocument.from_metadata(p.text, p.metadata) for p in passages]
         return Prompt(self._builder.build(name, query, documents), tuple(self._builder.spec(name).stop))
 
     async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool) -> LocalGeneration:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from jinja2 import StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -48,6 +49,11 @@ class ContextDocument:
     title: str = ""
     source: str = ""
     section: str = ""
+
+    @classmethod
+    def from_metadata(cls, text: str, metadata: Mapping[str, Any]) -> ContextDocument:
+        """A chunk's text with the fields of its metadata a template may read (others are ignored)."""
+        return cls(text, **{k: str(metadata.get(k, "")) for k in ("title", "source", "section")})
 
 
 class PromptBuilder:

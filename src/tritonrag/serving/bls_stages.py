@@ -21,6 +21,7 @@ from tritonrag.pipeline.errors import StageError
 from tritonrag.pipeline.events import ErrorCode
 from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt
 from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RETRIEVER
+from tritonrag.serving.tensors import string_tensor
 
 DRAIN_TIMEOUT_S = 30.0  # how long a cancelled generator stream may take to close
 
@@ -31,11 +32,6 @@ def stage_error(model: str, error: Any) -> StageError:
     codes = {getattr(pb_utils.TritonError, code.name): code for code in ErrorCode}
     code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
     return StageError(model, error.message(), codes.get(code, ErrorCode.INTERNAL))
-
-
-def _bytes(values: Sequence[str], shape: tuple[int, ...] | None = None) -> np.ndarray:
-    array = np.array([v.encode("utf-8") for v in values], np.object_)
-    return array.reshape(shape) if shape else array
 
 
 def _first_string(response: Any, name: str) -> str | None:
@@ -61,7 +57,7 @@ class BlsStages:
 
     async def embed(self, text: str) -> np.ndarray:
         (embedding,) = await self._infer(
-            EMBEDDER.model, [pb_utils.Tensor(EMBEDDER.text, _bytes([text], (1, 1)))], [EMBEDDER.embedding])
+            EMBEDDER.model, [string_tensor(EMBEDDER.text, [text], (1, 1))], [EMBEDDER.embedding])
         return embedding
 
     async def retrieve(self, embedding: np.ndarray, top_k: int | None, flt: Filter | None) -> list[Passage]:
@@ -69,7 +65,7 @@ class BlsStages:
         if top_k is not None:
             inputs.append(pb_utils.Tensor(RETRIEVER.top_k, np.array([[top_k]], np.int32)))
         if flt is not None:
-            inputs.append(pb_utils.Tensor(RETRIEVER.filter, _bytes([flt.to_json()], (1, 1))))
+            inputs.append(string_tensor(RETRIEVER.filter, [flt.to_json()], (1, 1)))
         ids, scores, texts, metadata = await self._infer(
             RETRIEVER.model, inputs, [RETRIEVER.chunk_ids, RETRIEVER.scores, RETRIEVER.texts, RETRIEVER.metadata])
         return [Passage(int(i), float(s), t.decode("utf-8"), json.loads(m))
@@ -77,12 +73,12 @@ class BlsStages:
 
     async def build(self, query: str, passages: Sequence[Passage], template: str | None) -> Prompt:
         inputs = [
-            pb_utils.Tensor(PROMPT_BUILDER.query, _bytes([query])),
-            pb_utils.Tensor(PROMPT_BUILDER.context, _bytes([p.text for p in passages])),
-            pb_utils.Tensor(PROMPT_BUILDER.metadata, _bytes([json.dumps(dict(p.metadata)) for p in passages])),
+            string_tensor(PROMPT_BUILDER.query, [query]),
+            string_tensor(PROMPT_BUILDER.context, [p.text for p in passages]),
+            string_tensor(PROMPT_BUILDER.metadata, [json.dumps(dict(p.metadata)) for p in passages]),
         ]
         if template is not None:
-            inputs.append(pb_utils.Tensor(PROMPT_BUILDER.template, _bytes([template])))
+            inputs.append(string_tensor(PROMPT_BUILDER.template, [template]))
         prompt, stop = await self._infer(PROMPT_BUILDER.model, inputs, [PROMPT_BUILDER.prompt, PROMPT_BUILDER.stop])
         return Prompt(prompt.reshape(-1)[0].decode("utf-8"), tuple(s.decode("utf-8") for s in stop.reshape(-1)))
 
@@ -92,9 +88,9 @@ class BlsStages:
             model_name=GENERATOR.model,
             parameters={GENERATOR.cancel_key: cancel_key},
             inputs=[
-                pb_utils.Tensor(GENERATOR.text_input, _bytes([prompt.text])),
-                pb_utils.Tensor(GENERATOR.stop, _bytes(list(prompt.stop))),
-                pb_utils.Tensor(GENERATOR.sampling_parameters, _bytes([json.dumps(dict(sampling))])),
+                string_tensor(GENERATOR.text_input, [prompt.text]),
+                string_tensor(GENERATOR.stop, list(prompt.stop)),
+                string_tensor(GENERATOR.sampling_parameters, [json.dumps(dict(sampling))]),
                 pb_utils.Tensor(GENERATOR.stream, np.array([stream], bool)),
             ],
             requested_output_names=[GENERATOR.text_output, GENERATOR.finish_reason],
@@ -127,7 +123,7 @@ class BlsGeneration:
             self.responses.cancel()
             return
         request = pb_utils.InferenceRequest(
-            model_name=GENERATOR.model, inputs=[pb_utils.Tensor(GENERATOR.text_input, _bytes([""]))],
+            model_name=GENERATOR.model, inputs=[string_tensor(GENERATOR.text_input, [""])],
             requested_output_names=[GENERATOR.text_output], parameters={GENERATOR.cancel: self.cancel_key},
             timeout=self.stages.timeout_us,
         )

@@ -30,9 +30,7 @@ class TritonPythonModel:
                 fields = json.loads(meta)
             except json.JSONDecodeError:
                 raise InvalidInput(f"'{PROMPT_BUILDER.metadata}' row {i} is not valid JSON") from None
-            documents.append(
-                ContextDocument(text=text, **{k: str(fields.get(k, "")) for k in ("title", "source", "section")})
-            )
+            documents.append(ContextDocument.from_metadata(text, fields))
         name = read_string(request, PROMPT_BUILDER.template, required=False) or self.settings.template
         prompt = self.builder.build(name, query, documents)
         stop = self.builder.spec(name).stop
