@@ -4,7 +4,7 @@
 2. `vllm-inprocess`: the same vLLM engine (AsyncLLM) in this process, no Triton: the limit for (1);
 3. `transformers-triton`: the transformers fallback served by Triton.
 
-Every system gets the same RAG prompts (the demo's retrieval + completion_qa template, ~850 tokens), greedy
+Every system gets the same RAG prompts (the demo's retrieval + the [prompt_builder] template), greedy
 decoding, no stop strings, and the same max_tokens, from closed-loop clients (each sends its next request
 when the previous one ends). Output tokens are counted by the engine (Triton: the generator's token counter).
 vLLM's prefix caching is off here: the levels reuse the same prompts, and a cache hit would make later levels
@@ -60,18 +60,18 @@ class Result:
 def rag_prompts(n: int) -> list[str]:
     from tritonrag.embedding.encoder import TextEmbedder
     from tritonrag.kb.search import KnowledgeBase
-    from tritonrag.prompts.builder import PromptBuilder
+    from tritonrag.prompts.builder import prompt_builder
     from tritonrag.settings import load_settings
 
     settings = load_settings()
     embedder, kb = TextEmbedder(settings.embedder, "cpu"), KnowledgeBase(settings.index_dir)
-    builder = PromptBuilder(settings.prompt_builder.max_query_chars, settings.prompt_builder.max_context_chars)
+    builder = prompt_builder(settings)
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
     scores, ids = kb.search(embedder.encode(questions), settings.retriever.top_k_default)
     prompts = []
     for question, row_ids, row_scores in zip(questions, ids, scores):
         docs = [{"text": h.text, "title": h.title} for h in kb.fetch(row_ids, row_scores)]
-        prompts.append(builder.build("completion_qa", question, docs))
+        prompts.append(builder.build(settings.prompt_builder.template, question, docs).text)
     return prompts
 
 

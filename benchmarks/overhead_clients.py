@@ -149,7 +149,7 @@ class InProcessRag:
         from tritonrag.kb.search import KnowledgeBase
         from tritonrag.pipeline.flow import RagPipeline
         from tritonrag.pipeline.local_stages import LocalStages
-        from tritonrag.prompts.builder import PromptBuilder
+        from tritonrag.prompts.builder import prompt_builder
 
         self.settings = settings
         r, p = settings.retriever, settings.prompt_builder
@@ -157,7 +157,7 @@ class InProcessRag:
         stages = LocalStages(
             TextEmbedder(settings.embedder, "cpu"),
             KnowledgeBase(settings.index_dir, "cpu", r.nprobe, r.ef_search, r.filter_exact_max), r,
-            PromptBuilder(p.max_query_chars, p.max_context_chars), p.template, self.engine, settings.generator)
+            prompt_builder(settings), p.template, self.engine, settings.generator)
         self.stages = _TimedStages(stages)
         self.pipeline = RagPipeline(self.stages)
         # One event loop for every caller thread (the closed loop asks from several at once), as in the rag stub.

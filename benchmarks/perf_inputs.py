@@ -54,10 +54,10 @@ def retrieve_all(settings: Any, kb: Any, questions: list[str]) -> list[Retrieved
     """Embed, retrieve and build the prompt for each question, in-process, as the `rag` model would (with the
     stages' defaults: [retriever] top_k_default, [prompt_builder] template)."""
     from tritonrag.embedding.encoder import TextEmbedder
-    from tritonrag.prompts.builder import PromptBuilder
+    from tritonrag.prompts.builder import prompt_builder
 
     embedder = TextEmbedder(settings.embedder, "cpu")
-    builder = PromptBuilder(settings.prompt_builder.max_query_chars, settings.prompt_builder.max_context_chars)
+    builder = prompt_builder(settings)
     vectors = embedder.encode(questions)
     template = settings.prompt_builder.template
     scores, ids = kb.search(vectors, settings.retriever.top_k_default)
@@ -70,8 +70,8 @@ def retrieve_all(settings: Any, kb: Any, questions: list[str]) -> list[Retrieved
             embedding=[float(x) for x in vector],
             texts=[h.text for h in hits],
             metadata=[json.dumps(h.metadata()) for h in hits],
-            prompt=builder.build(template, question, docs),
-            stop=list(builder.spec(template).stop),
+            prompt=(built := builder.build(template, question, docs)).text,
+            stop=list(built.stop),
         ))
     return out
 
@@ -99,8 +99,8 @@ def generator_data(rows: list[Retrieved], max_tokens: int, temperature: float) -
     sampling = json.dumps({"max_tokens": max_tokens, "temperature": temperature})
     g = GENERATOR
     return [
-        {g.text_input: tensor([r.prompt], [1]), g.stop: tensor(r.stop), g.sampling_parameters: tensor([sampling], [1]),
-         g.stream: tensor([True], [1])}
+        {g.text_input: tensor([r.prompt], [1]), g.sampling_parameters: tensor([sampling], [1]),
+         g.stream: tensor([True], [1]), **({g.stop: tensor(r.stop)} if r.stop else {})}  # chat prompts: no stop
         for r in rows
     ]
 

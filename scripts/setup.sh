@@ -59,7 +59,8 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 step "Triton server runtime"
 "$VENV/bin/tritonrag" install-runtime
-step "generator model (Gemma-3-270M)"
+step "generator models (Qwen2.5-Coder-0.5B-Instruct, the default; SmolLM2-135M-Instruct, the tests')"
 "$VENV/bin/tritonrag" prepare-models
+"$VENV/bin/tritonrag" prepare-models --model smollm2-135m-instruct
 step "sample knowledge base"
 "$VENV/bin/tritonrag" ingest --sample --if-missing

@@ -205,9 +205,9 @@ class PromptBuilder:
     """tritonrag's Jinja2 templates, called as its prompt_builder model calls them; returns (prompt, stop)."""
 
     def __init__(self, settings: Settings) -> None:
-        from tritonrag.prompts.builder import PromptBuilder as Builder
+        from tritonrag.prompts.builder import prompt_builder
 
-        self.builder = Builder(settings.prompt_builder.max_query_chars, settings.prompt_builder.max_context_chars)
+        self.builder = prompt_builder(settings)
 
     def ping(self) -> bool:
         return True
@@ -216,7 +216,8 @@ class PromptBuilder:
         from tritonrag.prompts.builder import ContextDocument
 
         documents = [ContextDocument.from_metadata(h["text"], h["metadata"]) for h in hits]
-        return self.builder.build(template, query, documents), list(self.builder.spec(template).stop)
+        built = self.builder.build(template, query, documents)
+        return built.text, list(built.stop)
 
 
 class _QueueSink:

@@ -15,11 +15,13 @@ from .client import RagAnswer, RagClient, RagError
 console = Console()
 
 
-def print_sources(sources: list[dict]) -> None:
-    console.print("\n[bold]Sources[/bold]")
+def print_sources(sources: list[dict], cited: list[dict] | None = None) -> None:
+    numbers = {c["n"] for c in cited or ()}
+    console.print("\n[bold]Sources[/bold] (* cited by the answer)")
     for i, src in enumerate(sources, 1):
         where = " - ".join(x for x in (src.get("title"), src.get("section")) if x)
-        console.print(f"  [{i}] chunk {src['chunk_id']}  score {src['score']:.3f}  {where}", markup=False)
+        mark = "*" if i in numbers else " "
+        console.print(f" {mark}[{i}] chunk {src['chunk_id']}  score {src['score']:.3f}  {where}", markup=False)
         if src.get("snippet"):
             console.print(f"      {src['snippet']}", style="dim", markup=False, highlight=False)
 
@@ -31,7 +33,13 @@ def ask(
     grpc: Annotated[bool, typer.Option("--grpc", help="Shorthand for --protocol grpc.")] = False,
     url: Annotated[str | None, typer.Option(help="host:port (default localhost:8000 http, :8001 grpc).")] = None,
     top_k: Annotated[int | None, typer.Option(help="Passages to retrieve.")] = None,
-    template: Annotated[str | None, typer.Option(help="Prompt template name.")] = None,
+    template: Annotated[str | None, typer.Option(
+        help="Prompt template (task): qa, summarize, extract... (`tritonrag templates` lists them).")] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="Replace the template's system prompt.")] = None,
+    json_schema: Annotated[str | None, typer.Option(
+        help="Answer as JSON following this JSON schema (a JSON string, or @FILE).")] = None,
+    flow: Annotated[str | None, typer.Option(
+        help="rag (default) or qa-checked (a critic checks the answer against the passages).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
     source: Annotated[list[str] | None, typer.Option(
@@ -46,11 +54,16 @@ def ask(
       tritonrag ask "Describe the body of water in Utah"\n
       tritonrag ask --grpc --top-k 6 "Did Phileas Fogg really rob the bank?"\n
       tritonrag ask --no-stream --json --url 10.0.0.5:8000 "Who is Passepartout?"\n
-      tritonrag ask --source around_the_world.txt "Who is Aouda?"
+      tritonrag ask --source around_the_world.txt "Who is Aouda?"\n
+      tritonrag ask --flow qa-checked "Where does Fogg live?"\n
+      tritonrag ask --template extract --json-schema @person.schema.json "Who is Aouda?"
     """
     protocol = "grpc" if grpc else protocol
     url = url or ("localhost:8001" if protocol == "grpc" else "localhost:8000")
-    given = {RAG.top_k: top_k, RAG.template: template, RAG.max_tokens: max_tokens, RAG.temperature: temperature}
+    if json_schema and json_schema.startswith("@"):
+        json_schema = open(json_schema[1:]).read()
+    given = {RAG.top_k: top_k, RAG.template: template, RAG.max_tokens: max_tokens, RAG.temperature: temperature,
+             RAG.system_prompt: system_prompt, RAG.json_schema: json_schema, RAG.flow: flow}
     params = {name: value for name, value in given.items() if value is not None}
     flt = _filter(source, where)
     if flt:
@@ -73,11 +86,12 @@ def ask(
                       "Start it with `tritonrag serve` (or scripts/demo.sh).")
         raise typer.Exit(1) from None
     if as_json:
-        print(json.dumps({"answer": answer.text, "sources": answer.sources, "finish_reason": answer.finish_reason}))
+        print(json.dumps({"answer": answer.text, "sources": answer.sources, "citations": answer.citations,
+                          "finish_reason": answer.finish_reason}))
         return
     if not stream:
         console.print(answer.text, markup=False, highlight=False)
-    print_sources(answer.sources)
+    print_sources(answer.sources, answer.citations)
 
 
 def _filter(sources: list[str] | None, where: list[str] | None) -> dict[str, object]:

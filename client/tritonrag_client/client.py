@@ -21,11 +21,13 @@ class RagError(RuntimeError):
 
 @dataclass(frozen=True)
 class RagEvent:
-    """One streamed piece of an answer: new text, and the sources when they arrive."""
+    """One streamed piece of an answer: new text, the sources when they arrive, and on the last one the finish
+    reason and the passages the answer cites (each with its number n in the sources, 1-based)."""
 
     text: str = ""
     sources: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    citations: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -33,6 +35,7 @@ class RagAnswer:
     text: str = ""
     sources: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
+    citations: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, event: RagEvent) -> None:
         self.text += event.text
@@ -40,6 +43,8 @@ class RagAnswer:
             self.sources = event.sources
         if event.finish_reason:
             self.finish_reason = event.finish_reason
+        if event.citations is not None:
+            self.citations = event.citations
 
 
 def _event(outputs: dict[str, Any]) -> RagEvent:
@@ -51,8 +56,9 @@ def _event(outputs: dict[str, Any]) -> RagEvent:
             value = value[0] if value else ""
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    sources = first(RAG.sources)
-    return RagEvent(first(RAG.text_output) or "", json.loads(sources) if sources else None, first(RAG.finish_reason))
+    sources, citations = first(RAG.sources), first(RAG.citations)
+    return RagEvent(first(RAG.text_output) or "", json.loads(sources) if sources else None, first(RAG.finish_reason),
+                    json.loads(citations) if citations else None)
 
 
 class RagClient:
@@ -151,11 +157,9 @@ class RagClient:
 
 
 def _wire_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Triton request parameters are scalars: a filter given as a dict travels as its JSON."""
-    flt = parameters.get(RAG.filter)
-    if isinstance(flt, dict):
-        parameters = {**parameters, RAG.filter: json.dumps(flt)}
-    return parameters
+    """Triton request parameters are scalars: a filter or a JSON schema given as a dict travels as its JSON."""
+    return {name: json.dumps(value) if name in (RAG.filter, RAG.json_schema) and isinstance(value, dict) else value
+            for name, value in parameters.items()}
 
 
 def retriever_stats(url: str = "localhost:8000", model: str = RETRIEVER.model,

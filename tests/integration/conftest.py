@@ -1,5 +1,7 @@
-"""Start one real tritonserver on the committed model repository for the whole test session."""
+"""Start one real tritonserver on the committed model repository for the whole test session, serving with
+tests/integration/settings.toml (a small generator model) unless TRITONRAG_CONFIG names other settings."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,9 +9,10 @@ import pytest
 from tritonrag.deploy.server import Ports, TritonServer
 from tritonrag.kb.search import KnowledgeBase
 from tritonrag.kb.versions import published_version
-from tritonrag.settings import load_settings
+from tritonrag.settings import CONFIG_ENV, load_settings
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+CONFIG = os.environ.get(CONFIG_ENV) or str(Path(__file__).with_name("settings.toml"))
 
 
 def pytest_collection_modifyitems(items):
@@ -20,7 +23,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def settings():
-    return load_settings()
+    return load_settings(CONFIG)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +37,7 @@ def knowledge_base(settings):
 
 @pytest.fixture(scope="session")
 def server(settings, knowledge_base):
-    triton = TritonServer(REPOSITORY, settings.home, Ports.choose(0, 0, 0))
+    triton = TritonServer(REPOSITORY, settings.home, Ports.choose(0, 0, 0), env={CONFIG_ENV: CONFIG})
     triton.start(settings.server.startup_timeout_s)
     yield triton
     triton.stop()

@@ -119,7 +119,7 @@ def test_cancelling_rag_cancels_its_generator_request(server):
     stream = grpcclient.InferInput("stream", [1], "BOOL")
     stream.set_data_from_numpy(np.array([True]))
     _cancel_after_first_tokens(server, "rag", [bytes_input("text_input", ["Tell me about the journey"]), stream],
-                               parameters={"max_tokens": 1000, "template": "beluga_qa"})
+                               parameters={"max_tokens": 1000, "template": "qa"})
     assert wait_for(lambda: metric(server, "tritonrag_generator_requests_in_flight") == 0, 30)
     assert metric(server, "tritonrag_generator_requests_total", finish_reason="cancelled") == cancelled + 1
 

@@ -105,10 +105,10 @@ def test_grpc_streaming_rag(server):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_python_client_stream_and_ask(server, protocol):
     client = RagClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
-    events = list(client.stream("Where is the Reform Club?", max_tokens=10, template="beluga_qa"))
+    events = list(client.stream("Where is the Reform Club?", max_tokens=10, template="qa"))
     assert events[0].sources and len(events) >= 3
     streamed = "".join(e.text for e in events)
-    answer = client.ask("Where is the Reform Club?", max_tokens=10, template="beluga_qa")
+    answer = client.ask("Where is the Reform Club?", max_tokens=10, template="qa")
     assert answer.text == streamed, "greedy decoding gives the same answer streamed or not"
     assert answer.sources == events[0].sources
 
@@ -135,3 +135,76 @@ def test_ask_cli(server):
                                       "Who is Fix?"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["sources"]
+
+
+# --- citations, tasks, structured output, the checked flow -------------------------------------------------------
+
+def test_the_final_response_lists_only_valid_citations(server):
+    url = f"http://{server.http_url}/v2/models/rag/generate"
+    status, body = post_json(url, {"text_input": "Describe the body of water in Utah",
+                                   "parameters": {"max_tokens": 48}})
+    assert status == 200, body
+    sources, cited = json.loads(body["sources"]), json.loads(body["citations"])
+    for citation in cited:  # whatever the model cites, only passages it was shown are listed
+        assert 1 <= citation["n"] <= len(sources)
+        assert citation["chunk_id"] == sources[citation["n"] - 1]["chunk_id"]
+        assert f"[{citation['n']}" in body["text_output"] or f", {citation['n']}" in body["text_output"]
+    events = sse_events(f"{url}_stream", {"text_input": "Describe the body of water in Utah",
+                                          "parameters": {"max_tokens": 48, "stream": True}})
+    assert json.loads(events[-1]["citations"]) == cited, "streamed or not, the same greedy answer cites the same"
+
+
+def test_tasks_and_a_system_prompt_are_chosen_per_request(server):
+    client = RagClient(server.grpc_url, "grpc")
+    answer = client.ask("the wager at the Reform Club", template="summarize", max_tokens=24,
+                        system_prompt="You summarise documents in one sentence.")
+    assert answer.text.strip() and answer.finish_reason in ("stop", "length")
+    url = f"http://{server.http_url}/v2/models/rag/generate"
+    for parameters, message in [
+        ({"template": "no_such"}, "unknown template 'no_such'; available templates:"),
+        ({"system_prompt": "x" * 5000}, "system_prompt must hold 1 to 4000 characters"),
+        ({"template": "completion_qa", "system_prompt": "Be brief."}, "completion template"),
+        ({"flow": "nope"}, "unknown flow 'nope'; available flows: qa-checked, rag"),
+    ]:
+        status, body = post_json(url, {"text_input": "Who is Fix?", "parameters": parameters})
+        assert status == 400 and message in body["error"], (parameters, body)
+
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "servant_of"],
+          "properties": {"name": {"type": "string", "maxLength": 40},
+                         "servant_of": {"type": "string", "maxLength": 40}}}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_structured_output_follows_the_schema(server, protocol):
+    import jsonschema
+
+    client = RagClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
+    answer = client.ask("Who is Passepartout?", template="extract", json_schema=PERSON, max_tokens=60)
+    jsonschema.validate(json.loads(answer.text), PERSON)  # decoding was constrained: it parses and validates
+    assert answer.citations == []
+    answer = client.ask("Who is Passepartout?", json_object=True, max_tokens=60)
+    assert isinstance(json.loads(answer.text), dict)
+
+
+def test_a_bad_schema_is_refused_with_the_reason(server):
+    url = f"http://{server.http_url}/v2/models/rag/generate"
+    for schema, message in [("{not json", "json_schema is not valid JSON"),
+                            (json.dumps({"type": "nonsense"}), "json_schema")]:
+        status, body = post_json(url, {"text_input": "Who is Fix?", "parameters": {"json_schema": schema}})
+        assert status == 400 and message in body["error"], body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_qa_checked_flow_answers_or_abstains(server, stream):
+    client = RagClient(server.http_url)
+    question, parameters = "Where does Phileas Fogg live?", {"flow": "qa-checked", "max_tokens": 32}
+    if stream:
+        events = list(client.stream(question, **parameters))
+        assert events[0].sources and events[-1].finish_reason in ("stop", "length", "abstained")
+        text = "".join(e.text for e in events)
+    else:
+        answer = client.ask(question, **parameters)
+        assert answer.sources and answer.finish_reason in ("stop", "length", "abstained")
+        text = answer.text
+    assert text.strip()

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from tritonrag.devices import pick_device
-from tritonrag.prompts.builder import TEMPLATES
+from tritonrag.prompts.registry import PACKAGE_TEMPLATES as TEMPLATES
 from tritonrag.settings import default_home, load_settings, resolve_model_ref
 
 
@@ -95,7 +95,7 @@ def test_removed_keys_say_who_owns_them_now(tmp_path, text, message):
 
 def test_rag_defaults_are_the_stages_own():
     s = load_settings()
-    assert (s.retriever.top_k_default, s.prompt_builder.template) == (4, "completion_qa")
+    assert (s.retriever.top_k_default, s.prompt_builder.template) == (4, "qa")
     assert (s.generator.max_tokens_default, s.generator.temperature_default) == (96, 0.0)
 
 

@@ -35,6 +35,9 @@ def test_detect_and_gpu_lists():
 
 @pytest.mark.parametrize(("text", "message"), [
     ("components: {embeder: {}}", r"components: unknown key\(s\) embeder; allowed: embedder"),
+    ("components: {embeder: {}}", "or a name of your own with role: generator"),
+    ("components: {critic: {model: x}}", r"unknown key\(s\) critic; .* role: generator"),
+    ("components: {embedder: {role: generator}}", "components.embedder.role: embedder is a standard component"),
     ("components: {embedder: {gpu_shar: 0.1}}", r"components.embedder: unknown key\(s\) gpu_shar"),
     ("components: {embedder: {device: tpu}}", "components.embedder.device: must be one of cpu, gpu"),
     ("components: {embedder: {gpu_share: 0.5}}", "a CPU component takes no GPU share"),

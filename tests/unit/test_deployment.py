@@ -45,6 +45,12 @@ def test_eight_gpu_example_spreads_tensor_parallel_generators_and_packs_embedder
     embedders = plan.components["embedder"].instance_groups
     assert [g["gpus"] for g in embedders] == [[0], [1]]  # packed into the room the generators leave
     assert [g["gpus"] for g in plan.components["retriever"].instance_groups] == [[2], [3]]  # spread
+    small = plan.components["generator_small"]  # a second generator, in the room the others leave
+    assert small.role == "generator" and [(p.gpus, p.share, p.memory_cap_gib) for p in small.placements] == [
+        ((4,), 0.05, 4.0), ((5,), 0.05, 4.0)]
+    assert small.overrides == {"max_num_seqs": 64, "dtype": "bfloat16",
+                               "model": "{home}/models/smollm2-135m-instruct"}
+    assert all(share <= 1.0 for share, _, _ in plan.gpu_load().values())
     assert plan.replicas == (1, 4)
 
 
@@ -94,8 +100,13 @@ def test_detect_reads_nvidia_smi_and_machine_gpus_replace_the_inventory(tmp_path
     assert plan.components["generator"].placements[0].memory_cap_gib == 32.0
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu-1", "gpu-8"])
-def test_dry_run_prints_the_plan_of_each_example(name, tmp_path):
+SERVED = {"embedder", "retriever", "prompt_builder", "generator", "rag"}
+SMALL = {"generator_small"}
+
+
+@pytest.mark.parametrize(("name", "served"), [("cpu", SERVED), ("gpu-1", SERVED), ("gpu-8", SERVED | SMALL),
+                                              ("cpu-two-generators", SERVED | SMALL)])
+def test_dry_run_prints_the_plan_of_each_example(name, served, tmp_path):
     before = sorted(p.read_text() for p in COMMITTED.glob("*/config.pbtxt"))
     result = CliRunner().invoke(app, ["render", "--spec", str(SPECS / f"{name}.yaml"), "--dry-run"],
                                 env={"COLUMNS": "200"})
@@ -103,8 +114,9 @@ def test_dry_run_prints_the_plan_of_each_example(name, tmp_path):
     assert "Plan for" in result.output and "Cluster:" in result.output
     assert ("KIND_MODEL" in result.output) == (name == "gpu-8")
     assert sorted(p.read_text() for p in COMMITTED.glob("*/config.pbtxt")) == before  # a dry run writes nothing
+    assert ("Generators: generator (the [generator] model), generator_small" in result.output) == (served != SERVED)
     rows = plan_rows(plan_of(name))
-    assert {row[0] for row in rows} == {"embedder", "retriever", "prompt_builder", "generator", "rag"}
+    assert {row[0] for row in rows} == served
 
 
 def test_render_errors_exit_2_with_the_reason(tmp_path):

@@ -78,8 +78,9 @@ def test_registry_holds_the_three_models_with_their_provenance():
 
 def test_default_model_is_a_registry_target():
     settings = load_settings()
-    assert pm.registry_model_for(settings.generator.model).name == "gemma-3-270m"
-    assert pm.resolve_target("gemma-3-270m", settings.generator.model, settings.home) == Path(settings.generator.model)
+    assert pm.registry_model_for(settings.generator.model).name == "qwen2.5-coder-0.5b-instruct"
+    assert pm.resolve_target("qwen2.5-coder-0.5b-instruct", settings.generator.model, settings.home) == Path(
+        settings.generator.model)
     assert pm.resolve_target("smollm2-135m-instruct", settings.generator.model, Path("/h")) == Path(
         "/h/models/smollm2-135m-instruct")
     assert pm.registry_model_for("Qwen/Qwen2.5-0.5B-Instruct") is None

@@ -59,9 +59,13 @@ class FakeStages:
     fail: dict
     fail_at: int | None = None
 
+    verdicts: list = None  # the critic's answers, in order (then: supported)
+    answers: list = None  # chunk lists of successive answers (then: chunks)
+
     def __post_init__(self):
         self.embedder = self.retriever = self.prompt_builder = self.generator = self
-        self.calls, self.stream = [], None
+        self.calls, self.stream, self.options, self.generators = [], None, [], []
+        self.verdicts, self.answers = list(self.verdicts or []), list(self.answers or [])
 
     def _maybe_fail(self, stage):
         if stage in self.fail:
@@ -77,23 +81,30 @@ class FakeStages:
         self._maybe_fail("retrieve")
         return self.passages
 
-    async def build(self, query, passages, template):
-        self.calls.append(("build", query, [p.chunk_id for p in passages], template))
+    async def build(self, query, passages, options):
+        self.calls.append(("build", query, [p.chunk_id for p in passages], options.template))
+        self.options.append(options)
         self._maybe_fail("build")
-        return Prompt(f"Q: {query}", ("\n\n",))
+        return Prompt(f"Q: {query} [{options.template}]", ("\n\n",), len(passages),
+                      options.template in ("extract", "critic"))
 
-    async def start(self, prompt, sampling, stream):
+    async def start(self, prompt, sampling, stream, generator=None):
         self.calls.append(("generate", prompt, dict(sampling), stream))
+        self.generators.append(generator)
         self._maybe_fail("generate")
-        self.stream = FakeStream(self.chunks, self.fail_at)
+        if "critic" in prompt.text:
+            verdict = self.verdicts.pop(0) if self.verdicts else True
+            self.stream = FakeStream([GenerationChunk(json.dumps({"supported": verdict}), "stop")])
+        else:
+            self.stream = FakeStream(self.answers.pop(0) if self.answers else self.chunks, self.fail_at)
         return self.stream
 
 
 CHUNKS = [GenerationChunk("Phileas "), GenerationChunk("Fogg"), GenerationChunk("", "stop")]
 
 
-def stages(passages=PASSAGES, chunks=CHUNKS, fail=None, fail_at=None):
-    return FakeStages(list(passages), list(chunks), fail or {}, fail_at)
+def stages(passages=PASSAGES, chunks=CHUNKS, fail=None, fail_at=None, verdicts=None, answers=None):
+    return FakeStages(list(passages), list(chunks), fail or {}, fail_at, verdicts, answers)
 
 
 def request(stream=True, **params):
@@ -110,9 +121,9 @@ def run(pipeline, req, is_cancelled=lambda: False, **kwargs):
 def test_stream_sends_sources_first_then_text_then_final():
     events = run(RagPipeline(stages()), request())
     assert isinstance(events[0], SourcesEvent)
-    assert [e.text for e in events[1:-1]] == ["Phileas ", "Fogg"]
+    assert "".join(e.text for e in events[1:-1]) == "Phileas Fogg"
     assert all(isinstance(e, TextEvent) for e in events[1:-1])
-    assert events[-1] == FinalEvent("", "stop", None)
+    assert events[-1] == FinalEvent("", "stop", None, "[]")
     sources = json.loads(events[0].sources)
     assert [s["chunk_id"] for s in sources] == [7, 3] and sources[0]["title"] == "Ch 1"
     assert sources[0]["snippet"] == "Fogg left London."
@@ -140,9 +151,9 @@ def test_stages_get_the_question_and_only_what_the_request_set():
     assert fake.calls[3][2:] == ({}, False)  # the generator's default sampling
     flt = parse_filter({"source": "book.txt"})
     fake = stages()
-    run(RagPipeline(fake), request(top_k=2, template="beluga_qa", max_tokens=5, temperature=0.5, filter=flt))
+    run(RagPipeline(fake), request(top_k=2, template="summarize", max_tokens=5, temperature=0.5, filter=flt))
     assert fake.calls[1] == ("retrieve", 2, flt)
-    assert fake.calls[2][3] == "beluga_qa"
+    assert fake.calls[2][3] == "summarize"
     assert fake.calls[3][2:] == ({"max_tokens": 5, "temperature": 0.5}, True)
 
 
@@ -174,7 +185,7 @@ def test_an_unexpected_error_is_internal_and_named():
 def test_a_generator_error_mid_stream_stops_the_stream_and_fails_the_request():
     fake = stages(fail_at=1)
     events = run(RagPipeline(fake), request())
-    assert isinstance(events[0], SourcesEvent) and events[1] == TextEvent("Phileas ")
+    assert isinstance(events[0], SourcesEvent) and events[1] == TextEvent("Phileas")
     assert events[-1] == FailedEvent(ErrorCode.INTERNAL, "generator: engine died")
     assert fake.stream.cancelled and fake.stream.closed
 
@@ -213,7 +224,7 @@ def test_a_flow_composes_steps_without_touching_the_adapter():
     run(pipeline, request(stream=False), flow="loud")
     assert fake.calls[0] == ("embed", "WHO IS FOGG?")
     (failed,) = run(pipeline, request(), flow="nope")
-    assert failed.code is ErrorCode.INVALID_ARG and "loud, rag" in failed.message
+    assert failed.code is ErrorCode.INVALID_ARG and "loud, qa-checked, rag" in failed.message
 
 
 def test_request_parsing():
@@ -245,13 +256,14 @@ def test_weak_evidence_abstains_without_generating():
     assert [c[0] for c in fake.calls] == ["embed", "retrieve"]  # no prompt built, nothing generated
     assert isinstance(events[0], SourcesEvent) and json.loads(events[0].sources)[0]["chunk_id"] == 9
     assert events[1].text.startswith("The documents do not contain an answer") and "0.21" in events[1].text
-    assert events[-1] == FinalEvent("", ABSTAINED)
+    assert events[-1] == FinalEvent("", ABSTAINED, citations="[]")
     (final,) = run(RagPipeline(stages(passages=weak)), request(stream=False, min_score=0.3))
     assert final.finish_reason == ABSTAINED and "under the threshold 0.30" in final.text and final.sources
 
 
 def test_evidence_at_or_over_the_threshold_is_answered_and_zero_disables():
-    assert run(RagPipeline(stages()), request(min_score=0.9))[-1] == FinalEvent("", "stop")  # best is 0.9
+    best_is_0_9 = run(RagPipeline(stages()), request(min_score=0.9))[-1]
+    assert best_is_0_9 == FinalEvent("", "stop", citations="[]")
     weak = [Passage(9, -0.2, "x", {})]
     assert run(RagPipeline(stages(passages=weak)), request(min_score=0.0))[-1].finish_reason == "stop"
 
@@ -264,3 +276,81 @@ def test_min_score_defaults_to_the_settings_and_is_validated():
     for bad in (2, "high", True):
         with pytest.raises(InvalidInput, match="min_score"):
             parse("q", {"min_score": bad}, None, settings.rag, settings.retriever)
+
+
+# --- citations ---------------------------------------------------------------------------------------------------
+
+def test_valid_citations_are_listed_and_invalid_ones_dropped_while_streaming():
+    chunks = [GenerationChunk("Fogg left [1]"), GenerationChunk(" and won [", None), GenerationChunk("2, 5]"),
+              GenerationChunk(" not [9]."), GenerationChunk("", "stop")]
+    events = run(RagPipeline(stages(chunks=chunks)), request())
+    text = "".join(e.text for e in events if isinstance(e, TextEvent))
+    assert text == "Fogg left [1] and won [2] not."
+    cited = json.loads(events[-1].citations)
+    assert [(c["n"], c["chunk_id"], c["title"]) for c in cited] == [(1, 7, "Ch 1"), (2, 3, "Ch 37")]
+
+
+def test_without_stream_the_final_answer_has_invalid_citations_removed():
+    chunks = [GenerationChunk("He won [2][3]."), GenerationChunk("", "stop")]
+    (final,) = run(RagPipeline(stages(chunks=chunks)), request(stream=False))
+    assert final.text == "He won [2]."
+    assert [c["n"] for c in json.loads(final.citations)] == [2]
+
+
+def test_a_json_answer_is_not_filtered_for_citations_and_asks_the_generator_for_json():
+    chunks = [GenerationChunk('{"ids": [1, 7]}'), GenerationChunk("", "stop")]
+    schema = {"type": "object", "properties": {"ids": {"type": "array"}}}
+    fake = stages(chunks=chunks)
+    (final,) = run(RagPipeline(fake), request(stream=False, json_schema=schema))
+    assert final.text == '{"ids": [1, 7]}' and final.citations is None
+    assert fake.calls[-1][2]["json_schema"] == schema
+    assert fake.options[0].schema == schema  # the prompt builder shows the schema to the model
+
+
+def test_a_json_template_without_a_schema_asks_for_any_json_object():
+    fake = stages(chunks=[GenerationChunk('{"a": 1}', "stop")])
+    run(RagPipeline(fake), request(stream=False, template="extract"))
+    assert fake.calls[-1][2] == {"json_object": True}
+
+
+# --- the qa-checked flow -------------------------------------------------------------------------------------------
+
+def test_qa_checked_sends_a_supported_answer_once_checked():
+    fake = stages(verdicts=[True])
+    events = run(RagPipeline(fake), request(flow="qa-checked"))
+    assert isinstance(events[0], SourcesEvent)
+    assert [e.text for e in events if isinstance(e, TextEvent)] == ["Phileas Fogg"]  # the checked answer at once
+    assert events[-1].finish_reason == "stop"
+    templates = [o.template for o in fake.options]
+    assert templates == [None, "critic"]
+    critic = fake.options[1]
+    assert critic.answer == "Phileas Fogg" and critic.generator is None
+    generate = [c for c in fake.calls if c[0] == "generate"]
+    assert generate[1][2]["json_schema"]["properties"] == {"supported": {"type": "boolean"}}
+
+
+def test_qa_checked_answers_again_strictly_when_the_critic_rejects():
+    answers = [[GenerationChunk("He flew to the Moon [1].", "stop")], [GenerationChunk("He left London [1].", "stop")]]
+    fake = stages(verdicts=[False, True], answers=answers)
+    (final,) = run(RagPipeline(fake), request(stream=False, flow="qa-checked"))
+    assert final.text == "He left London [1]." and final.finish_reason == "stop"
+    assert [o.template for o in fake.options] == [None, "critic", "qa_strict", "critic"]
+
+
+def test_qa_checked_abstains_when_both_answers_are_unsupported():
+    fake = stages(verdicts=[False, False])
+    (final,) = run(RagPipeline(fake), request(stream=False, flow="qa-checked"))
+    assert final.finish_reason == ABSTAINED and "unsupported" in final.text and final.citations == "[]"
+
+
+def test_the_critic_runs_on_the_generator_the_flow_names():
+    fake = stages(verdicts=[True])
+    pipeline = RagPipeline(fake, standard_flows(fake, critic_generator="generator_small"))
+    run(pipeline, request(stream=False, flow="qa-checked"))
+    assert fake.generators == [None, "generator_small"]
+    assert fake.options[1].generator == "generator_small"
+
+
+def test_the_request_parameter_flow_picks_the_flow():
+    (failed,) = run(RagPipeline(stages()), request(flow="no-such-flow"))
+    assert failed.code is ErrorCode.INVALID_ARG and "qa-checked" in failed.message

@@ -6,7 +6,7 @@ from tritonrag.errors import InvalidInput
 from tritonrag.kb.batched_search import check_top_k
 from tritonrag.pipeline.request import RagParams
 from tritonrag.pipeline.sources import sources_json
-from tritonrag.prompts.builder import TEMPLATES
+from tritonrag.prompts.registry import PACKAGE_TEMPLATES as TEMPLATES
 from tritonrag.settings import load_settings
 from tritonrag.validation import parse_json_object
 
@@ -62,12 +62,34 @@ def test_top_k_bounds_inclusive(settings):
         check_top_k(settings.retriever.top_k_max + 1, settings.retriever)
 
 
-@pytest.mark.parametrize("template", ["nope", "", 3, None, ["beluga_qa"]])
-def test_unknown_template_rejected_with_available_names(settings, template):
-    with pytest.raises(InvalidInput, match="template") as info:
+@pytest.mark.parametrize("template", ["Not A Name", "", 3, None, ["qa"], "x" * 49])
+def test_a_template_that_is_no_name_is_rejected(settings, template):
+    # a well-formed name is the prompt builder's to check: a configured folder may add templates
+    with pytest.raises(InvalidInput, match=r"template must name a template \(`tritonrag templates`"):
         params({"template": template}, settings)
-    for name in TEMPLATES:
-        assert name in str(info.value)
+
+
+def test_system_prompt_json_schema_json_object_and_flow(settings):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    p = params({"system_prompt": "Be brief.", "json_schema": json.dumps(schema), "flow": "qa-checked"}, settings)
+    assert (p.system_prompt, p.json_schema, p.flow, p.structured) == ("Be brief.", schema, "qa-checked", True)
+    assert p.sampling() == {"json_schema": schema}
+    p = params({"json_object": True}, settings)
+    assert p.structured and p.sampling() == {"json_object": True}
+    assert not params({}, settings).structured
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"json_schema": "{not json"}, "json_schema is not valid JSON"),
+    ({"json_schema": "[1, 2]"}, "json_schema must be a JSON object"),
+    ({"json_schema": 3}, "json_schema must be a JSON object"),
+    ({"json_object": "yes"}, "json_object must be true or false"),
+    ({"system_prompt": 5}, "system_prompt must be a string"),
+    ({"flow": 1}, "flow must name a flow"),
+])
+def test_bad_structured_output_and_prompt_parameters_are_refused(settings, raw, message):
+    with pytest.raises(InvalidInput, match=message):
+        params(raw, settings)
 
 
 def test_filter_parameter_is_validated(settings):

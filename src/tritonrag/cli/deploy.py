@@ -75,6 +75,11 @@ def _print_plan(plan, spec: Path | None) -> None:
         for row in gpu_rows(plan):
             per_gpu.add_row(*row)
         console.print(per_gpu)
+    generators = plan.spec.generator_models()
+    if len(generators) > 1:
+        models = ", ".join(f"{name} ({model or 'the [generator] model'})" for name, model in generators.items())
+        console.print(f"Generators: {models}; each its own Triton model with the generator's inputs and outputs.",
+                      markup=False, highlight=False)
     low, high = plan.replicas
     console.print(f"Cluster: {low} to {high if high is not None else 'any number of'} replicas of this server "
                   "(from min_instances/max_instances).")
@@ -96,6 +101,7 @@ def render(
 
     Examples:
       tritonrag render --spec deploy/specs/gpu-8.yaml --dry-run
+      tritonrag render --spec deploy/specs/cpu-two-generators.yaml --dry-run   # a second, small generator
       tritonrag render --spec deploy/specs/gpu-1.yaml --output /srv/tritonrag-repo
       tritonrag render --check      # is model_repository/ the rendering of the default CPU spec?
     """
@@ -202,7 +208,7 @@ def demo(
                 answer.add(event)
                 console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
             console.print()
-            print_sources(answer.sources)
+            print_sources(answer.sources, answer.citations)
             console.print(f"[dim]first token {first or 0:.2f}s, total {time.monotonic() - started:.2f}s, "
                           f"finish: {answer.finish_reason}[/dim]")
     finally:

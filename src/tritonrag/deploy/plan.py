@@ -1,4 +1,9 @@
-"""A deployment spec applied to the settings and placed on the GPUs: what the renderer writes and --dry-run shows."""
+"""A deployment spec applied to the settings and placed on the GPUs: what the renderer writes and --dry-run shows.
+
+One ComponentPlan per served model (``DeploymentSpec.served_models``), extra generators included: a generator of the
+spec's own (``role: generator``) is planned from the ``[generator]`` settings section, which its ``engine`` and
+``model`` override as the generator's do.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tritonrag.deploy.placement import Gpu, Placement, PlacementError, instance_groups, plan
-from tritonrag.deploy.spec import COMPONENTS, DeploymentSpec, SpecError, load_spec
+from tritonrag.deploy.spec import DeploymentSpec, SpecError, load_spec
 from tritonrag.settings import Settings, override
 
 # Keys the spec sets at component level; ``engine`` may not set them behind its back (all but ``model`` are no
@@ -33,6 +38,11 @@ class ComponentPlan:
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int | None
+    role: str = ""  # the contract model whose IO, adapter and settings section it uses; "": its own name
+
+    def __post_init__(self) -> None:
+        if not self.role:
+            object.__setattr__(self, "role", self.name)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,8 @@ class DeploymentPlan:
 
 
 def _overrides(name: str, spec: DeploymentSpec, settings: Settings) -> dict[str, Any]:
+    """The settings the spec changes for ``name``, checked against its role's section (``[generator]`` for every
+    generator)."""
     component = spec.component(name)
     overrides = dict(component.engine)
     for key in overrides:
@@ -70,7 +82,7 @@ def _overrides(name: str, spec: DeploymentSpec, settings: Settings) -> dict[str,
     if component.model is not None:
         overrides["model"] = component.model
     try:  # the same check the instances make when they load: fail here, not in Triton's log
-        override(getattr(settings, name), overrides, f"components.{name}.engine")
+        override(getattr(settings, component.role), overrides, f"components.{name}.engine")
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     return overrides
@@ -81,12 +93,12 @@ def plan_deployment(spec: DeploymentSpec, settings: Settings, gpus: Sequence[Gpu
     batching are the spec's (its defaults where it leaves them out). SpecError/PlacementError otherwise."""
     placements = plan(spec.demands(), gpus)
     components = {}
-    for name in COMPONENTS:
+    for name, role in spec.served_models():
         batching = spec.batching(name)
         mine = tuple(p for p in placements if p.component == name)
         components[name] = ComponentPlan(name, _overrides(name, spec, settings), mine,
                                          tuple(instance_groups(mine, name)), batching.max_batch_size or 0,
-                                         batching.preferred_batch_sizes, batching.max_queue_delay_us)
+                                         batching.preferred_batch_sizes, batching.max_queue_delay_us, role)
     return DeploymentPlan(spec, tuple(gpus), components, spec.replica_range())
 
 
@@ -129,7 +141,7 @@ def load_plan(spec_path: Path, settings: Settings, detect: Callable[[], tuple[Gp
 
 
 def plan_rows(plan: DeploymentPlan) -> list[tuple[str, ...]]:
-    """One row per instance group: component, instances, where, share of each GPU, memory cap, Triton's
+    """One row per instance group: component (served model), instances, where, share of each GPU, memory cap, Triton's
     instance_group, and the settings the spec overrides."""
     rows = []
     for c in plan.components.values():

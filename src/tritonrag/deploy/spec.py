@@ -15,12 +15,24 @@ embedder and the retriever (``DEFAULT_BATCHING``). Placement and batching are no
 above 1) means N whole GPUs.
 Only the embedder, retriever and generator run on a GPU.
 
+Several generator models: a component under a name of its own with ``role: generator`` is one more generator, its
+own Triton model (same inputs, outputs and adapter as ``generator``) with its own instances, device and GPU share,
+e.g. a small fast model for rewriting questions or critiquing answers next to a larger one for the answers:
+
+      generator_small: {role: generator, model: "{home}/models/smollm2-135m-instruct", device: gpu, gpu_share: 0.1}
+
+It takes every key the generator takes; its ``engine`` and ``model`` override the ``[generator]`` settings section,
+as the generator's do. Its name (``^[a-z][a-z0-9_]{0,31}$``) is its Triton model's and its folder's.
+``served_models`` lists every model the repository serves with its role: the five of ``contract.MODELS`` (their own
+role), the extra generators right after ``generator`` in file order.
+
 Unknown keys and bad values are errors that name the component and key. ``demands`` turns the spec into the
 placement planner's input (tritonrag.deploy.placement).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +45,10 @@ GPU_COMPONENTS = (EMBEDDER.model, RETRIEVER.model, GENERATOR.model)
 MODEL_COMPONENTS = (EMBEDDER.model, GENERATOR.model)  # the ones with a ``model`` setting
 DEVICES = ("cpu", "gpu")
 COMPONENT_KEYS = {"model", "instances", "min_instances", "max_instances", "device", "gpu_share", "gpu_memory_gib",
-                  "placement", "batching", "engine"}
+                  "placement", "batching", "engine", "role"}
+ROLES = (GENERATOR.model,)  # what a component under a name of its own may be (``role:``)
+# A component of its own names a Triton model and its folder: lower case, digits and _, starting with a letter.
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 BATCHING_KEYS = {"max_batch_size", "preferred_batch_sizes", "max_queue_delay_us"}
@@ -79,6 +94,11 @@ class ComponentSpec:
     model: str | None = None
     batching: Batching = field(default_factory=Batching)
     engine: Mapping[str, Any] = field(default_factory=dict)
+    role: str = ""  # the contract model whose IO and adapter it uses; "": its own name (a standard component)
+
+    def __post_init__(self) -> None:
+        if not self.role:
+            object.__setattr__(self, "role", self.name)
 
     @property
     def gpus_per_instance(self) -> int:
@@ -99,6 +119,30 @@ class DeploymentSpec:
         """The named component's spec; one the file leaves out runs on the CPU with the defaults."""
         return next((c for c in self.components if c.name == name), ComponentSpec(name))
 
+    def served_models(self) -> list[tuple[str, str]]:
+        """Every model the repository serves, in order, with its role (the contract model whose IO and adapter it
+        uses): the five of ``contract.MODELS`` as their own role, the extra generators right after ``generator``."""
+        extra = [(c.name, c.role) for c in self.components if c.name not in COMPONENTS]
+        served = []
+        for name in COMPONENTS:
+            served.append((name, name))
+            if name == GENERATOR.model:
+                served += extra
+        return served
+
+    def role(self, name: str) -> str:
+        """The role of the served model ``name``: its own name for the five standard ones."""
+        return self.component(name).role
+
+    def generators(self) -> list[str]:
+        """The generator models served: ``generator`` first, then the extra ones in file order."""
+        return [name for name, role in self.served_models() if role == GENERATOR.model]
+
+    def generator_models(self) -> dict[str, str | None]:
+        """Each served generator's spec ``model`` as written ("{home}" unexpanded), None where the spec sets none
+        (the ``[generator]`` model of the settings)."""
+        return {name: self.component(name).model for name in self.generators()}
+
     def instances(self, name: str) -> int:
         """Instances of ``name`` per server: the spec's, else DEFAULT_INSTANCES."""
         given = self.component(name).instances
@@ -106,10 +150,11 @@ class DeploymentSpec:
 
     def batching(self, name: str) -> Batching:
         """How Triton batches ``name``: what the spec sets over DEFAULT_BATCHING (UNBATCHED for the others)."""
-        given, default = self.component(name).batching, DEFAULT_BATCHING.get(name, UNBATCHED)
+        component = self.component(name)
+        given, default = component.batching, DEFAULT_BATCHING.get(component.role, UNBATCHED)
         where = f"components.{name}.batching"
         sets_any = bool(given.max_batch_size or given.preferred_batch_sizes or given.max_queue_delay_us is not None)
-        _check(where, name in BATCHED or not sets_any, f"only {' and '.join(BATCHED)} are batched by Triton")
+        _check(where, component.role in BATCHED or not sets_any, f"only {' and '.join(BATCHED)} are batched by Triton")
         max_batch = default.max_batch_size if given.max_batch_size is None else given.max_batch_size
         preferred = given.preferred_batch_sizes or default.preferred_batch_sizes
         delay = default.max_queue_delay_us if given.max_queue_delay_us is None else given.max_queue_delay_us
@@ -118,9 +163,10 @@ class DeploymentSpec:
         return Batching(max_batch, preferred, delay)
 
     def demands(self) -> list[Demand]:
-        """The planner's input: every component, those the file leaves out on the CPU with the default instances."""
+        """The planner's input: every served model, those the file leaves out on the CPU with the default
+        instances."""
         demands = []
-        for name in COMPONENTS:
+        for name, _ in self.served_models():
             c = self.component(name)
             share = c.gpu_share if c.device == "gpu" else 0.0
             gpus = c.gpus_per_instance if share and share <= 1 else 0
@@ -177,9 +223,31 @@ def _batching(where: str, raw: Any) -> Batching:
     return Batching(max_batch, sizes, None if delay is None else _number(f"{where}.max_queue_delay_us", delay, int, 0))
 
 
+def _role(name: Any, raw: Any) -> str:
+    """The role of the component ``name`` the file declares: its own name for a standard one, ``generator`` for one
+    of its own (which must say so with ``role: generator``)."""
+    where = f"components.{name}"
+    given = raw.get("role") if isinstance(raw, Mapping) else None
+    if name in COMPONENTS:
+        _check(f"{where}.role", given is None or (name in ROLES and given == name),
+               f"{name} is a standard component: it plays its own role; role is for a component of your own "
+               f"(another generator model: give it a name of your own and role: {GENERATOR.model})")
+        return str(name)
+    if given is None:
+        allowed = ", ".join(sorted(COMPONENTS))
+        raise SpecError(f"components: unknown key(s) {name}; allowed: {allowed}, or a name of your own with "
+                        f"role: {GENERATOR.model} (another generator model, e.g. a small one for the critic)")
+    _check(f"{where}.role", given in ROLES, f"must be {' or '.join(ROLES)} (another generator model), got {given!r}")
+    _check(where, isinstance(name, str) and bool(NAME_PATTERN.match(name)),
+           f"a component of your own names its Triton model and folder: it must match {NAME_PATTERN.pattern} "
+           "(lower case letters, digits and _, starting with a letter, at most 32 characters)")
+    return str(given)
+
+
 def _component(name: str, raw: Any) -> ComponentSpec:
     where = f"components.{name}"
     raw = _keys(where, raw or {}, COMPONENT_KEYS)
+    role = _role(name, raw)
     device = raw.get("device", DEFAULT_DEVICE)
     _check(f"{where}.device", device in DEVICES, f"must be one of {', '.join(DEVICES)}, got {device!r}")
     share = _number(f"{where}.gpu_share", raw.get("gpu_share", 1.0 if device == "gpu" else 0.0), float, 0)
@@ -187,11 +255,11 @@ def _component(name: str, raw: Any) -> ComponentSpec:
     _check(f"{where}.gpu_share", device == "cpu" or share > 0, "a GPU component needs a share above 0")
     _check(f"{where}.gpu_share", share <= 1 or share == int(share),
            f"above 1 it is a whole number of GPUs (e.g. 2 for tensor parallel 2), got {share}")
-    _check(f"{where}.device", device == "cpu" or name in GPU_COMPONENTS,
+    _check(f"{where}.device", device == "cpu" or role in GPU_COMPONENTS,
            f"{name} does no GPU work; only {', '.join(GPU_COMPONENTS)} take a GPU")
-    _check(f"{where}.gpu_share", share <= 1 or name == GENERATOR.model,
+    _check(f"{where}.gpu_share", share <= 1 or role == GENERATOR.model,
            "only the generator spans several GPUs (tensor parallel); give a share up to 1")
-    _check(f"{where}.model", "model" not in raw or name in MODEL_COMPONENTS,
+    _check(f"{where}.model", "model" not in raw or role in MODEL_COMPONENTS,
            f"only {', '.join(MODEL_COMPONENTS)} have a model")
     placement = raw.get("placement", "pack")
     _check(f"{where}.placement", placement in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}")
@@ -215,7 +283,7 @@ def _component(name: str, raw: Any) -> ComponentSpec:
         name=name, instances=instances, min_instances=low, max_instances=high, device=device, gpu_share=share,
         gpu_memory_gib=None if memory is None else _number(f"{where}.gpu_memory_gib", memory, float, 0.01),
         placement=placement, model=raw.get("model"), batching=_batching(f"{where}.batching", raw.get("batching", {})),
-        engine=dict(engine),
+        engine=dict(engine), role=role,
     )
 
 
@@ -235,9 +303,13 @@ def _gpus(raw: Any) -> tuple[Gpu, ...] | None:
 
 
 def parse_spec(raw: Any) -> DeploymentSpec:
-    """A validated spec from parsed YAML (a mapping with ``cluster`` and ``components``)."""
+    """A validated spec from parsed YAML (a mapping with ``cluster`` and ``components``: the standard ones and any
+    generators of its own, ``role: generator``)."""
     raw = _keys("spec", raw, {"cluster", "components"})
-    components = _keys("components", raw.get("components") or {}, set(COMPONENTS))
+    components = raw.get("components") or {}
+    _check("components", isinstance(components, Mapping), f"expected a mapping, got {type(components).__name__}")
+    for name, component in components.items():
+        _role(name, component)  # unknown names first, before their keys
     return DeploymentSpec(_gpus(raw.get("cluster")), tuple(_component(n, c) for n, c in components.items()))
 
 

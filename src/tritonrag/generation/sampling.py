@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from tritonrag.errors import InvalidInput
+from tritonrag.generation.structured import MAX_SCHEMA_CHARS, StructuredOutput, parse_structured
 from tritonrag.settings import GeneratorSettings
 from tritonrag.validation import as_float, as_int
+
+# MAX_SCHEMA_CHARS (8000): the longest json_schema a request may send, as compact JSON text; a module constant, not
+# a setting. It is defined beside the schema checks in structured.py (parse_structured's default, which keeps that
+# module free of this one) and imported here, so sampling.MAX_SCHEMA_CHARS is the same value.
 
 
 @dataclass(frozen=True)
@@ -22,11 +27,14 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     repetition_penalty: float = 1.0
+    # json_schema / json_object: the answer must be JSON (only the vllm engine does it; the others refuse)
+    structured: StructuredOutput | None = None
 
     @classmethod
     def from_request(cls, raw: Mapping[str, Any], settings: GeneratorSettings) -> SamplingParams:
         """Build from a mapping of request values (missing keys take the configured defaults)."""
-        known = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty"}
+        known = {"max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty", "json_schema",
+                 "json_object"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise InvalidInput(f"unknown sampling parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -58,7 +66,8 @@ class SamplingParams:
         for s in stop:
             if not isinstance(s, str) or not s or len(s) > settings.max_stop_chars:
                 raise InvalidInput(f"each stop string must be 1 to {settings.max_stop_chars} characters, got {s!r}")
-        return cls(max_tokens, temperature, top_p, top_k, stop, seed, penalty)
+        structured = parse_structured(raw.get("json_schema"), raw.get("json_object"), MAX_SCHEMA_CHARS)
+        return cls(max_tokens, temperature, top_p, top_k, stop, seed, penalty, structured)
 
 
 @dataclass(frozen=True)

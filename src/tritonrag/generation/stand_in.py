@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tritonrag.generation.engine import GenerationSink
 from tritonrag.generation.sampling import Completion, SamplingParams
+from tritonrag.generation.structured import structured_unsupported
 from tritonrag.generation.worker_thread import WorkerThreadEngine
 from tritonrag.settings import GeneratorSettings
 
@@ -13,7 +14,7 @@ class StandInEngine(WorkerThreadEngine):
     prompt, sent at once one per ``on_text`` call from the worker thread; finish reason "length".
 
     Deterministic, no sleep, no weights, no tokenizer (prompt tokens are whitespace-separated words); stop strings
-    are not applied.
+    are not applied. Structured output (json_schema / json_object) is refused, as the transformers engine does.
     """
 
     name = "stand-in"
@@ -21,6 +22,14 @@ class StandInEngine(WorkerThreadEngine):
     def __init__(self, settings: GeneratorSettings) -> None:
         self.settings = settings
         super().__init__()
+
+    def submit(self, prompt: str, params: SamplingParams, sink: GenerationSink) -> str:
+        """Queue the request; one asking for structured output is answered at once, before it is queued, with
+        ``sink.on_error(Unsupported(...))`` (words from the prompt are no JSON)."""
+        if params.structured is not None:
+            sink.on_error(structured_unsupported(self.name))
+            return f"{self.name}-refused-{next(self._ids)}"
+        return super().submit(prompt, params, sink)
 
     @staticmethod
     def pieces(prompt: str, max_tokens: int) -> list[str]:

@@ -13,6 +13,7 @@ from tritonrag.errors import InvalidInput
 from tritonrag.generation.engine import GenerationSink
 from tritonrag.generation.sampling import Completion, SamplingParams
 from tritonrag.generation.stop_strings import StopMatcher
+from tritonrag.generation.structured import structured_unsupported
 from tritonrag.generation.worker_thread import WorkerThreadEngine
 from tritonrag.settings import GeneratorSettings
 
@@ -40,6 +41,8 @@ class TransformersGenerator:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
+        if params.structured is not None:  # nothing here would constrain the tokens (TransformersEngine.submit)
+            raise structured_unsupported("transformers")
         inputs = self.tokenizer(prompt, return_tensors="pt").to(self.device)
         prompt_tokens = int(inputs["input_ids"].shape[1])
         if prompt_tokens > self.settings.max_prompt_tokens:
@@ -137,6 +140,14 @@ class TransformersEngine(WorkerThreadEngine):
     def __init__(self, settings: GeneratorSettings, device: str = "auto") -> None:
         self.generator = TransformersGenerator(settings, device)
         super().__init__()
+
+    def submit(self, prompt: str, params: SamplingParams, sink: GenerationSink) -> str:
+        """Queue the request; one asking for structured output (which this engine cannot constrain) is answered at
+        once, before it is queued, with ``sink.on_error(Unsupported(...))``."""
+        if params.structured is not None:
+            sink.on_error(structured_unsupported(self.name))
+            return f"{self.name}-refused-{next(self._ids)}"
+        return super().submit(prompt, params, sink)
 
     def _generate(self, prompt: str, params: SamplingParams, sink: GenerationSink) -> Completion:
         return self.generator.generate(prompt, params, functools.partial(self._forward, sink))

@@ -67,9 +67,20 @@ class VllmEngine:
         return request_id
 
     def _sampling(self, params: SamplingParams) -> Any:
+        """vLLM's sampling parameters for ``params``. Structured output (``params.structured``) becomes vLLM's
+        ``structured_outputs``: ``json=schema``, or ``json_object=True`` for any object; the structured-output
+        backend ("auto": xgrammar, guidance where xgrammar lacks a schema feature) then masks every token that would
+        break the JSON. That bounds the answer's shape, not its length: a weak model can loop inside a number or a
+        string until max_tokens ends it as invalid JSON (seen with xgrammar on CPU), so schemas should bound numbers
+        and strings (maximum / minimum, maxLength, maxItems, enum)."""
         from vllm import SamplingParams as VllmSamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        structured = None
+        if params.structured is not None:
+            schema = params.structured.schema
+            structured = (StructuredOutputsParams(json_object=True) if schema is None
+                          else StructuredOutputsParams(json=schema))
         return VllmSamplingParams(
             n=1,
             max_tokens=params.max_tokens,
@@ -80,9 +91,12 @@ class VllmEngine:
             seed=params.seed,
             repetition_penalty=params.repetition_penalty,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=structured,
         )
 
     async def _run(self, request_id: str, prompt: str, params: SamplingParams, sink: GenerationSink) -> None:
+        from vllm.exceptions import VLLMClientError
+
         tokens, prompt_tokens, reason = 0, 0, "stop"
         try:
             async for output in self.engine.generate(prompt, self._sampling(params), request_id):
@@ -95,7 +109,9 @@ class VllmEngine:
                     break
                 if output.finished:
                     reason = piece.finish_reason or "stop"
-        except ValueError as exc:  # vLLM's input validation, e.g. a prompt longer than max_model_len
+        except (ValueError, VLLMClientError) as exc:
+            # vLLM's input validation: a prompt longer than max_model_len, a schema the structured-output backend
+            # cannot compile (a VLLMValidationError, which is no ValueError)
             sink.on_error(InvalidInput(str(exc)))
             return
         except asyncio.CancelledError:

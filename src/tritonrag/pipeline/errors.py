@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tritonrag.errors import InvalidInput
+from tritonrag.errors import InvalidInput, Unsupported
 from tritonrag.pipeline.events import ErrorCode, FailedEvent
 
 
@@ -22,6 +22,8 @@ class RequestCancelled(Exception):
 def failure(exc: BaseException) -> FailedEvent:
     """The failure event for ``exc``: bad input is INVALID_ARG with its message; a stage's error keeps its code;
     anything else is INTERNAL, named by its type so the log and the client can tell faults apart."""
+    if isinstance(exc, Unsupported):
+        return FailedEvent(ErrorCode.UNSUPPORTED, str(exc))
     if isinstance(exc, InvalidInput):
         return FailedEvent(ErrorCode.INVALID_ARG, str(exc))
     if isinstance(exc, StageError):

@@ -26,11 +26,13 @@ ABSTAINED = "abstained"  # the finish reason of an answer given without generati
 
 @dataclass(frozen=True)
 class FinalEvent:
-    """The end of the answer: the whole text when not streamed (else ""), and the sources when not sent before."""
+    """The end of the answer: the whole text when not streamed (else ""), the sources when not sent before, and
+    the passages the answer cites (JSON, tritonrag.pipeline.citations; None for a JSON answer)."""
 
     text: str
     finish_reason: str
     sources: str | None = None
+    citations: str | None = None
 
 
 class ErrorCode(Enum):

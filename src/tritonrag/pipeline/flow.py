@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from tritonrag.errors import InvalidInput
+from tritonrag.pipeline.citations import CitationFilter, citations_json
+from tritonrag.pipeline.critic import AnswerCheck
 from tritonrag.pipeline.errors import RequestCancelled, failure
 from tritonrag.pipeline.events import ABSTAINED, CancelledEvent, Event, FinalEvent, SourcesEvent, TextEvent
 from tritonrag.pipeline.stages import GenerateStage, Stages
@@ -20,24 +22,30 @@ from tritonrag.pipeline.steps import AbstainOnWeakEvidence, BuildPrompt, EmbedQu
 from tritonrag.pipeline.types import RagRequest
 
 DEFAULT_FLOW = "rag"
+CHECKED_FLOW = "qa-checked"
 # Asking whether the client went away may be a round trip to the server (Triton's is_cancelled): at most this often.
 CANCEL_CHECK_S = 0.05
 
 
 @dataclass(frozen=True)
 class Flow:
-    """A named sequence of steps that prepare the prompt; the pipeline then generates."""
+    """A named sequence of steps that prepare the prompt; the pipeline then generates, and with ``check``, has the
+    answer checked before anyone sees it."""
 
     name: str
     steps: tuple[Step, ...]
+    check: AnswerCheck | None = None
 
 
-def standard_flows(stages: Stages) -> dict[str, Flow]:
+def standard_flows(stages: Stages, critic_generator: str | None = None, critic_max_tokens: int = 12) -> dict[str, Flow]:
     """The flows every deployment serves: ``rag`` (embed the question, retrieve passages, abstain when even the best
-    scores under the request's min_score, build the prompt)."""
-    rag = Flow(DEFAULT_FLOW, (EmbedQuery(stages.embedder), Retrieve(stages.retriever), AbstainOnWeakEvidence(),
-                              BuildPrompt(stages.prompt_builder)))
-    return {rag.name: rag}
+    scores under the request's min_score, build the prompt) and ``qa-checked`` (the same, then a critic pass on
+    ``critic_generator`` asks whether the passages support the answer: tritonrag.pipeline.critic)."""
+    steps = (EmbedQuery(stages.embedder), Retrieve(stages.retriever), AbstainOnWeakEvidence(),
+             BuildPrompt(stages.prompt_builder))
+    check = AnswerCheck(stages.prompt_builder, stages.generator, critic_generator, critic_max_tokens)
+    flows = (Flow(DEFAULT_FLOW, steps), Flow(CHECKED_FLOW, steps, check))
+    return {flow.name: flow for flow in flows}
 
 
 class CancelWatch:
@@ -72,9 +80,16 @@ class RagPipeline:
         watch = CancelWatch(is_cancelled, self.cancel_check_s)
         try:
             state = RagState(request)
-            for step in self._flow(flow).steps:
+            chosen = self._flow(request.params.flow or flow)
+            for step in chosen.steps:
                 await step.run(state)
-            answer = abstain(state) if state.abstention else generate(self.stages.generator, state, watch)
+            if state.abstention:
+                answer = abstain(state)
+            elif chosen.check is not None:
+                answer = chosen.check.answer(state, watch, lambda: generate(self.stages.generator, state, watch,
+                                                                            stream=False))
+            else:
+                answer = generate(self.stages.generator, state, watch)
             async for event in answer:
                 yield event
         except Exception as exc:
@@ -99,36 +114,50 @@ async def abstain(state: RagState) -> AsyncIterator[Event]:
     if state.request.stream:
         yield SourcesEvent(state.sources)
         yield TextEvent(message)
-        yield FinalEvent("", ABSTAINED)
+        yield FinalEvent("", ABSTAINED, citations="[]")
     else:
-        yield FinalEvent(message, ABSTAINED, state.sources)
+        yield FinalEvent(message, ABSTAINED, state.sources, "[]")
 
 
-async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch) -> AsyncIterator[Event]:
-    """Stream the answer to ``state.prompt``: sources first (streaming), text pieces, then the final event.
+async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch,
+                   stream: bool | None = None) -> AsyncIterator[Event]:
+    """Stream the answer to ``state.prompt``: sources first (streaming), text pieces, then the final event with the
+    passages cited (invalid citations dropped; none for a JSON answer). ``stream`` overrides the request's mode.
 
     Raises RequestCancelled when the client goes away, and whatever the generator raised; either way the
     generator is told to stop and its stream is read to its end first.
     """
-    stream_mode = state.request.stream
+    stream_mode = state.request.stream if stream is None else stream
+    params, prompt = state.request.params, state.prompt
+    sampling = params.sampling()
+    json_answer = params.structured or prompt.json_output
+    if prompt.json_output and not params.structured:
+        sampling["json_object"] = True  # a JSON template without a schema: any JSON object
+    citations = None if json_answer else CitationFilter(prompt.passages)
     sources = state.sources
     if stream_mode:
         yield SourcesEvent(sources)
-    stream = await generator.start(state.prompt, state.request.params.sampling(), stream_mode)
+    generation = await generator.start(prompt, sampling, stream_mode)
     pieces, finish_reason, complete = [], "stop", False
     try:
-        async for chunk in stream:
+        async for chunk in generation:
             if watch.check():
                 raise RequestCancelled
             if chunk.finish_reason:
                 finish_reason = chunk.finish_reason
-            if stream_mode and chunk.text:
-                yield TextEvent(chunk.text)
+            text = citations.feed(chunk.text) if citations else chunk.text
+            if stream_mode and text:
+                yield TextEvent(text)
             elif not stream_mode:
-                pieces.append(chunk.text)
+                pieces.append(text)
         complete = True
     finally:
         if not complete:  # cancelled by the client, or failed: stop the generator working for nobody
-            await stream.cancel()
-            await stream.close()
-    yield FinalEvent("".join(pieces), finish_reason, None if stream_mode else sources)
+            await generation.cancel()
+            await generation.close()
+    rest = citations.flush() if citations else ""
+    if stream_mode and rest:
+        yield TextEvent(rest)
+    cited = citations_json(citations.cited, state.passages) if citations else None
+    yield FinalEvent("" if stream_mode else "".join(pieces) + rest, finish_reason,
+                     None if stream_mode else sources, cited)

@@ -7,6 +7,7 @@ one process (a notebook, a test).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from tritonrag.generation.sampling import Completion, SamplingParams
 from tritonrag.kb.batched_search import parse_search, run_searches
 from tritonrag.kb.filters import Filter
 from tritonrag.kb.search import KnowledgeBase
+from tritonrag.pipeline.stages import PromptOptions
 from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt
 from tritonrag.prompts.builder import ContextDocument, PromptBuilder
 from tritonrag.settings import GeneratorSettings, RetrieverSettings
@@ -30,7 +32,7 @@ class LocalStages:
                  builder: PromptBuilder, template: str, engine: Engine, generator: GeneratorSettings) -> None:
         self._embedder, self._kb, self._retriever = embedder, kb, retriever
         self._builder, self._template = builder, template
-        self._engine, self._generator = engine, generator
+        self._engine, self._generator = engine, generator  # one engine: every generator name runs on it
         self.embedder, self.retriever, self.prompt_builder, self.generator = self, self, self, self
 
     async def embed(self, text: str) -> np.ndarray:
@@ -42,12 +44,15 @@ class LocalStages:
         (hits,) = run_searches(self._kb, [search])[0]
         return [Passage(h.chunk_id, h.score, h.text, h.metadata()) for h in hits]
 
-    async def build(self, query: str, passages: Sequence[Passage], template: str | None) -> Prompt:
-        name = template or self._template
+    async def build(self, query: str, passages: Sequence[Passage], options: PromptOptions) -> Prompt:
         documents = [ContextDocument.from_metadata(p.text, p.metadata) for p in passages]
-        return Prompt(self._builder.build(name, query, documents), tuple(self._builder.spec(name).stop))
+        built = self._builder.build(options.template or self._template, query, documents, options.system_prompt,
+                                    options.generator, json.dumps(options.schema) if options.schema else "",
+                                    options.answer or "")
+        return Prompt(built.text, built.stop, built.passages, built.json_output)
 
-    async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool) -> LocalGeneration:
+    async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool,
+                    generator: str | None = None) -> LocalGeneration:
         params = SamplingParams.from_request({**sampling, "stop": list(prompt.stop)}, self._generator)
         generation = LocalGeneration(asyncio.get_running_loop())
         self._engine.submit(prompt.text, params, generation)

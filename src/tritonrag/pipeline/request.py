@@ -2,11 +2,13 @@
 
 Every value a request leaves out stays unset: the stage that owns the setting applies its own default (top_k: the
 retriever's, template: the prompt builder's, max_tokens and temperature: the generator's), so a default exists once.
-The orchestrator's own options (stream, min_score) take the [rag] settings' defaults.
+The orchestrator's own options (stream, min_score, flow) take the [rag] settings' defaults. A JSON schema or
+json_object asks for structured output: the generator constrains decoding and checks the schema.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 from tritonrag.errors import InvalidInput
 from tritonrag.kb.batched_search import check_top_k
 from tritonrag.kb.filters import Filter, parse_filter
-from tritonrag.prompts.builder import TEMPLATES
+from tritonrag.prompts.registry import NAME as TEMPLATE_NAME
 from tritonrag.serving.contract import RAG
 from tritonrag.settings import RagSettings, RetrieverSettings
 from tritonrag.validation import as_float, as_int
@@ -33,6 +35,10 @@ class RagParams:
     seed: int | None = None
     filter: Filter | None = None
     min_score: float | None = None  # abstain when the best passage scores under it; None or 0: never
+    system_prompt: str | None = None  # replaces the template's (the prompt builder bounds and neutralises it)
+    json_schema: dict[str, Any] | None = None  # the answer must be JSON following it (the generator checks it)
+    json_object: bool = False  # the answer must be a JSON object
+    flow: str | None = None  # None: the pipeline's default flow
 
     @classmethod
     def from_parameters(cls, raw: Mapping[str, Any], rag: RagSettings, retriever: RetrieverSettings) -> RagParams:
@@ -40,11 +46,15 @@ class RagParams:
         if unknown:
             raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(RAG.parameters))}")
         template = raw.get(RAG.template)
-        if RAG.template in raw and (not isinstance(template, str) or template not in TEMPLATES):
-            raise InvalidInput(f"unknown template {template!r}; available templates: {', '.join(sorted(TEMPLATES))}")
-        stream = raw.get(RAG.stream, rag.stream_default)
-        if not isinstance(stream, bool):
-            raise InvalidInput(f"stream must be true or false, got {stream!r}")
+        if RAG.template in raw and (not isinstance(template, str) or not TEMPLATE_NAME.match(template)):
+            raise InvalidInput(f"template must name a template (`tritonrag templates` lists them), got {template!r}")
+        stream = _flag(raw, RAG.stream, rag.stream_default)
+        system_prompt = raw.get(RAG.system_prompt)
+        if RAG.system_prompt in raw and not isinstance(system_prompt, str):
+            raise InvalidInput(f"system_prompt must be a string, got {system_prompt!r}")
+        flow = raw.get(RAG.flow)
+        if RAG.flow in raw and not isinstance(flow, str):
+            raise InvalidInput(f"flow must name a flow (rag, qa-checked), got {flow!r}")
 
         def optional(name: str, convert: Any) -> Any:  # absent: unset; present (even null): validated
             return convert(raw[name], name) if name in raw else None
@@ -59,13 +69,45 @@ class RagParams:
             seed=optional(RAG.seed, as_int),
             filter=parse_filter(raw.get(RAG.filter)),
             min_score=_min_score(raw.get(RAG.min_score, rag.abstain_below_score)),
+            system_prompt=system_prompt,
+            json_schema=_schema(raw.get(RAG.json_schema)),
+            json_object=_flag(raw, RAG.json_object, False),
+            flow=flow,
         )
+
+    @property
+    def structured(self) -> bool:
+        """The request asks for a JSON answer."""
+        return self.json_schema is not None or self.json_object
 
     def sampling(self) -> dict[str, Any]:
         """The sampling values this request sets; the generator validates them and fills in its defaults."""
         values = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                  "seed": self.seed}
+                  "seed": self.seed, "json_schema": self.json_schema, "json_object": self.json_object or None}
         return {name: value for name, value in values.items() if value is not None}
+
+
+def _flag(raw: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = raw.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _schema(value: Any) -> dict[str, Any] | None:
+    """A JSON schema sent as a JSON string (request parameters are scalars) or, in-process, as a mapping."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"json_schema is not valid JSON ({exc}); send a JSON schema object as a string") \
+                from None
+    if not isinstance(value, Mapping):
+        raise InvalidInput("json_schema must be a JSON object (a JSON schema), e.g. "
+                           '\'{"type": "object", "properties": {"name": {"type": "string"}}}\'')
+    return dict(value)
 
 
 def _min_score(value: Any) -> float:

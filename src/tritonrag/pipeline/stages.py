@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,9 +24,20 @@ class RetrieveStage(Protocol):
         """The best passages for ``embedding``, best first (``top_k`` None: the retriever's default)."""
 
 
+@dataclass(frozen=True)
+class PromptOptions:
+    """What a request may set of its prompt; None: the prompt builder's default."""
+
+    template: str | None = None
+    system_prompt: str | None = None
+    generator: str | None = None  # the served generator the prompt is for (its chat template)
+    schema: Mapping[str, Any] | None = None  # shown to the model by templates that ask for JSON
+    answer: str | None = None  # the answer a critic template reviews
+
+
 class PromptStage(Protocol):
-    async def build(self, query: str, passages: Sequence[Passage], template: str | None) -> Prompt:
-        """The prompt for ``query`` over ``passages`` (``template`` None: the prompt builder's default)."""
+    async def build(self, query: str, passages: Sequence[Passage], options: PromptOptions) -> Prompt:
+        """The prompt for ``query`` over ``passages``."""
 
 
 class GenerationStream(Protocol):
@@ -40,8 +52,10 @@ class GenerationStream(Protocol):
 
 
 class GenerateStage(Protocol):
-    async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool) -> GenerationStream:
-        """Start generating; ``sampling`` holds only what the request set (the generator has the defaults)."""
+    async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool,
+                    generator: str | None = None) -> GenerationStream:
+        """Start generating on the served generator named ``generator`` (None: the default one); ``sampling`` holds
+        only what the request set (the generator has the defaults)."""
 
 
 class Stages(Protocol):

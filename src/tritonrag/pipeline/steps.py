@@ -10,7 +10,7 @@ import numpy as np
 
 from tritonrag.errors import InvalidInput
 from tritonrag.pipeline.sources import sources_json
-from tritonrag.pipeline.stages import EmbedStage, PromptStage, RetrieveStage
+from tritonrag.pipeline.stages import EmbedStage, PromptOptions, PromptStage, RetrieveStage
 from tritonrag.pipeline.types import Passage, Prompt, RagRequest
 
 
@@ -97,4 +97,6 @@ class BuildPrompt:
     async def run(self, state: RagState) -> None:
         if state.abstention is not None:
             return
-        state.prompt = await self.prompt_builder.build(state.query, state.passages, state.request.params.template)
+        params = state.request.params
+        options = PromptOptions(params.template, params.system_prompt, schema=params.json_schema)
+        state.prompt = await self.prompt_builder.build(state.query, state.passages, options)

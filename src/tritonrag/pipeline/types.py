@@ -46,10 +46,13 @@ class Passage:
 
 @dataclass(frozen=True)
 class Prompt:
-    """What the generator is asked: the prompt text and the template's stop strings."""
+    """What the generator is asked: the prompt text, its stop strings, how many passages it holds (numbered
+    1..passages: what an answer may cite), and whether its template asks for a JSON answer."""
 
     text: str
     stop: tuple[str, ...] = ()
+    passages: int = 0
+    json_output: bool = False
 
 
 @dataclass(frozen=True)

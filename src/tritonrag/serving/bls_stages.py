@@ -19,6 +19,7 @@ import triton_python_backend_utils as pb_utils
 from tritonrag.kb.filters import Filter
 from tritonrag.pipeline.errors import StageError
 from tritonrag.pipeline.events import ErrorCode
+from tritonrag.pipeline.stages import PromptOptions
 from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt
 from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RETRIEVER
 from tritonrag.serving.tensors import string_tensor
@@ -71,40 +72,46 @@ class BlsStages:
         return [Passage(int(i), float(s), t.decode("utf-8"), json.loads(m))
                 for i, s, t, m in zip(ids.reshape(-1), scores.reshape(-1), texts.reshape(-1), metadata.reshape(-1))]
 
-    async def build(self, query: str, passages: Sequence[Passage], template: str | None) -> Prompt:
+    async def build(self, query: str, passages: Sequence[Passage], options: PromptOptions) -> Prompt:
+        P = PROMPT_BUILDER
         inputs = [
-            string_tensor(PROMPT_BUILDER.query, [query]),
-            string_tensor(PROMPT_BUILDER.context, [p.text for p in passages]),
-            string_tensor(PROMPT_BUILDER.metadata, [json.dumps(dict(p.metadata)) for p in passages]),
+            string_tensor(P.query, [query]),
+            string_tensor(P.context, [p.text for p in passages]),
+            string_tensor(P.metadata, [json.dumps(dict(p.metadata)) for p in passages]),
         ]
-        if template is not None:
-            inputs.append(string_tensor(PROMPT_BUILDER.template, [template]))
-        prompt, stop = await self._infer(PROMPT_BUILDER.model, inputs, [PROMPT_BUILDER.prompt, PROMPT_BUILDER.stop])
-        return Prompt(prompt.reshape(-1)[0].decode("utf-8"), tuple(s.decode("utf-8") for s in stop.reshape(-1)))
+        optional = {P.template: options.template, P.system_prompt: options.system_prompt,
+                    P.generator: options.generator, P.answer: options.answer,
+                    P.json_schema: json.dumps(options.schema) if options.schema else None}
+        inputs += [string_tensor(name, [value]) for name, value in optional.items() if value is not None]
+        prompt, stop, count, json_output = await self._infer(P.model, inputs,
+                                                             [P.prompt, P.stop, P.passages, P.json_output])
+        return Prompt(prompt.reshape(-1)[0].decode("utf-8"), tuple(s.decode("utf-8") for s in stop.reshape(-1)),
+                      int(count.reshape(-1)[0]), bool(json_output.reshape(-1)[0]))
 
-    async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool) -> BlsGeneration:
+    async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool,
+                    generator: str | None = None) -> BlsGeneration:
         cancel_key = uuid.uuid4().hex
+        model = generator or GENERATOR.model
         request = pb_utils.InferenceRequest(
-            model_name=GENERATOR.model,
+            model_name=model,
             parameters={GENERATOR.cancel_key: cancel_key},
             inputs=[
                 string_tensor(GENERATOR.text_input, [prompt.text]),
-                string_tensor(GENERATOR.stop, list(prompt.stop)),
                 string_tensor(GENERATOR.sampling_parameters, [json.dumps(dict(sampling))]),
                 pb_utils.Tensor(GENERATOR.stream, np.array([stream], bool)),
-            ],
+            ] + ([string_tensor(GENERATOR.stop, list(prompt.stop))] if prompt.stop else []),
             requested_output_names=[GENERATOR.text_output, GENERATOR.finish_reason],
             timeout=self.timeout_us,
         )
-        return BlsGeneration(self, await request.async_exec(decoupled=True), cancel_key)
+        return BlsGeneration(self, await request.async_exec(decoupled=True), cancel_key, model)
 
 
 class BlsGeneration:
     """A generator stream over BLS. The response iterator's next() blocks, so it runs on the executor and other
     requests keep flowing on the event loop."""
 
-    def __init__(self, stages: BlsStages, responses: Any, cancel_key: str) -> None:
-        self.stages, self.responses, self.cancel_key = stages, responses, cancel_key
+    def __init__(self, stages: BlsStages, responses: Any, cancel_key: str, model: str = GENERATOR.model) -> None:
+        self.stages, self.responses, self.cancel_key, self.model = stages, responses, cancel_key, model
 
     async def _next(self) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.stages.executor, next, self.responses, None)
@@ -112,7 +119,7 @@ class BlsGeneration:
     async def __aiter__(self) -> AsyncIterator[GenerationChunk]:
         while (response := await self._next()) is not None:
             if response.has_error():
-                raise stage_error(GENERATOR.model, response.error())
+                raise stage_error(self.model, response.error())
             yield GenerationChunk(_first_string(response, GENERATOR.text_output) or "",
                                   _first_string(response, GENERATOR.finish_reason))
 
@@ -123,7 +130,7 @@ class BlsGeneration:
             self.responses.cancel()
             return
         request = pb_utils.InferenceRequest(
-            model_name=GENERATOR.model, inputs=[string_tensor(GENERATOR.text_input, [""])],
+            model_name=self.model, inputs=[string_tensor(GENERATOR.text_input, [""])],
             requested_output_names=[GENERATOR.text_output], parameters={GENERATOR.cancel: self.cancel_key},
             timeout=self.stages.timeout_us,
         )

@@ -45,8 +45,14 @@ class PromptBuilderContract:
     context: str = "context"
     metadata: str = "metadata"
     template: str = "template"
+    system_prompt: str = "system_prompt"  # optional: replaces the template's system prompt
+    generator: str = "generator"  # optional: the served generator the prompt is for (its chat template)
+    json_schema: str = "json_schema"  # optional: the schema an extract template shows the model
+    answer: str = "answer"  # optional: the answer a critic template reviews
     prompt: str = "prompt"
-    stop: str = "stop"  # the template's stop strings
+    stop: str = "stop"  # the template's and the chat format's stop strings
+    passages: str = "passages"  # INT32: how many passages the prompt holds, numbered 1..passages (citable)
+    json_output: str = "json_output"  # BOOL: the template asks for a JSON answer
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class RagContract:
     text_output: str = "text_output"
     sources: str = "sources"  # JSON list, on the first response of a stream (or the only one)
     finish_reason: str = "finish_reason"
+    citations: str = "citations"  # JSON list of the passages the answer cites, on the final response
     # request parameters
     top_k: str = "top_k"
     template: str = "template"
@@ -82,11 +89,15 @@ class RagContract:
     seed: str = "seed"
     filter: str = "filter"  # JSON string (request parameters are scalars)
     min_score: str = "min_score"  # the best passage's score under which rag abstains without generating
+    system_prompt: str = "system_prompt"
+    json_schema: str = "json_schema"  # JSON string: the answer must be JSON following it
+    json_object: str = "json_object"  # bool: the answer must be a JSON object
+    flow: str = "flow"  # "rag" (default) or "qa-checked"
 
     @property
     def parameters(self) -> tuple[str, ...]:
         return (self.top_k, self.template, self.max_tokens, self.temperature, self.top_p, self.seed, self.stream,
-                self.filter, self.min_score)
+                self.filter, self.min_score, self.system_prompt, self.json_schema, self.json_object, self.flow)
 
 
 EMBEDDER = EmbedderContract()
@@ -98,6 +109,9 @@ RAG = RagContract()
 # Model parameters the renderer writes into a config.pbtxt for the instances (tritonrag.serving.instance).
 GPU_MEMORY_PARAMETER = "gpu_memory"
 INSTANCE_GPUS_PARAMETER = "instance_gpus"
+# For the prompt builder and rag, when the spec serves more than the one generator: every served generator's name and
+# its model (the spec's ``model`` of that component, or null: the [generator] model of the settings), as JSON.
+GENERATOR_MODELS_PARAMETER = "generator_models"
 
 
 @dataclass(frozen=True)
@@ -135,13 +149,17 @@ MODEL_IO: tuple[ModelIO, ...] = (
                  _string(R.texts, (-1,)), _string(R.metadata, (-1,)), _string(R.stats)),
     ),
     ModelIO(P.model, inputs=(_string(P.query), _string(P.context, (-1,), optional=True),
-                             _string(P.metadata, (-1,), optional=True), _string(P.template, optional=True)),
-            outputs=(_string(P.prompt), _string(P.stop, (-1,)))),
+                             _string(P.metadata, (-1,), optional=True), _string(P.template, optional=True),
+                             _string(P.system_prompt, optional=True), _string(P.generator, optional=True),
+                             _string(P.json_schema, optional=True), _string(P.answer, optional=True)),
+            outputs=(_string(P.prompt), _string(P.stop, (-1,)), TensorSpec(P.passages, "TYPE_INT32", (1,)),
+                     TensorSpec(P.json_output, "TYPE_BOOL", (1,)))),
     ModelIO(G.model, inputs=(_string(G.text_input), TensorSpec(G.stream, "TYPE_BOOL", (1,), optional=True),
                              _string(G.sampling_parameters, optional=True), _string(G.stop, (-1,), optional=True)),
             outputs=(_string(G.text_output, (-1,)), _string(G.finish_reason, (-1,))), decoupled=True),
     ModelIO(Q.model, inputs=(_string(Q.text_input), TensorSpec(Q.stream, "TYPE_BOOL", (1,), optional=True)),
-            outputs=(_string(Q.text_output, (-1,)), _string(Q.sources, (-1,)), _string(Q.finish_reason, (-1,))),
+            outputs=(_string(Q.text_output, (-1,)), _string(Q.sources, (-1,)), _string(Q.finish_reason, (-1,)),
+                     _string(Q.citations, (-1,))),
             decoupled=True),
 )
 MODELS = tuple(m.name for m in MODEL_IO)

@@ -5,7 +5,9 @@ The renderer (tritonrag.deploy.render) writes, per model:
 - ``gpu_memory`` (contract.GPU_MEMORY_PARAMETER): per GPU the instance may run on, its memory cap
   ({"0": {"fraction": 0.1, "gib": 8.0}});
 - ``instance_gpus`` (contract.INSTANCE_GPUS_PARAMETER): for tensor-parallel instances (KIND_MODEL), the GPUs of each
-  instance group.
+  instance group;
+- ``generator_models`` (contract.GENERATOR_MODELS_PARAMETER), for the prompt builder and rag when the spec serves
+  several generators: each one's name and model (null: the [generator] model).
 
 An instance then knows its device and its memory cap (how a fractional GPU share is enforced): vLLM's
 ``gpu_memory_utilization``, torch's per-process memory fraction, or the FAISS index's memory budget. Caps bound
@@ -19,10 +21,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from tritonrag.devices import InstanceGpus
-from tritonrag.serving.contract import GPU_MEMORY_PARAMETER, INSTANCE_GPUS_PARAMETER
+from tritonrag.serving.contract import (
+    GENERATOR,
+    GENERATOR_MODELS_PARAMETER,
+    GPU_MEMORY_PARAMETER,
+    INSTANCE_GPUS_PARAMETER,
+)
 from tritonrag.settings import Settings, override
 
-RESERVED = (GPU_MEMORY_PARAMETER, INSTANCE_GPUS_PARAMETER)  # not settings: where the instance runs
+# not settings: where the instance runs, and which generators the deployment serves
+RESERVED = (GPU_MEMORY_PARAMETER, INSTANCE_GPUS_PARAMETER, GENERATOR_MODELS_PARAMETER)
 
 
 def encode_instance_parameters(settings: Mapping[str, Any],
@@ -96,3 +104,14 @@ def instance_config(args: Mapping[str, str], settings: Settings, section: str) -
 def instance_device(gpus: InstanceGpus | None) -> str:
     """The torch device of an instance: its first GPU, or the CPU."""
     return f"cuda:{gpus.devices[0]}" if gpus else "cpu"
+
+
+def served_generators(args: Mapping[str, str], settings: Settings) -> dict[str, str | None]:
+    """The generators this deployment serves, by name, with their models ({home} expanded; None: the [generator]
+    model of the settings): the rendered ``generator_models`` parameter, else the one standard generator."""
+    params = model_parameters(args)
+    if GENERATOR_MODELS_PARAMETER not in params:
+        return {GENERATOR.model: None}
+    models = _decode(params, GENERATOR_MODELS_PARAMETER)
+    return {name: model.replace("{home}", str(settings.home)) if isinstance(model, str) else None
+            for name, model in models.items()}

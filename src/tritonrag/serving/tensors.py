@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrag.errors import InvalidInput
+from tritonrag.errors import InvalidInput, Unsupported
 from tritonrag.validation import parse_json_object
 
 try:
@@ -93,7 +93,9 @@ def string_tensor(name: str, values: Sequence[str], shape: tuple[int, ...] | Non
 
 
 def error_for(exc: BaseException) -> Any:
-    """A TritonError: INVALID_ARG for bad input, INTERNAL (with the exception type) otherwise."""
+    """A TritonError: UNSUPPORTED or INVALID_ARG for bad input, INTERNAL (with the exception type) otherwise."""
+    if isinstance(exc, Unsupported):
+        return pb_utils.TritonError(str(exc), pb_utils.TritonError.UNSUPPORTED)
     if isinstance(exc, InvalidInput):
         return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
     return pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)

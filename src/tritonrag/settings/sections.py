@@ -59,8 +59,11 @@ class RetrieverSettings:
 @dataclass(frozen=True)
 class PromptBuilderSettings:
     template: str
+    chat_template: str
+    template_dir: str
     max_query_chars: int
     max_context_chars: int
+    max_system_chars: int
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class RagSettings:
     max_concurrency: int
     stream_default: bool
     abstain_below_score: float
+    critic_generator: str
+    critic_max_tokens: int
 
 
 @dataclass(frozen=True)

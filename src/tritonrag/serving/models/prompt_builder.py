@@ -1,41 +1,56 @@
-"""Triton adapter for the prompt builder: query + retrieved passages + template name in, prompt out."""
+"""Triton adapter for the prompt builder: query + retrieved passages + template (and optionally a system prompt,
+the target generator, a JSON schema, an answer to review) in, the prompt and what the pipeline needs of it out."""
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.errors import InvalidInput
-from tritonrag.prompts.builder import ContextDocument, PromptBuilder
+from tritonrag.prompts.builder import ContextDocument, prompt_builder
 from tritonrag.serving.contract import PROMPT_BUILDER
-from tritonrag.serving.instance import instance_config
+from tritonrag.serving.instance import instance_config, served_generators
 from tritonrag.serving.tensors import error_response, read_string, read_strings, string_tensor
 from tritonrag.settings import load_settings
+
+P = PROMPT_BUILDER
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.settings, _ = instance_config(args, load_settings(), PROMPT_BUILDER.model)
-        self.builder = PromptBuilder(self.settings.max_query_chars, self.settings.max_context_chars)
+        settings = load_settings()
+        self.settings, _ = instance_config(args, settings, P.model)
+        settings = replace(settings, prompt_builder=self.settings)  # the spec's overrides of this section
+        self.builder = prompt_builder(settings, served_generators(args, settings))
 
-    def _build(self, request):
-        query = read_string(request, PROMPT_BUILDER.query)
-        texts = read_strings(request, PROMPT_BUILDER.context, required=False) or []
-        metadata = read_strings(request, PROMPT_BUILDER.metadata, required=False) or ["{}"] * len(texts)
+    def _documents(self, request):
+        texts = read_strings(request, P.context, required=False) or []
+        metadata = read_strings(request, P.metadata, required=False) or ["{}"] * len(texts)
         if len(metadata) != len(texts):
-            raise InvalidInput(f"'{PROMPT_BUILDER.metadata}' has {len(metadata)} rows but '{PROMPT_BUILDER.context}' "
-                               f"has {len(texts)}")
+            raise InvalidInput(f"'{P.metadata}' has {len(metadata)} rows but '{P.context}' has {len(texts)}")
         documents = []
         for i, (text, meta) in enumerate(zip(texts, metadata)):
             try:
                 fields = json.loads(meta)
             except json.JSONDecodeError:
-                raise InvalidInput(f"'{PROMPT_BUILDER.metadata}' row {i} is not valid JSON") from None
+                raise InvalidInput(f"'{P.metadata}' row {i} is not valid JSON") from None
+            if not isinstance(fields, dict):
+                raise InvalidInput(f"'{P.metadata}' row {i} must be a JSON object")
             documents.append(ContextDocument.from_metadata(text, fields))
-        name = read_string(request, PROMPT_BUILDER.template, required=False) or self.settings.template
-        prompt = self.builder.build(name, query, documents)
-        stop = self.builder.spec(name).stop
-        return pb_utils.InferenceResponse([string_tensor(PROMPT_BUILDER.prompt, [prompt]),
-                                           string_tensor(PROMPT_BUILDER.stop, stop)])
+        return documents
+
+    def _build(self, request):
+        optional = {name: read_string(request, name, required=False)
+                    for name in (P.template, P.system_prompt, P.generator, P.json_schema, P.answer)}
+        built = self.builder.build(optional[P.template] or self.settings.template, read_string(request, P.query),
+                                   self._documents(request), optional[P.system_prompt], optional[P.generator],
+                                   optional[P.json_schema] or "", optional[P.answer] or "")
+        return pb_utils.InferenceResponse([
+            string_tensor(P.prompt, [built.text]), string_tensor(P.stop, list(built.stop)),
+            pb_utils.Tensor(P.passages, np.array([built.passages], np.int32)),
+            pb_utils.Tensor(P.json_output, np.array([built.json_output], bool)),
+        ])
 
     def execute(self, requests):
         responses = []

@@ -12,11 +12,11 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.pipeline.errors import failure
 from tritonrag.pipeline.events import CancelledEvent, FailedEvent, FinalEvent, SourcesEvent, TextEvent
-from tritonrag.pipeline.flow import RagPipeline
+from tritonrag.pipeline.flow import RagPipeline, standard_flows
 from tritonrag.pipeline.types import RagRequest
 from tritonrag.serving.bls_stages import BlsStages
 from tritonrag.serving.contract import RAG
-from tritonrag.serving.instance import instance_config
+from tritonrag.serving.instance import instance_config, served_generators
 from tritonrag.serving.tensors import read_scalar, read_string, request_parameters, string_tensor
 from tritonrag.settings import load_settings
 
@@ -35,6 +35,8 @@ def _response(event):
                    string_tensor(RAG.finish_reason, [event.finish_reason])]
         if event.sources is not None:
             outputs.append(string_tensor(RAG.sources, [event.sources]))
+        if event.citations is not None:
+            outputs.append(string_tensor(RAG.citations, [event.citations]))
         return pb_utils.InferenceResponse(outputs), True
     if isinstance(event, FailedEvent):
         error = pb_utils.TritonError(event.message, getattr(pb_utils.TritonError, event.code.name))
@@ -49,9 +51,16 @@ class TritonPythonModel:
         settings = load_settings()
         self.rag, _ = instance_config(args, settings, RAG.model)
         self.retriever = settings.retriever
+        generators = served_generators(args, settings)
+        if self.rag.critic_generator not in generators:
+            raise ValueError(f"[rag] critic_generator = {self.rag.critic_generator!r} is not served here; this "
+                             f"deployment serves the generators {', '.join(generators)} (the deployment spec's "
+                             "components with role: generator)")
         # BLS async_exec runs on the loop's default executor (6 threads on 2 cores): widen it.
         self.executor = ThreadPoolExecutor(self.rag.max_concurrency, thread_name_prefix="rag-bls")
-        self.pipeline = RagPipeline(BlsStages(self.rag.bls_timeout_s, self.executor))
+        stages = BlsStages(self.rag.bls_timeout_s, self.executor)
+        self.pipeline = RagPipeline(stages, standard_flows(stages, self.rag.critic_generator,
+                                                           self.rag.critic_max_tokens))
         self._loop_ready = False
 
     def _parse(self, request):
