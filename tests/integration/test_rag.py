@@ -184,7 +184,9 @@ def test_structured_output_follows_the_schema(server, protocol):
     jsonschema.validate(json.loads(answer.text), PERSON)  # decoding was constrained: it parses and validates
     assert answer.citations == []
     answer = client.ask("Who is Passepartout?", json_object=True, max_tokens=60)
-    assert isinstance(json.loads(answer.text), dict)
+    assert answer.text.lstrip().startswith("{")  # any object: nothing bounds its strings, so max_tokens may cut it
+    if answer.finish_reason == "stop":
+        assert isinstance(json.loads(answer.text), dict)
 
 
 def test_a_bad_schema_is_refused_with_the_reason(server):

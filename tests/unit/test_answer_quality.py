@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from answer_quality import NOT_YET, Generation, score_row, summarize, tokens_per_s
+from answer_quality import Generation, score_row, summarize, tokens_per_s
 from answer_quality_scoring import (
     Question,
     abstained,
@@ -67,16 +67,21 @@ def test_evidence_rank_and_hits():
 def test_score_row_and_summary():
     q = Question("seed", "Utah?", "America", seed=True, answer_any=("Great Salt Lake",), evidence_any=("Salt Lake",))
     u = Question("none", "Mother?", "unanswerable", answerable=False)
-    gen = Generation("It is the Great Salt Lake.", [7, 8], 1.0, 0.2, 1.2, "It is the Great Salt Lake.")
+    gen = Generation("It is the Great Salt Lake [2].", [7, 8], [8], "stop", 1.0, 0.2, 1.2,
+                     "It is the Great Salt Lake [2].")
     row = score_row(q, [7, 8, 9], ["a", "the Salt Lake", "b"], gen, lambda text: 11, top_k=2)
     assert row["evidence_rank"] == 2 and row["hit@1"] is False and row["hit@4"] is True and row["context_hit"]
     assert row["correct"] and not row["abstained"] and row["sources_match_retrieval"] and row["stream_same_answer"]
-    assert row["tokens_per_s"] == pytest.approx(10.0) and row["citation_valid"] == NOT_YET
-    other = score_row(u, [1], ["x"], Generation("The documents do not say.", [1], 0.5), lambda text: 5, top_k=1)
+    assert row["tokens_per_s"] == pytest.approx(10.0) and row["citation_valid"] is True and row["cited"] == 1
+    other = score_row(u, [1], ["x"], Generation("Not this.", [1], [], "abstained", 0.5), lambda text: 5, top_k=1)
     assert other["correct"] is None and other["abstained"] and other["hit@4"] is None
     summary = summarize([row, other], "gemma", "rag")
     assert summary["correct"] == 1.0 and summary["abstention"] == 1.0 and summary["false_abstention"] == 0.0
-    assert summary["seed_correct"] == "1/1" and summary["hit@1"] == 0.0 and summary["schema_validity"] == NOT_YET
+    assert summary["seed_correct"] == "1/1" and summary["hit@1"] == 0.0 and summary["citation_validity"] == 1.0
+    assert summary["schema_checked"] == 0 and summary["citing"] == 1.0
+    wrong = score_row(q, [7, 8, 9], ["a", "the Salt Lake", "b"], Generation("Lake [1].", [7, 8], [7], "stop", 1.0),
+                      lambda text: 3, top_k=2)
+    assert wrong["citation_valid"] is False  # passage 1 does not hold the evidence
 
 
 def test_tokens_per_s_after_the_first_token():
