@@ -9,7 +9,8 @@ For each question of benchmarks/answer_quality_questions.yaml it measures:
     whose cited passages hold the evidence;
   - JSON-schema validity: the first --json-questions answerable questions asked again with the `extract` template
     and a bounded JSON schema; valid when the answer parses and validates against it;
-  - TTFT and output tokens/s from a second, streamed request (HTTP SSE), unless --no-stream.
+  - TTFT and output tokens/s: answers are asked streamed (HTTP SSE) unless --no-stream (HTTP generate); --both
+    asks both ways and checks they agree.
 Per model (--model, or the settings' [generator] model) and flow (--flow rag | qa-checked).
 
 It starts its own Triton on the committed model_repository/ on free ports, or uses a running server (--url,
@@ -106,20 +107,29 @@ class Generation:
     stream_text: str | None = None
 
 
-def generate(client: Any, question: str, parameters: dict[str, Any], stream: bool) -> Generation:
-    """The answer (HTTP generate, stream off); then, with ``stream``, TTFT and total time of a streamed request."""
-    started = time.perf_counter()
-    answer = client.ask(question, **parameters)
-    out = Generation(answer.text, [int(s["chunk_id"]) for s in answer.sources],
-                     [int(c["chunk_id"]) for c in answer.citations], answer.finish_reason,
-                     time.perf_counter() - started)
+def generate(client: Any, question: str, parameters: dict[str, Any], stream: bool, both: bool = False) -> Generation:
+    """The answer of one request: streamed (HTTP SSE: TTFT and total time) with ``stream``, else HTTP generate;
+    with ``both``, the HTTP generate answer and then a streamed request (to compare them, twice the time)."""
+    out = Generation()
+    if both or not stream:
+        started = time.perf_counter()
+        answer = client.ask(question, **parameters)
+        out = Generation(answer.text, [int(s["chunk_id"]) for s in answer.sources],
+                         [int(c["chunk_id"]) for c in answer.citations], answer.finish_reason,
+                         time.perf_counter() - started)
     if stream:
-        started, pieces = time.perf_counter(), []
+        from tritonrag_client import RagAnswer
+
+        started, streamed = time.perf_counter(), RagAnswer()
         for event in client.stream(question, **parameters):
-            if event.text and not any(pieces):
+            if event.text and not streamed.text:
                 out.ttft_s = time.perf_counter() - started
-            pieces.append(event.text)
-        out.stream_s, out.stream_text = time.perf_counter() - started, "".join(pieces)
+            streamed.add(event)
+        out.stream_s, out.stream_text = time.perf_counter() - started, streamed.text
+        if not both:
+            out.text, out.total_s, out.finish_reason = streamed.text, out.stream_s, streamed.finish_reason
+            out.source_ids = [int(s["chunk_id"]) for s in streamed.sources]
+            out.cited_ids = [int(c["chunk_id"]) for c in streamed.citations]
     return out
 
 
@@ -150,7 +160,8 @@ def score_row(q: Question, ids: list[int], texts: list[str], gen: Generation, co
         "schema_valid": None,
         "answer_s": round(gen.total_s, 3), "ttft_s": round(gen.ttft_s, 3), "output_tokens": n_tokens,
         "tokens_per_s": round(tokens_per_s(n_tokens, gen.ttft_s, gen.stream_s), 2),
-        "stream_same_answer": None if gen.stream_text is None else gen.stream_text == gen.text,
+        "stream_same_answer": None if gen.stream_text is None or gen.total_s == gen.stream_s
+        else gen.stream_text == gen.text,
         "source_chunk_ids": " ".join(map(str, gen.source_ids)), "answer": " ".join(gen.text.split())[:ANSWER_CHARS],
     }
 
@@ -222,7 +233,7 @@ METHOD = (
     "qa-checked critic) or by its phrases (\"do not contain\", \"no information\", ...). Citation validity: of the "
     "answerable questions' answers that cite passages, those whose cited passages hold an evidence string. JSON-schema "
     "validity: answers of the `extract` template with a bounded schema (ANSWER_SCHEMA) that parse and validate. TTFT "
-    "and tokens/s (output tokens after the first, counted by the generator's tokenizer) come from a second, streamed "
+    "and tokens/s (output tokens after the first, counted by the generator's tokenizer) come from the streamed "
     "request (HTTP SSE); for qa-checked the first text comes once the answer is checked."
 )
 
@@ -287,7 +298,7 @@ def run(questions: Sequence[Question], http_url: str, grpc_url: str, args: argpa
     rows, json_left = [], args.json_questions
     for n, q in enumerate(questions, 1):
         ids, texts = retrieval.search(q.question, max(HIT_KS))
-        gen = generate(client, q.question, parameters, stream=not args.no_stream)
+        gen = generate(client, q.question, parameters, stream=not args.no_stream, both=args.both)
         rows.append(score_row(q, ids, texts, gen, count_tokens, args.top_k))
         r = rows[-1]
         if q.answerable and json_left > 0:  # the same question as structured output
@@ -309,7 +320,9 @@ def main() -> None:
     parser.add_argument("--grpc-url", help="gRPC host:port of that server (default: the HTTP port + 1)")
     parser.add_argument("--top-k", type=int, default=4, help="passages per answer (default 4, the server's)")
     parser.add_argument("--max-tokens", type=int, help="default: the server's (96)")
-    parser.add_argument("--no-stream", action="store_true", help="skip the streamed request (no TTFT, tokens/s)")
+    parser.add_argument("--no-stream", action="store_true", help="ask with HTTP generate (no TTFT, tokens/s)")
+    parser.add_argument("--both", action="store_true",
+                        help="ask with HTTP generate and again streamed, and compare the answers (twice the time)")
     parser.add_argument("--flow", default="rag", help="rag (default) or qa-checked")
     parser.add_argument("--model", help="a packaged model's name (tritonrag prepare-models --list) or a model "
                                         "folder; default: the settings' [generator] model")

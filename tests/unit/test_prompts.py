@@ -167,7 +167,8 @@ def test_context_over_budget_is_dropped_whole_documents():
     docs = [{"text": "A" * 20}, {"text": "B" * 25}, {"text": "C" * 10}, {"text": "D" * 2}]
     built = small.build("qa", "q?", docs)
     assert "A" * 20 in built.text and "B" * 25 in built.text
-    assert "C" not in built.text.split("Question")[0].split("Passages:")[1]  # dropped entirely, never cut
+    user = built.text.split("### User:")[1]
+    assert "C" not in user.split("Question")[0].split("Passages:")[1]  # dropped entirely, never cut
     assert "[3]" not in built.text and built.passages == 2  # what an answer may cite
 
 
