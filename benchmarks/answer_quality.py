@@ -305,7 +305,9 @@ def run(questions: Sequence[Question], http_url: str, grpc_url: str, args: argpa
             json_left -= 1
             answer = client.ask(q.question, **{**parameters, "template": "extract", "json_schema": ANSWER_SCHEMA,
                                                "max_tokens": 160})
-            r["schema_valid"] = check_answer(answer.text, StructuredOutput(ANSWER_SCHEMA)) is None
+            reason = check_answer(answer.text, StructuredOutput(ANSWER_SCHEMA))
+            r["schema_valid"], r["schema_problem"] = reason is None, reason or ""
+            r["schema_finish_reason"] = answer.finish_reason
         print(f"[{n}/{len(questions)}] {q.id}: rank {r['evidence_rank']} correct {r['correct']} "
               f"abstained {r['abstained']} cites {r['citation_valid']} json {r['schema_valid']} "
               f"| {r['answer'][:70]!r}", flush=True)

@@ -8,7 +8,6 @@ import pytest
 from fakes import RecordingSink as Sink
 
 from tritonrag.errors import InvalidInput, Unsupported
-from tritonrag.generation import sampling
 from tritonrag.generation.sampling import SamplingParams
 from tritonrag.generation.stand_in import StandInEngine
 from tritonrag.generation.structured import (
@@ -86,7 +85,7 @@ def test_bad_requests_say_what_to_change(schema, obj, message):
 
 
 def test_schema_length_limit():
-    assert sampling.MAX_SCHEMA_CHARS == MAX_SCHEMA_CHARS == 8000
+    assert MAX_SCHEMA_CHARS == 8000
     fits = {"description": "x" * (MAX_SCHEMA_CHARS - len('{"description":""}'))}
     assert parse_structured(fits, None) == StructuredOutput(fits)
     # indentation in a schema sent as text does not count

@@ -7,13 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tritonrag.errors import InvalidInput
-from tritonrag.generation.structured import MAX_SCHEMA_CHARS, StructuredOutput, parse_structured
+from tritonrag.generation.structured import StructuredOutput, parse_structured
 from tritonrag.settings import GeneratorSettings
 from tritonrag.validation import as_float, as_int
-
-# MAX_SCHEMA_CHARS (8000): the longest json_schema a request may send, as compact JSON text; a module constant, not
-# a setting. It is defined beside the schema checks in structured.py (parse_structured's default, which keeps that
-# module free of this one) and imported here, so sampling.MAX_SCHEMA_CHARS is the same value.
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ class SamplingParams:
         for s in stop:
             if not isinstance(s, str) or not s or len(s) > settings.max_stop_chars:
                 raise InvalidInput(f"each stop string must be 1 to {settings.max_stop_chars} characters, got {s!r}")
-        structured = parse_structured(raw.get("json_schema"), raw.get("json_object"), MAX_SCHEMA_CHARS)
+        structured = parse_structured(raw.get("json_schema"), raw.get("json_object"))
         return cls(max_tokens, temperature, top_p, top_k, stop, seed, penalty, structured)
 
 

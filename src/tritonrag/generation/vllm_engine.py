@@ -28,6 +28,7 @@ class VllmEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.settings = settings
@@ -45,6 +46,7 @@ class VllmEngine:
             max_num_seqs=settings.max_num_seqs,
             enable_prefix_caching=settings.enable_prefix_caching,
             enforce_eager=settings.enforce_eager,
+            structured_outputs_config=StructuredOutputsConfig(disable_any_whitespace=settings.json_compact),
             seed=0,
         )
 

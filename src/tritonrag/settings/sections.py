@@ -77,6 +77,7 @@ class GeneratorSettings:
     max_num_seqs: int
     enable_prefix_caching: bool
     enforce_eager: bool
+    json_compact: bool
     cpu_kvcache_gib: float
     cpu_reserved_cores: int
     max_prompt_tokens: int
