@@ -254,3 +254,17 @@ def test_a_bad_template_folder_is_refused_with_the_reason(tmp_path, toml, files,
 def test_a_missing_template_folder_says_what_to_do(tmp_path):
     with pytest.raises(TemplateConfigError, match="is not a folder"):
         load_templates(tmp_path / "nope")
+
+
+def test_the_cli_lists_templates_and_shows_one():
+    from typer.testing import CliRunner
+
+    from tritonrag.cli import app
+
+    listed = CliRunner().invoke(app, ["templates"])
+    assert listed.exit_code == 0, listed.output
+    assert "qa (default)" in listed.output and "summarize" in listed.output and "extract" in listed.output
+    shown = CliRunner().invoke(app, ["templates", "--show", "qa", "--render", "Where is the Reform Club?"])
+    assert shown.exit_code == 0 and "Where is the Reform Club?" in shown.output and "[1]" in shown.output
+    missing = CliRunner().invoke(app, ["templates", "--show", "nope"])
+    assert missing.exit_code == 1 and "unknown template 'nope'" in missing.output

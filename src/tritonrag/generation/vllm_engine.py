@@ -46,7 +46,9 @@ class VllmEngine:
             max_num_seqs=settings.max_num_seqs,
             enable_prefix_caching=settings.enable_prefix_caching,
             enforce_eager=settings.enforce_eager,
-            structured_outputs_config=StructuredOutputsConfig(disable_any_whitespace=settings.json_compact),
+            # vLLM allows disable_any_whitespace only with a named backend, not "auto"
+            structured_outputs_config=(StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
+                                       if settings.json_compact else StructuredOutputsConfig()),
             seed=0,
         )
 

@@ -13,10 +13,15 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tritonrag.pipeline.errors import RequestCancelled
 from tritonrag.pipeline.events import ABSTAINED, Event, FinalEvent, SourcesEvent, TextEvent
 from tritonrag.pipeline.stages import GenerateStage, PromptOptions, PromptStage
+from tritonrag.pipeline.steps import RagState
+
+if TYPE_CHECKING:  # flow.py imports this module
+    from tritonrag.pipeline.flow import CancelWatch
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ class AnswerCheck:
     critic_generator: str | None = None  # a served generator's name; None: the default one
     max_tokens: int = 12
 
-    async def verdict(self, state, answer: str, watch) -> bool:
+    async def verdict(self, state: RagState, answer: str, watch: CancelWatch) -> bool:
         """Whether the critic finds ``answer`` supported by the request's passages."""
         if not answer.strip():
             return False
@@ -68,7 +73,8 @@ class AnswerCheck:
         log.debug("critic verdict %s for %r: %r", supported, answer[:80], "".join(pieces))
         return supported
 
-    async def answer(self, state, watch, generate: Callable[[], AsyncIterator[Event]]) -> AsyncIterator[Event]:
+    async def answer(self, state: RagState, watch: CancelWatch,
+                     generate: Callable[[], AsyncIterator[Event]]) -> AsyncIterator[Event]:
         """The checked answer as events: (stream) sources, the whole answer as one text piece, then final."""
         stream = state.request.stream
         if stream:
