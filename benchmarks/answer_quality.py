@@ -301,6 +301,8 @@ def run(questions: Sequence[Question], http_url: str, grpc_url: str, args: argpa
         gen = generate(client, q.question, parameters, stream=not args.no_stream, both=args.both)
         rows.append(score_row(q, ids, texts, gen, count_tokens, args.top_k))
         r = rows[-1]
+        if args.flow != "rag":  # a checked answer arrives whole, once checked: no decoding rate to see
+            r["tokens_per_s"] = float("nan")
         if q.answerable and json_left > 0:  # the same question as structured output
             json_left -= 1
             answer = client.ask(q.question, **{**parameters, "template": "extract", "json_schema": ANSWER_SCHEMA,
@@ -318,6 +320,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=Path, default=QUESTIONS_FILE)
     parser.add_argument("--quick", action="store_true", help="the seed's questions, one per part, 3 unanswerable")
+    parser.add_argument("--unanswerable", type=int, default=3, help="with --quick: how many unanswerable (default 3)")
     parser.add_argument("--url", help="HTTP host:port of a running server (else one is started)")
     parser.add_argument("--grpc-url", help="gRPC host:port of that server (default: the HTTP port + 1)")
     parser.add_argument("--top-k", type=int, default=4, help="passages per answer (default 4, the server's)")
@@ -341,7 +344,7 @@ def main() -> None:
     print("\n".join(problems) or f"question set checked: {len(questions)} questions, evidence in book and chunks")
     if args.check:
         sys.exit(1 if problems else 0)
-    questions = quick_subset(questions) if args.quick else questions
+    questions = quick_subset(questions, args.unanswerable) if args.quick else questions
 
     from tritonrag.deploy.server import Ports, TritonServer
     from tritonrag.settings import load_settings
