@@ -157,7 +157,8 @@ def test_the_fresh_venv_imports_the_installed_copy(installed):
         assert path.is_relative_to(site.resolve()), (key, path)
         assert not path.is_relative_to(CHECKOUT), (key, path)
     assert Path(found["defaults"]).is_file()
-    assert found["templates"] == sorted(p.name for p in (CHECKOUT / "src/tritonrag/prompts/templates").glob("*.j2"))
+    folder = CHECKOUT / "src/tritonrag/prompts/templates"
+    assert found["templates"] == sorted([p.name for p in folder.glob("*.j2")] + ["templates.toml"])
     assert Path(found["dist"]).resolve() == site.resolve()
     assert not found["direct_url"].get("dir_info", {}).get("editable"), found["direct_url"]
 
