@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from jsonschema.exceptions import SchemaError, best_match
-from jsonschema.validators import Draft202012Validator, validator_for
-
 from tritonrag.errors import InvalidInput, Unsupported
 
 # The longest JSON Schema a request may send, counted as compact JSON text (json.dumps with "," and ":" as
@@ -84,6 +81,8 @@ def parse_structured(raw_schema: Any, raw_object: Any, max_chars: int = MAX_SCHE
     dialect = raw_schema.get("$schema")
     if dialect is not None and not isinstance(dialect, str):
         raise InvalidInput(f"json_schema's $schema must be a string naming a JSON Schema draft, got {dialect!r}")
+    from jsonschema.exceptions import SchemaError  # imported on use: the generator loads without it otherwise
+
     try:
         _validator_class(raw_schema).check_schema(raw_schema)
     except SchemaError as exc:
@@ -103,6 +102,8 @@ def check_answer(text: str, structured: StructuredOutput) -> str | None:
         return "not usable JSON: nested too deeply"
     if structured.schema is None:
         return None if isinstance(value, dict) else f"not a JSON object: got {_json_type(value)}"
+    from jsonschema.exceptions import best_match
+
     try:
         error = best_match(structured.validator.iter_errors(value))
     except RecursionError:
@@ -121,6 +122,8 @@ def structured_unsupported(engine: str) -> Unsupported:
 
 def _validator_class(schema: dict[str, Any]) -> Any:
     # a $schema jsonschema does not know falls back to the latest draft (what vLLM's grammar compilers do too)
+    from jsonschema.validators import Draft202012Validator, validator_for
+
     return validator_for(schema, default=Draft202012Validator)
 
 
