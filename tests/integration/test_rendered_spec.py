@@ -22,6 +22,8 @@ components:
   embedder: {instances: 2, batching: {max_batch_size: 16, preferred_batch_sizes: [8, 16]}}
   prompt_builder: {instances: 2, engine: {max_query_chars: 40}}
   generator: {engine: {max_tokens_default: 5}}
+  generator_small: {role: generator, engine: {max_tokens_default: 3}}
+  rag: {engine: {critic_generator: generator_small}}
 """
 
 
@@ -61,3 +63,16 @@ def test_overridden_settings_reach_the_instances(spec_server):
     assert status == 200 and len(body["text_output"].split()) == 5, body
     responses, error = grpc_stream(spec_server.grpc_url, "rag", [bytes_input("text_input", ["Who is Fogg?"], [1])])
     assert error is None and responses
+
+
+def test_a_second_generator_is_its_own_model_and_the_critic_runs_on_it(spec_server):
+    http = httpclient.InferenceServerClient(spec_server.http_url)
+    assert http.is_model_ready("generator_small")
+    status, body = post_json(f"http://{spec_server.http_url}/v2/models/generator_small/generate",
+                             {"text_input": "one two three four five six"})
+    assert status == 200 and len(body["text_output"].split()) == 3, body  # its own max_tokens_default
+    # qa-checked asks the critic generator for a JSON verdict; the stand-in engine refuses structured output, so
+    # the error names the model the critic ran on
+    status, body = post_json(f"http://{spec_server.http_url}/v2/models/rag/generate",
+                             {"text_input": "Who is Fogg?", "parameters": {"flow": "qa-checked"}})
+    assert status == 400 and "generator_small: structured output" in body["error"], body
