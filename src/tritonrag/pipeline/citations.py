@@ -51,13 +51,6 @@ class CitationFilter:
         return self._clean(text)
 
 
-def clean_answer(text: str, passages: int) -> tuple[str, list[int]]:
-    """``text`` with invalid citations dropped, and the passages it cites (1-based, first cited first)."""
-    citations = CitationFilter(passages)
-    cleaned = citations.feed(text) + citations.flush()
-    return cleaned, citations.cited
-
-
 def citations_json(cited: Sequence[int], passages: Sequence[Passage]) -> str:
     """The ``citations`` output: each cited passage's number, chunk id, score and source fields, as JSON."""
     rows = []

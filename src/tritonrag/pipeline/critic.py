@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from tritonrag.pipeline.errors import RequestCancelled
 from tritonrag.pipeline.events import ABSTAINED, Event, FinalEvent, SourcesEvent, TextEvent
-from tritonrag.pipeline.stages import GenerateStage, PromptOptions, PromptStage
+from tritonrag.pipeline.stages import GenerateStage, PromptOptions, PromptStage, stopped_unless_read
 from tritonrag.pipeline.steps import RagState
 
 if TYPE_CHECKING:  # flow.py imports this module
@@ -57,18 +57,13 @@ class AnswerCheck:
             state.query, state.passages, PromptOptions(CRITIC_TEMPLATE, generator=self.critic_generator,
                                                        answer=answer))
         sampling = {"max_tokens": self.max_tokens, "temperature": 0.0, "json_schema": SUPPORT_SCHEMA}
-        generation = await self.generator.start(prompt, sampling, False, self.critic_generator)
-        pieces, complete = [], False
-        try:
+        pieces = []
+        async with stopped_unless_read(await self.generator.start(prompt, sampling, False,
+                                                                  self.critic_generator)) as generation:
             async for chunk in generation:
                 if watch.check():
                     raise RequestCancelled
                 pieces.append(chunk.text)
-            complete = True
-        finally:
-            if not complete:
-                await generation.cancel()
-                await generation.close()
         supported = parse_verdict("".join(pieces))
         log.debug("critic verdict %s for %r: %r", supported, answer[:80], "".join(pieces))
         return supported
@@ -80,8 +75,7 @@ class AnswerCheck:
         if stream:
             yield SourcesEvent(state.sources)
         final = await _final(generate())
-        structured = state.request.params.structured or state.prompt.json_output
-        if not structured and not await self.verdict(state, final.text, watch):
+        if not state.json_answer and not await self.verdict(state, final.text, watch):
             params = state.request.params
             state.prompt = await self.prompt_builder.build(
                 state.query, state.passages, PromptOptions(STRICT_TEMPLATE, params.system_prompt))

@@ -17,7 +17,7 @@ from tritonrag.pipeline.citations import CitationFilter, citations_json
 from tritonrag.pipeline.critic import AnswerCheck
 from tritonrag.pipeline.errors import RequestCancelled, failure
 from tritonrag.pipeline.events import ABSTAINED, CancelledEvent, Event, FinalEvent, SourcesEvent, TextEvent
-from tritonrag.pipeline.stages import GenerateStage, Stages
+from tritonrag.pipeline.stages import GenerateStage, Stages, stopped_unless_read
 from tritonrag.pipeline.steps import AbstainOnWeakEvidence, BuildPrompt, EmbedQuery, RagState, Retrieve, Step
 from tritonrag.pipeline.types import RagRequest
 
@@ -130,16 +130,14 @@ async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch
     stream_mode = state.request.stream if stream is None else stream
     params, prompt = state.request.params, state.prompt
     sampling = params.sampling()
-    json_answer = params.structured or prompt.json_output
     if prompt.json_output and not params.structured:
         sampling["json_object"] = True  # a JSON template without a schema: any JSON object
-    citations = None if json_answer else CitationFilter(prompt.passages)
+    citations = None if state.json_answer else CitationFilter(prompt.passages)
     sources = state.sources
     if stream_mode:
         yield SourcesEvent(sources)
-    generation = await generator.start(prompt, sampling, stream_mode)
-    pieces, finish_reason, complete = [], "stop", False
-    try:
+    pieces, finish_reason = [], "stop"
+    async with stopped_unless_read(await generator.start(prompt, sampling, stream_mode)) as generation:
         async for chunk in generation:
             if watch.check():
                 raise RequestCancelled
@@ -150,11 +148,6 @@ async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch
                 yield TextEvent(text)
             elif not stream_mode:
                 pieces.append(text)
-        complete = True
-    finally:
-        if not complete:  # cancelled by the client, or failed: stop the generator working for nobody
-            await generation.cancel()
-            await generation.close()
     rest = citations.flush() if citations else ""
     if stream_mode and rest:
         yield TextEvent(rest)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +50,18 @@ class GenerationStream(Protocol):
     async def cancel(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@asynccontextmanager
+async def stopped_unless_read(stream: GenerationStream) -> AsyncIterator[GenerationStream]:
+    """Read ``stream`` inside this block; leaving it by an exception (the client cancelled, a stage failed, the
+    caller went away) first stops the generator working for nobody: cancel, then read what is left."""
+    try:
+        yield stream
+    except BaseException:
+        await stream.cancel()
+        await stream.close()
+        raise
 
 
 class GenerateStage(Protocol):

@@ -42,6 +42,11 @@ class RagState:
         self.query = self.query or self.request.query
 
     @property
+    def json_answer(self) -> bool:
+        """The answer is JSON: the request asks for it, or the prompt's template does (no citations, no check)."""
+        return self.request.params.structured or bool(self.prompt and self.prompt.json_output)
+
+    @property
     def sources(self) -> str:
         """The `sources` output: the passages as JSON, best first."""
         return sources_json([p.chunk_id for p in self.passages], [p.score for p in self.passages],

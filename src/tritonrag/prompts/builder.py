@@ -14,7 +14,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tritonrag.errors import InvalidInput
 from tritonrag.prompts.chat_format import ChatFormat
-from tritonrag.prompts.neutralise import Neutraliser
 from tritonrag.prompts.registry import TemplateSpec, load_templates
 from tritonrag.serving.contract import GENERATOR
 from tritonrag.settings import Settings
@@ -94,7 +93,7 @@ class PromptBuilder:
                 raise InvalidInput(f"system_prompt must hold 1 to {self.max_system_chars} characters, "
                                    f"got {len(system_prompt.strip())}")
         chat = self._chat_format(generator)
-        clean = Neutraliser(chat.special_tokens)
+        clean = chat.neutraliser
         docs = [d if isinstance(d, ContextDocument) else ContextDocument(**d) for d in documents]
         kept, used = [], 0
         for doc in docs:

@@ -14,12 +14,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from tritonrag.prompts.neutralise import Neutraliser
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,11 @@ class ChatFormat:
     special_tokens: tuple[str, ...] = ()
     bos_token: str = ""
     eos_token: str = ""
+
+    @cached_property
+    def neutraliser(self) -> Neutraliser:
+        """What defuses this model's special tokens in untrusted text (built once: a tokenizer may have thousands)."""
+        return Neutraliser(self.special_tokens)
 
     @property
     def stop(self) -> tuple[str, ...]:
