@@ -22,8 +22,9 @@ from tritonrag.pipeline.events import (
 )
 from tritonrag.pipeline.flow import CancelWatch, Flow, RagPipeline, standard_flows
 from tritonrag.pipeline.request import RagParams
+from tritonrag.pipeline.stages import RetrievalOptions
 from tritonrag.pipeline.steps import BuildPrompt, EmbedQuery, Retrieve
-from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, RagRequest
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, RagRequest, Retrieval
 from tritonrag.settings import load_settings
 
 PASSAGES = [Passage(7, 0.9, "Fogg left London.", {"source": "book.txt", "title": "Ch 1"}),
@@ -61,9 +62,10 @@ class FakeStages:
 
     verdicts: list = None  # the critic's answers, in order (then: supported)
     answers: list = None  # chunk lists of successive answers (then: chunks)
+    rerank_scores: list = None  # the reranker's score of each retrieved passage (then: reversed order)
 
     def __post_init__(self):
-        self.embedder = self.retriever = self.prompt_builder = self.generator = self
+        self.embedder = self.retriever = self.reranker = self.prompt_builder = self.generator = self
         self.calls, self.stream, self.options, self.generators = [], None, [], []
         self.verdicts, self.answers = list(self.verdicts or []), list(self.answers or [])
 
@@ -76,10 +78,16 @@ class FakeStages:
         self._maybe_fail("embed")
         return np.ones((1, 4), np.float32)
 
-    async def retrieve(self, embedding, top_k, flt):
+    async def retrieve(self, embedding, query, top_k, flt, options=RetrievalOptions()):
         self.calls.append(("retrieve", top_k, flt))
+        self.retrieval_options = options
         self._maybe_fail("retrieve")
-        return self.passages
+        return Retrieval(self.passages, {"dense_ms": 1.5, "sparse_ms": 2.5})
+
+    async def rerank(self, query, texts):
+        self.calls.append(("rerank", query, list(texts)))
+        self._maybe_fail("rerank")
+        return list(self.rerank_scores) if self.rerank_scores else [float(i) for i in range(len(texts))]
 
     async def build(self, query, passages, options):
         self.calls.append(("build", query, [p.chunk_id for p in passages], options.template))
@@ -103,8 +111,9 @@ class FakeStages:
 CHUNKS = [GenerationChunk("Phileas "), GenerationChunk("Fogg"), GenerationChunk("", "stop")]
 
 
-def stages(passages=PASSAGES, chunks=CHUNKS, fail=None, fail_at=None, verdicts=None, answers=None):
-    return FakeStages(list(passages), list(chunks), fail or {}, fail_at, verdicts, answers)
+def stages(passages=PASSAGES, chunks=CHUNKS, fail=None, fail_at=None, verdicts=None, answers=None,
+           rerank_scores=None):
+    return FakeStages(list(passages), list(chunks), fail or {}, fail_at, verdicts, answers, rerank_scores)
 
 
 def request(stream=True, **params):
@@ -354,3 +363,61 @@ def test_the_critic_runs_on_the_generator_the_flow_names():
 def test_the_request_parameter_flow_picks_the_flow():
     (failed,) = run(RagPipeline(stages()), request(flow="no-such-flow"))
     assert failed.code is ErrorCode.INVALID_ARG and "qa-checked" in failed.message
+
+
+# --- retrieval options, reranking, timing ------------------------------------------------------------------------
+
+THREE = [Passage(1, 0.03, "a", {}, 0.40, {"dense": {"rank": 1, "score": 0.4}}),
+         Passage(2, 0.02, "b", {}, 0.35, {"sparse": {"rank": 1, "score": 9.0}}),
+         Passage(3, 0.01, "c", {}, 0.30, {"dense": {"rank": 2, "score": 0.3}})]
+
+
+def test_retrieval_options_reach_the_retriever_and_sources_say_where_each_passage_was_found():
+    fake = stages(passages=THREE)
+    (final,) = run(RagPipeline(fake), request(stream=False, mode="sparse", candidates=30, fusion="weighted"))
+    assert fake.retrieval_options == RetrievalOptions("sparse", 30, "weighted")
+    sources = json.loads(final.sources)
+    assert sources[1]["retrieval"] == {"sparse": {"rank": 1, "score": 9.0}, "similarity": 0.35}
+
+
+def test_rerank_scores_the_candidates_and_keeps_the_best_top_k():
+    fake = stages(passages=THREE, rerank_scores=[0.1, 0.9, 0.5])
+    pipeline = RagPipeline(fake, standard_flows(fake, rerank_fusion="none"))
+    (final,) = run(pipeline, request(stream=False, rerank=True, rerank_candidates=3, keep=2))
+    assert fake.calls[1] == ("retrieve", 3, None)  # the reranker's candidates, not top_k
+    assert fake.calls[2] == ("rerank", "Who is Fogg?", ["a", "b", "c"])
+    sources = json.loads(final.sources)
+    assert [s["chunk_id"] for s in sources] == [2, 3]
+    assert sources[0]["score"] == 0.9 and sources[0]["retrieval"]["rerank"] == {"rank": 1, "score": 0.9}
+    assert sources[0]["retrieval"]["retrieval_rank"] == 2
+
+
+def test_rerank_with_rrf_fuses_the_retrieval_rank_and_the_reranker_rank():
+    fake = stages(passages=THREE, rerank_scores=[0.5, 0.9, 0.1])  # reranker: b, a, c; retrieval: a, b, c
+    (final,) = run(RagPipeline(fake, standard_flows(fake, rerank_fusion="rrf")),
+                   request(stream=False, rerank=True, rerank_candidates=3, keep=3))
+    ids = [s["chunk_id"] for s in json.loads(final.sources)]
+    assert ids[2] == 3 and sorted(ids[:2]) == [1, 2]  # a and b tie on fused rank sums; c last on both
+
+
+def test_no_rerank_asks_the_reranker_nothing():
+    fake = stages()
+    run(RagPipeline(fake), request(stream=False))
+    assert "rerank" not in [c[0] for c in fake.calls]
+
+
+def test_weak_evidence_compares_the_similarity_not_a_fused_score():
+    fake = stages(passages=THREE)  # fused scores ~0.03, similarities 0.30-0.40
+    assert run(RagPipeline(fake), request(stream=False, min_score=0.3))[-1].finish_reason == "stop"
+    (final,) = run(RagPipeline(stages(passages=THREE)), request(stream=False, min_score=0.45))
+    assert final.finish_reason == ABSTAINED and "similarity with it is 0.40" in final.text
+
+
+def test_the_final_event_carries_each_steps_time():
+    (final,) = run(RagPipeline(stages(passages=THREE)), request(stream=False, rerank=True, rerank_candidates=3,
+                                                                 keep=2))
+    timing = json.loads(final.timing)
+    for step in ("embed_ms", "retrieve_ms", "dense_ms", "sparse_ms", "rerank_ms", "prompt_ms", "first_token_ms",
+                 "generate_ms", "total_ms"):
+        assert timing[step] >= 0, step
+    assert timing["total_ms"] >= timing["generate_ms"]

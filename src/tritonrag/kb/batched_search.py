@@ -1,15 +1,18 @@
-"""The retriever's pure logic: per-request options, grouping a dynamic batch into few searches, results."""
+"""The retriever's pure logic: per-request options, grouping a dynamic batch into few searches, dense, sparse and
+hybrid (fused) search, results with where each chunk was found and each step's time."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tritonrag.errors import InvalidInput
 from tritonrag.kb.filters import Filter, parse_filter
+from tritonrag.kb.fusion import FUSIONS, Found, fuse
 from tritonrag.kb.search import Hit, KnowledgeBase
 from tritonrag.serving.contract import RETRIEVER
 from tritonrag.settings import RetrieverSettings
@@ -17,36 +20,71 @@ from tritonrag.validation import as_int
 
 MAX_NPROBE = 65536
 MAX_EF_SEARCH = 32768
+MODES = ("dense", "sparse", "hybrid")
 
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """One request's query vectors and options."""
+    """One request's query vectors and texts, and its options."""
 
-    queries: np.ndarray
+    queries: np.ndarray | None  # [n, dimension]; None for a sparse search sent without vectors
     top_k: int
     filter: Filter | None = None
     nprobe: int | None = None
     ef_search: int | None = None
+    texts: tuple[str, ...] | None = None  # the questions, for sparse and hybrid search
+    mode: str = "dense"
+    candidates: int = 0  # hybrid: each side's list is max(candidates, top_k) long
+    fusion: str = "rrf"
+
+    @property
+    def rows(self) -> int:
+        return len(self.queries) if self.queries is not None else len(self.texts or ())
 
     @property
     def group(self) -> tuple:
-        """Requests with equal groups are searched together in one FAISS call."""
-        return self.filter, self.nprobe, self.ef_search
+        """Requests with equal groups are searched together (one FAISS call for the group)."""
+        return (self.filter, self.nprobe, self.ef_search, self.mode, self.candidates, self.fusion,
+                self.queries is None)
 
 
-def parse_search(queries: np.ndarray, dimension: int, top_k: Any, raw_filter: Any, parameters: Mapping[str, Any],
-                 settings: RetrieverSettings) -> SearchRequest:
-    """Validate one request: [n, dimension] finite vectors, top_k, filter, nprobe / ef_search parameters."""
-    if queries.ndim != 2 or queries.shape[1] != dimension:
-        raise InvalidInput(
-            f"input 'embedding' must be [batch, {dimension}] (the index's dimension), got {list(queries.shape)}")
-    if not np.isfinite(queries).all():
-        raise InvalidInput("input 'embedding' contains NaN or infinite values")
+@dataclass(frozen=True)
+class SearchResult:
+    """For each query row of a request, its hits best first; and the time each step of its batch took (ms)."""
+
+    rows: list[list[Hit]]
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def _choice(parameters: Mapping[str, Any], name: str, default: str, allowed: Sequence[str]) -> str:
+    value = parameters.get(name, default)
+    if value not in allowed:
+        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def parse_search(queries: np.ndarray | None, dimension: int, top_k: Any, raw_filter: Any,
+                 parameters: Mapping[str, Any], settings: RetrieverSettings,
+                 texts: Sequence[str] | None = None) -> SearchRequest:
+    """Validate one request: [n, dimension] finite vectors and/or n question texts (sparse and hybrid search need
+    them), top_k, filter, and the parameters mode, candidates, fusion, nprobe, ef_search."""
     known = set(RETRIEVER.search_parameters)
     unknown = sorted(set(parameters) - known)
     if unknown:
         raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    mode = _choice(parameters, RETRIEVER.mode, settings.mode, MODES)
+    if queries is not None:
+        if queries.ndim != 2 or queries.shape[1] != dimension:
+            raise InvalidInput(f"input '{RETRIEVER.embedding}' must be [batch, {dimension}] (the index's dimension), "
+                               f"got {list(queries.shape)}")
+        if not np.isfinite(queries).all():
+            raise InvalidInput(f"input '{RETRIEVER.embedding}' contains NaN or infinite values")
+        queries = np.ascontiguousarray(queries, np.float32)
+    elif mode != "sparse":
+        raise InvalidInput(f"mode {mode} needs input '{RETRIEVER.embedding}' (the question's vector from the embedder)"
+                           f"; only mode sparse searches with '{RETRIEVER.query}' alone")
+    if mode != "dense":
+        texts = _check_texts(texts, queries, mode, settings)
     nprobe = parameters.get(RETRIEVER.nprobe)
     if nprobe is not None:
         nprobe = as_int(nprobe, RETRIEVER.nprobe)
@@ -57,35 +95,121 @@ def parse_search(queries: np.ndarray, dimension: int, top_k: Any, raw_filter: An
         ef_search = as_int(ef_search, RETRIEVER.ef_search)
         if not 1 <= ef_search <= MAX_EF_SEARCH:
             raise InvalidInput(f"ef_search must be between 1 and {MAX_EF_SEARCH}, got {ef_search}")
+    candidates = check_candidates(parameters.get(RETRIEVER.candidates, settings.candidates), settings)
+    fusion = _choice(parameters, RETRIEVER.fusion, settings.fusion, FUSIONS)
     k = settings.top_k_default if top_k is None else check_top_k(top_k, settings)
-    return SearchRequest(np.ascontiguousarray(queries, np.float32), k, parse_filter(raw_filter), nprobe, ef_search)
+    return SearchRequest(queries, k, parse_filter(raw_filter), nprobe, ef_search,
+                         tuple(texts) if mode != "dense" else None, mode,
+                         candidates if mode == "hybrid" else 0, fusion if mode == "hybrid" else "rrf")
 
 
-def run_searches(kb: KnowledgeBase, requests: Sequence[SearchRequest]) -> list[list[list[Hit]]]:
-    """Search every request (one FAISS call per group of requests with the same options); for each request,
-    for each query row, its hits best first."""
-    results: list[list[list[Hit]] | None] = [None] * len(requests)
+def _check_texts(texts: Sequence[str] | None, queries: np.ndarray | None, mode: str,
+                 settings: RetrieverSettings) -> Sequence[str]:
+    if not texts:
+        raise InvalidInput(f"mode {mode} needs input '{RETRIEVER.query}' (the question's text, one row per query); "
+                           f"send it, or set parameter mode to dense")
+    if queries is not None and len(texts) != len(queries):
+        raise InvalidInput(f"input '{RETRIEVER.query}' has {len(texts)} rows but '{RETRIEVER.embedding}' has "
+                           f"{len(queries)}: send one question per vector")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidInput(f"input '{RETRIEVER.query}' row {i} is empty: send the question's text")
+        if len(text) > settings.max_query_chars:
+            raise InvalidInput(f"input '{RETRIEVER.query}' row {i} has {len(text)} characters; the limit is "
+                               f"{settings.max_query_chars}")
+    return texts
+
+
+def check_candidates(value: Any, retriever: RetrieverSettings) -> int:
+    """Validate a hybrid search's depth (how many candidates each side contributes to the fusion)."""
+    candidates = as_int(value, RETRIEVER.candidates)
+    if not 1 <= candidates <= retriever.top_k_max:
+        raise InvalidInput(f"candidates must be between 1 and {retriever.top_k_max}, got {candidates}")
+    return candidates
+
+
+def _ms(since: float) -> float:
+    return round(1000 * (time.perf_counter() - since), 3)
+
+
+def _dense(kb: KnowledgeBase, stacked: np.ndarray, k: int, flt: Filter | None, nprobe: int | None,
+           ef_search: int | None) -> list[list[tuple[int, float]]]:
+    if flt is None:
+        scores, ids = kb.search(stacked, k, nprobe, ef_search)
+    else:
+        scores, ids = kb.search_filtered(stacked, k, flt, nprobe, ef_search)
+    return [[(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0] for id_row, score_row in zip(ids, scores)]
+
+
+def _search_group(kb: KnowledgeBase, members: Sequence[SearchRequest], settings: RetrieverSettings
+                  ) -> tuple[list[list[list[Hit]]], dict[str, float]]:
+    first = members[0]
+    mode, flt = first.mode, first.filter
+    k = max(r.top_k for r in members)
+    depth = max(first.candidates, k) if mode == "hybrid" else k
+    timing: dict[str, float] = {}
+    queries = None if first.queries is None else np.concatenate([r.queries for r in members])
+    texts = [t for r in members for t in (r.texts or ())]
+    dense = sparse = None
+    if mode != "sparse":
+        started = time.perf_counter()
+        dense = _dense(kb, queries, depth, flt, first.nprobe, first.ef_search)
+        timing["dense_ms"] = _ms(started)
+    if mode != "dense":
+        started = time.perf_counter()
+        sparse = kb.sparse_search(texts, depth, flt)
+        timing["sparse_ms"] = _ms(started)
+    started = time.perf_counter()
+    ranked: list[tuple[list[int], list[float], list[float] | None, list[dict[str, Found]]]] = []
+    for row in range(len(queries) if queries is not None else len(texts)):
+        if mode == "hybrid":
+            lists = {"dense": dense[row], "sparse": sparse[row]}
+            weights = {"dense": settings.dense_weight, "sparse": settings.sparse_weight}
+            fused = fuse(lists, depth, first.fusion, settings.rrf_k, weights)
+            ids, scores, found = [f.chunk_id for f in fused], [f.score for f in fused], [f.found for f in fused]
+        else:
+            side = dense[row] if mode == "dense" else sparse[row]
+            ids, scores = [c for c, _ in side], [s for _, s in side]
+            found = [{mode: Found(rank, score)} for rank, score in enumerate(scores, start=1)]
+        similarities = None
+        if mode == "dense":
+            similarities = scores
+        elif queries is not None:
+            similarities = kb.similarities(queries[row], ids).tolist()
+        ranked.append((ids, scores, similarities, found))
+    if mode != "dense":
+        timing["fusion_ms"] = _ms(started)
+    started = time.perf_counter()
+    results, row = [], 0
+    for request in members:
+        hits = []
+        for ids, scores, similarities, found in ranked[row:row + request.rows]:
+            n = request.top_k
+            hits.append(kb.fetch(ids[:n], scores[:n], None if similarities is None else similarities[:n], found[:n]))
+        results.append(hits)
+        row += request.rows
+    timing["fetch_ms"] = _ms(started)
+    return results, timing
+
+
+def run_searches(kb: KnowledgeBase, requests: Sequence[SearchRequest],
+                 settings: RetrieverSettings) -> list[SearchResult]:
+    """Search every request, the requests with the same options together; each request's result holds, for each
+    query row, its hits best first, and its batch's step times."""
+    results: list[SearchResult | None] = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     for i, request in enumerate(requests):
         groups.setdefault(request.group, []).append(i)
-    for (flt, nprobe, ef_search), members in groups.items():
-        stacked = np.concatenate([requests[i].queries for i in members])
-        k = max(requests[i].top_k for i in members)
-        if flt is None:
-            scores, ids = kb.search(stacked, k, nprobe, ef_search)
-        else:
-            scores, ids = kb.search_filtered(stacked, k, flt, nprobe, ef_search)
-        row = 0
-        for i in members:
-            n, top_k = len(requests[i].queries), requests[i].top_k
-            results[i] = [kb.fetch(ids[r, :top_k], scores[r, :top_k]) for r in range(row, row + n)]
-            row += n
+    for members in groups.values():
+        rows, timing = _search_group(kb, [requests[i] for i in members], settings)
+        for i, hits in zip(members, rows):
+            results[i] = SearchResult(hits, timing)
     return results  # type: ignore[return-value]
 
 
-def check_top_k(value: Any, retriever: RetrieverSettings) -> int:
+def check_top_k(value: Any, retriever: RetrieverSettings, name: str = "top_k") -> int:
     """Validate a requested number of passages against the retriever's limit."""
-    top_k = as_int(value, "top_k")
+    top_k = as_int(value, name)
     if not 1 <= top_k <= retriever.top_k_max:
-        raise InvalidInput(f"top_k must be between 1 and {retriever.top_k_max}, got {top_k}")
+        raise InvalidInput(f"{name} must be between 1 and {retriever.top_k_max}, got {top_k}")
     return top_k

@@ -1,10 +1,15 @@
-"""The docstore of a knowledge base version: one SQLite file of documents and chunks, and metadata filters as SQL.
-Every docstore SQL statement of the package is in this module.
+"""The docstore of a knowledge base version: one SQLite file of documents, chunks, the chunks' BM25 (FTS5) index, and
+metadata filters as SQL. Every docstore SQL statement of the package is in this module.
+
+The FTS5 index is an external-content table over ``chunks`` kept in step by triggers, so a new version starts from
+a copy of the published docstore and only the chunks that changed are deleted and inserted (tritonrag.kb.sparse
+says how a question is searched).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import urllib.parse
 from collections.abc import Sequence
@@ -16,6 +21,7 @@ import numpy as np
 
 from tritonrag.kb.chunking import Chunk
 from tritonrag.kb.filters import Filter
+from tritonrag.kb.sparse import TOKENIZER
 
 SCHEMA = """
 CREATE TABLE documents (
@@ -35,7 +41,14 @@ CREATE TABLE chunks (
     text TEXT NOT NULL
 );
 CREATE INDEX chunks_source ON chunks(source);
-"""
+CREATE VIRTUAL TABLE chunks_fts USING fts5(title, text, content='chunks', content_rowid='id', tokenize='TOKENIZER');
+CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, title, text) VALUES (new.id, new.title, new.text);
+END;
+CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, title, text) VALUES ('delete', old.id, old.title, old.text);
+END;
+""".replace("TOKENIZER", TOKENIZER)
 
 
 @dataclass(frozen=True)
@@ -85,19 +98,49 @@ def filter_clause(flt: Filter) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), params
 
 
-def write_docstore(path: Path, contents: VersionContents) -> None:
+@dataclass(frozen=True)
+class DocstoreWrite:
+    """How a docstore was written: from scratch, or from a copy of the previous version's with only the changes."""
+
+    incremental: bool
+    inserted: int
+    deleted: int
+
+
+def has_sparse_index(path: Path) -> bool:
+    """True when the docstore at ``path`` holds the chunks' FTS5 index (docstores before format 3 do not)."""
+    with sqlite3.connect(f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro", uri=True) as db:
+        found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks_fts'").fetchone()
+    db.close()
+    return found is not None
+
+
+def write_docstore(path: Path, contents: VersionContents, base: Path | None = None) -> DocstoreWrite:
+    """Write the docstore of ``contents`` at ``path``. With ``base`` (the docstore of the version ``contents`` was
+    made from, chunk ids being stable across versions), start from a copy of it and only delete the chunks that are
+    gone and insert the new ones: the FTS5 index of unchanged chunks is not rebuilt."""
+    incremental = base is not None and has_sparse_index(base)
+    if incremental:
+        shutil.copyfile(base, path)
     with sqlite3.connect(path) as db:
-        db.executescript(SCHEMA)
+        if not incremental:
+            db.executescript(SCHEMA)
+        old_ids = {row[0] for row in db.execute("SELECT id FROM chunks")}
+        new_ids = {int(i) for i in contents.chunk_ids}
+        doomed = sorted(old_ids - new_ids)
+        db.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in doomed])
+        db.execute("DELETE FROM documents")
         db.executemany(
             "INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
             [(d.source, d.title, d.content_hash, json.dumps(d.metadata), d.n_chunks) for d in contents.documents],
         )
-        db.executemany(
-            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(int(i), c.source, c.title, c.section, c.position, c.n_tokens, c.text)
-             for i, c in zip(contents.chunk_ids, contents.chunks)],
-        )
+        added = [(int(i), c.source, c.title, c.section, c.position, c.n_tokens, c.text)
+                 for i, c in zip(contents.chunk_ids, contents.chunks) if int(i) not in old_ids]
+        db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)", added)
+        if not incremental:
+            db.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('optimize')")
     db.close()
+    return DocstoreWrite(incremental, len(added), len(doomed))
 
 
 def read_contents(path: Path) -> tuple[dict[str, DocumentRecord], np.ndarray, list[Chunk]]:
@@ -131,6 +174,20 @@ class DocstoreReader:
         where, params = filter_clause(flt)
         sql = f"SELECT c.id FROM chunks c JOIN documents d ON c.source = d.source WHERE {where} ORDER BY c.id"
         return np.array([r[0] for r in self._db.execute(sql, params)], np.int64)
+
+    def sparse_search(self, match: str, k: int, flt: Filter | None = None) -> list[tuple[int, float]]:
+        """(chunk id, BM25 score) of the best ``k`` chunks for an FTS5 MATCH expression (tritonrag.kb.sparse), best
+        first, among the chunks matching ``flt`` when given."""
+        if not match:
+            return []
+        if flt is None:
+            sql = "SELECT rowid, -rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?"
+            return self._db.execute(sql, (match, k)).fetchall()
+        where, params = filter_clause(flt)
+        sql = ("SELECT chunks_fts.rowid, -chunks_fts.rank FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
+               f"JOIN documents d ON c.source = d.source WHERE chunks_fts MATCH ? AND {where} "
+               "ORDER BY chunks_fts.rank LIMIT ?")
+        return self._db.execute(sql, [match, *params, k]).fetchall()
 
     def chunk_rows(self, chunk_ids: Sequence[int]) -> dict[int, tuple]:
         """(id, text, source, title, section, position, document metadata JSON) of each chunk, by id."""

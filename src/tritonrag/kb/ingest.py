@@ -144,8 +144,9 @@ def update_knowledge_base(
         first_id = manifest.next_chunk_id if manifest is not None else 0
         contents, reused = _new_contents(old, changes.kept, new_records, new_chunks, new_vectors, first_id,
                                          _dimension(manifest, new_vectors))
+        base = published_path(root) / DOCSTORE_FILE if old is not None else None
         report = _write_and_publish(root, contents, spec, manifest, _built_with(settings),
-                                    settings.index.keep_versions, timings)
+                                    settings.index.keep_versions, timings, base)
         journal.close(delete=True)
     report.embedded, report.resumed, report.reused = len(new_chunks) - resumed, resumed, reused
     report.added, report.updated, report.unchanged, report.deleted = changes.counts
@@ -262,8 +263,10 @@ def _iterprogress_bar(items: Sequence, desc: str, unit: str, enabled: bool):
 
 
 def _write_and_publish(root: Path, contents: VersionContents, spec: IndexSpec, parent: Manifest | None,
-                       built_with: dict[str, object], keep_versions: int, timings: dict[str, float]) -> BuildReport:
-    """Build the index, write the version, flip the pointer, prune old versions."""
+                       built_with: dict[str, object], keep_versions: int, timings: dict[str, float],
+                       base_docstore: Path | None = None) -> BuildReport:
+    """Build the index, write the version (its docstore from ``base_docstore`` when given), flip the pointer, prune
+    old versions."""
     started = time.monotonic()
     if len(contents.vectors) > 50000:
         log.warning("building a %s index over %d vectors...", spec.type, len(contents.vectors))
@@ -277,7 +280,7 @@ def _write_and_publish(root: Path, contents: VersionContents, spec: IndexSpec, p
         "index": spec.describe(len(contents.vectors)),
         "build": {k: round(v, 3) for k, v in timings.items()},
         **built_with,
-    })
+    }, base_docstore)
     publish(root, manifest.version)
     prune_versions(root, keep_versions)
     timings["write_s"] = time.monotonic() - started
@@ -298,7 +301,8 @@ def reindex(root: Path, spec: IndexSpec, keep_versions: int = 3) -> BuildReport:
                                    sorted(old.documents.values(), key=lambda r: r.source))
         built_with = {"embedder_model": manifest.embedder_model, "chunk_tokens": manifest.chunk_tokens,
                       "overlap_tokens": manifest.overlap_tokens}
-        report = _write_and_publish(root, contents, spec, manifest, built_with, keep_versions, {})
+        report = _write_and_publish(root, contents, spec, manifest, built_with, keep_versions, {},
+                                    published_path(root) / DOCSTORE_FILE)
     report.reused = manifest.chunks
     report.unchanged = manifest.documents
     return report

@@ -1,4 +1,5 @@
-"""Search one version of a knowledge base: FAISS index, vectors, SQLite docstore, metadata filters, stats."""
+"""Search one version of a knowledge base: FAISS index (dense), the docstore's FTS5 index (sparse, BM25), vectors,
+metadata filters, stats."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import numpy as np
 from tritonrag.kb.docstore import DocstoreReader
 from tritonrag.kb.faiss_index import index_type_of, on_gpu, place_index, search_parameters
 from tritonrag.kb.filters import Filter
+from tritonrag.kb.fusion import Found
+from tritonrag.kb.sparse import fts_query
 from tritonrag.kb.versions import (
     DOCSTORE_FILE,
     INDEX_FILE,
@@ -38,6 +41,17 @@ class Hit:
     section: str
     position: int
     doc_metadata: str = "{}"
+    similarity: float | None = None  # cosine similarity with the query (None: no query vector was sent)
+    found: dict[str, Found] | None = None  # by side (dense, sparse): where it was found, when fused
+
+    def found_json(self) -> dict[str, object]:
+        """Where the chunk was found and how it scored, for sources: ``{"dense": {"rank": 1, "score": 0.61},
+        "sparse": {...}, "similarity": 0.61}``."""
+        out: dict[str, object] = {side: {"rank": f.rank, "score": round(f.score, 6)}
+                                  for side, f in (self.found or {}).items()}
+        if self.similarity is not None:
+            out["similarity"] = round(self.similarity, 6)
+        return out
 
     def metadata(self) -> dict[str, object]:
         extra = json.loads(self.doc_metadata)
@@ -59,13 +73,14 @@ def resolve(path: Path) -> Path:
 
 def is_current(root: Path, embedder_model: str, chunk_tokens: int, overlap_tokens: int,
                index_type: str | None = None) -> bool:
-    """True when ``root`` has a published version built with these embedder, chunking (and index) settings."""
+    """True when ``root`` has a published version built with these embedder, chunking (and index) settings, and
+    with a sparse index (a version from before format 3 is not current: rebuilding it reuses its vectors)."""
     manifest = current_manifest(root)
     if manifest is None:
         return False
     same = (manifest.embedder_model, manifest.chunk_tokens, manifest.overlap_tokens) == (
         embedder_model, chunk_tokens, overlap_tokens)
-    return same and (index_type is None or manifest.index_type == index_type)
+    return same and manifest.has_sparse and (index_type is None or manifest.index_type == index_type)
 
 
 class KnowledgeBase:
@@ -125,6 +140,25 @@ class KnowledgeBase:
         scores, rows = self.index.search(queries, k, params=params) if params else self.index.search(queries, k)
         return scores, self._to_chunk_ids(rows)
 
+    @property
+    def has_sparse(self) -> bool:
+        """True when this version has a BM25 index (format 3 and later)."""
+        return self.manifest.has_sparse
+
+    def sparse_search(self, texts: Sequence[str], k: int, flt: Filter | None = None) -> list[list[tuple[int, float]]]:
+        """BM25 search: for each text, (chunk id, score) of its best ``k`` chunks (matching ``flt``), best first."""
+        if not self.has_sparse:
+            raise ValueError(f"knowledge base version {self.version} has no sparse index (it was built before "
+                             "format 3): run `tritonrag kb reindex` to add one, or search in mode dense")
+        return [self.docstore.sparse_search(fts_query(text), k, flt) for text in texts]
+
+    def similarities(self, query: np.ndarray, chunk_ids: Sequence[int]) -> np.ndarray:
+        """Cosine similarity (inner product of normalised vectors) of ``query`` [dim] with each chunk."""
+        rows = np.searchsorted(self.ids, np.asarray(chunk_ids, np.int64))
+        if not len(rows):
+            return np.zeros(0, np.float32)
+        return (np.asarray(self.vectors[rows], np.float32) @ np.asarray(query, np.float32)).astype(np.float32)
+
     def filter_rows(self, flt: Filter) -> np.ndarray:
         """Rows (FAISS ids) of the chunks that match ``flt``."""
         chunk_ids = self.docstore.matching_chunk_ids(flt)
@@ -154,17 +188,21 @@ class KnowledgeBase:
         best = np.take_along_axis(top, order, axis=1)
         return np.take_along_axis(top_scores, order, axis=1).astype(np.float32), self.ids[rows[best]]
 
-    def fetch(self, chunk_ids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
-        """Docstore rows for ``chunk_ids``, in the given order (ids of -1 are skipped)."""
+    def fetch(self, chunk_ids: Sequence[int], scores: Sequence[float], similarities: Sequence[float] | None = None,
+              found: Sequence[dict[str, Found] | None] | None = None) -> list[Hit]:
+        """Docstore rows for ``chunk_ids``, in the given order (ids of -1 are skipped), with their scores and, when
+        given, their similarities and where they were found."""
         wanted = [int(i) for i in chunk_ids if i >= 0]
         if not wanted:
             return []
         by_id = self.docstore.chunk_rows(wanted)
         hits = []
-        for chunk_id, score in zip(chunk_ids, scores):
+        for i, (chunk_id, score) in enumerate(zip(chunk_ids, scores)):
             row = by_id.get(int(chunk_id))
             if row is not None:
-                hits.append(Hit(row[0], float(score), *row[1:]))
+                hits.append(Hit(row[0], float(score), *row[1:],
+                                similarity=None if similarities is None else float(similarities[i]),
+                                found=None if found is None else found[i]))
         return hits
 
     def documents(self, limit: int = 0) -> list[tuple[str, str, int]]:
@@ -189,6 +227,7 @@ class KnowledgeBase:
             "vectors_bytes": (self.path / VECTORS_FILE).stat().st_size,
             "docstore": {"documents": documents, "chunks": len(self.ids),
                          "bytes": (self.path / DOCSTORE_FILE).stat().st_size},
+            "sparse": {**m.sparse} if m.has_sparse else None,
             "embedder_model": m.embedder_model,
             "chunking": {"chunk_tokens": m.chunk_tokens, "overlap_tokens": m.overlap_tokens},
             "build": m.build,

@@ -2,7 +2,7 @@
 
     ROOT/
       published.json          {"version": "v000003", ...}   replaced atomically (os.replace)
-      versions/v000003/       index.faiss, vectors.npy, docstore.sqlite, manifest.json
+      versions/v000003/       index.faiss (dense), vectors.npy, docstore.sqlite (chunks, BM25 index), manifest.json
       versions/.building-*/   a build in progress (or one that crashed; removed by the next build)
       .lock                   held by the one build that may run at a time
 
@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 
 from tritonrag.kb.docstore import VersionContents, write_docstore
+from tritonrag.kb.sparse import TOKENIZER
 
 log = logging.getLogger(__name__)
 
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the docstore holds a BM25 (FTS5) index of the chunks
+READABLE_FORMATS = (2, 3)  # a version 2 knowledge base serves dense search only, until rebuilt or reindexed
 POINTER_FILE = "published.json"
 VERSIONS_DIR = "versions"
 LOCK_FILE = ".lock"
@@ -62,10 +64,15 @@ class Manifest:
     next_chunk_id: int
     created_at: str
     build: dict[str, Any] = field(default_factory=dict)
+    sparse: dict[str, Any] = field(default_factory=dict)  # the BM25 index ({} before format 3: none)
 
     @property
     def index_type(self) -> str:
         return str(self.index["type"])
+
+    @property
+    def has_sparse(self) -> bool:
+        return bool(self.sparse)
 
 
 def version_number(name: str) -> int:
@@ -111,8 +118,9 @@ def published_path(root: Path) -> Path:
 def read_manifest(version_path: Path) -> Manifest:
     path = Path(version_path) / MANIFEST_FILE
     raw = json.loads(path.read_text())
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {raw.get('format_version')} is not {FORMAT_VERSION}; rebuild it")
+    if raw.get("format_version") not in READABLE_FORMATS:
+        raise ValueError(f"{path}: format_version {raw.get('format_version')} is not one of {READABLE_FORMATS}; "
+                         "rebuild it with `tritonrag ingest`")
     return Manifest(**raw)
 
 
@@ -176,10 +184,12 @@ def next_version_name(root: Path) -> str:
     return f"v{(max(existing) if existing else 0) + 1:06d}"
 
 
-def write_version(root: Path, contents: VersionContents, index, manifest_fields: dict[str, Any]) -> Manifest:
+def write_version(root: Path, contents: VersionContents, index, manifest_fields: dict[str, Any],
+                  base_docstore: Path | None = None) -> Manifest:
     """Write a complete version (call with the build lock held) and return its manifest; does not publish.
 
-    ``index`` is a built CPU FAISS index whose ids are the rows of ``contents.vectors``.
+    ``index`` is a built CPU FAISS index whose ids are the rows of ``contents.vectors``; ``base_docstore``, the
+    docstore of the version ``contents`` was made from, is copied and changed rather than rewritten.
     """
     import faiss
 
@@ -191,7 +201,12 @@ def write_version(root: Path, contents: VersionContents, index, manifest_fields:
     try:
         np.save(staging / VECTORS_FILE, np.ascontiguousarray(contents.vectors, dtype=np.float32))
         faiss.write_index(index, str(staging / INDEX_FILE))
-        write_docstore(staging / DOCSTORE_FILE, contents)
+        started = time.monotonic()
+        written = write_docstore(staging / DOCSTORE_FILE, contents, base_docstore)
+        fields = dict(manifest_fields)
+        build = {**fields.pop("build", {}), "docstore_s": round(time.monotonic() - started, 3),
+                 "docstore_incremental": written.incremental, "chunks_inserted": written.inserted,
+                 "chunks_deleted": written.deleted}
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             version=name,
@@ -199,7 +214,9 @@ def write_version(root: Path, contents: VersionContents, index, manifest_fields:
             chunks=len(contents.chunks),
             next_chunk_id=int(contents.chunk_ids[-1]) + 1 if len(contents.chunk_ids) else 0,
             created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **manifest_fields,
+            build=build,
+            sparse={"type": "sqlite-fts5", "tokenizer": TOKENIZER, "bm25": {"k1": 1.2, "b": 0.75}},
+            **fields,
         )
         (staging / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
         for file in staging.iterdir():

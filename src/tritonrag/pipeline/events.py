@@ -3,7 +3,7 @@ event: the final answer, a failure, or a cancellation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -33,6 +33,8 @@ class FinalEvent:
     finish_reason: str
     sources: str | None = None
     citations: str | None = None
+    # JSON: milliseconds of each step (embed, retrieve, dense, sparse, rerank, ...); not part of equality
+    timing: str | None = field(default=None, compare=False)
 
 
 class ErrorCode(Enum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tritonrag.errors import InvalidInput
 from tritonrag.pipeline.citations import CitationFilter, citations_json
@@ -18,7 +18,7 @@ from tritonrag.pipeline.critic import AnswerCheck
 from tritonrag.pipeline.errors import RequestCancelled, failure
 from tritonrag.pipeline.events import ABSTAINED, CancelledEvent, Event, FinalEvent, SourcesEvent, TextEvent
 from tritonrag.pipeline.stages import GenerateStage, Stages, stopped_unless_read
-from tritonrag.pipeline.steps import AbstainOnWeakEvidence, BuildPrompt, EmbedQuery, RagState, Retrieve, Step
+from tritonrag.pipeline.steps import AbstainOnWeakEvidence, BuildPrompt, EmbedQuery, RagState, Rerank, Retrieve, Step
 from tritonrag.pipeline.types import RagRequest
 
 DEFAULT_FLOW = "rag"
@@ -37,12 +37,14 @@ class Flow:
     check: AnswerCheck | None = None
 
 
-def standard_flows(stages: Stages, critic_generator: str | None = None, critic_max_tokens: int = 12) -> dict[str, Flow]:
-    """The flows every deployment serves: ``rag`` (embed the question, retrieve passages, abstain when even the best
-    scores under the request's min_score, build the prompt) and ``qa-checked`` (the same, then a critic pass on
-    ``critic_generator`` asks whether the passages support the answer: tritonrag.pipeline.critic)."""
-    steps = (EmbedQuery(stages.embedder), Retrieve(stages.retriever), AbstainOnWeakEvidence(),
-             BuildPrompt(stages.prompt_builder))
+def standard_flows(stages: Stages, critic_generator: str | None = None, critic_max_tokens: int = 12,
+                   rerank_fusion: str = "rrf") -> dict[str, Flow]:
+    """The flows every deployment serves: ``rag`` (embed the question, retrieve passages, rerank them when the
+    request says so, abstain when even the best is less similar than the request's min_score, build the prompt) and
+    ``qa-checked`` (the same, then a critic pass on ``critic_generator`` asks whether the passages support the
+    answer: tritonrag.pipeline.critic)."""
+    steps = (EmbedQuery(stages.embedder), Retrieve(stages.retriever), Rerank(stages.reranker, rerank_fusion),
+             AbstainOnWeakEvidence(), BuildPrompt(stages.prompt_builder))
     check = AnswerCheck(stages.prompt_builder, stages.generator, critic_generator, critic_max_tokens)
     flows = (Flow(DEFAULT_FLOW, steps), Flow(CHECKED_FLOW, steps, check))
     return {flow.name: flow for flow in flows}
@@ -91,7 +93,7 @@ class RagPipeline:
             else:
                 answer = generate(self.stages.generator, state, watch)
             async for event in answer:
-                yield event
+                yield replace(event, timing=state.timing_json()) if isinstance(event, FinalEvent) else event
         except Exception as exc:
             yield CancelledEvent() if _client_gone(is_cancelled) else failure(exc)
 
@@ -137,10 +139,13 @@ async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch
     if stream_mode:
         yield SourcesEvent(sources)
     pieces, finish_reason = [], "stop"
+    started = time.perf_counter()
     async with stopped_unless_read(await generator.start(prompt, sampling, stream_mode)) as generation:
         async for chunk in generation:
             if watch.check():
                 raise RequestCancelled
+            if chunk.text and "first_token_ms" not in state.timing:
+                state.timed("first_token", started)
             if chunk.finish_reason:
                 finish_reason = chunk.finish_reason
             text = citations.feed(chunk.text) if citations else chunk.text
@@ -148,6 +153,7 @@ async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch
                 yield TextEvent(text)
             elif not stream_mode:
                 pieces.append(text)
+    state.timed("generate", started)
     rest = citations.flush() if citations else ""
     if stream_mode and rest:
         yield TextEvent(rest)

@@ -14,35 +14,51 @@ from typing import Any
 import numpy as np
 
 from tritonrag.embedding.encoder import TextEmbedder
+from tritonrag.errors import Unsupported
 from tritonrag.generation.engine import Engine
 from tritonrag.generation.sampling import Completion, SamplingParams
 from tritonrag.kb.batched_search import parse_search, run_searches
 from tritonrag.kb.filters import Filter
 from tritonrag.kb.search import KnowledgeBase
-from tritonrag.pipeline.stages import PromptOptions
-from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt
+from tritonrag.pipeline.stages import PromptOptions, RetrievalOptions
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, Retrieval
 from tritonrag.prompts.builder import ContextDocument, PromptBuilder
+from tritonrag.reranking.rescorer import Rescorer
+from tritonrag.serving.contract import RETRIEVER
 from tritonrag.settings import GeneratorSettings, RetrieverSettings
 
 
 class LocalStages:
-    """Embedder, knowledge base, prompt builder and engine of this process, as the pipeline's four stages."""
+    """Embedder, knowledge base, reranker, prompt builder and engine of this process, as the pipeline's stages
+    (``rescorer`` None: requests with rerank true are refused)."""
 
     def __init__(self, embedder: TextEmbedder, kb: KnowledgeBase, retriever: RetrieverSettings,
-                 builder: PromptBuilder, template: str, engine: Engine, generator: GeneratorSettings) -> None:
+                 builder: PromptBuilder, template: str, engine: Engine, generator: GeneratorSettings,
+                 rescorer: Rescorer | None = None) -> None:
         self._embedder, self._kb, self._retriever = embedder, kb, retriever
         self._builder, self._template = builder, template
         self._engine, self._generator = engine, generator  # one engine: every generator name runs on it
-        self.embedder, self.retriever, self.prompt_builder, self.generator = self, self, self, self
+        self._rescorer = rescorer
+        self.embedder, self.retriever, self.reranker, self.prompt_builder, self.generator = (self,) * 5
 
     async def embed(self, text: str) -> np.ndarray:
         return self._embedder.encode_mixed([text], [""])
 
-    async def retrieve(self, embedding: np.ndarray, top_k: int | None, flt: Filter | None) -> list[Passage]:
-        search = parse_search(embedding, self._kb.dimension, top_k, flt.to_json() if flt else None, {},
-                              self._retriever)
-        (hits,) = run_searches(self._kb, [search])[0]
-        return [Passage(h.chunk_id, h.score, h.text, h.metadata()) for h in hits]
+    async def retrieve(self, embedding: np.ndarray, query: str, top_k: int | None, flt: Filter | None,
+                       options: RetrievalOptions) -> Retrieval:
+        parameters = {RETRIEVER.mode: options.mode, RETRIEVER.candidates: options.candidates,
+                      RETRIEVER.fusion: options.fusion}
+        search = parse_search(embedding, self._kb.dimension, top_k, flt.to_json() if flt else None,
+                              {k: v for k, v in parameters.items() if v is not None}, self._retriever, [query])
+        (result,) = run_searches(self._kb, [search], self._retriever)
+        return Retrieval([Passage(h.chunk_id, h.score, h.text, h.metadata(), h.similarity, h.found_json())
+                          for h in result.rows[0]], result.timing)
+
+    async def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
+        if self._rescorer is None:
+            raise Unsupported("no reranker in this process: set rerank false")
+        (scores,) = self._rescorer.score([query], [list(texts)])
+        return [float(s) for s in scores]
 
     async def build(self, query: str, passages: Sequence[Passage], options: PromptOptions) -> Prompt:
         documents = [ContextDocument.from_metadata(p.text, p.metadata) for p in passages]

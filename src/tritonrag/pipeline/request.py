@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tritonrag.errors import InvalidInput
-from tritonrag.kb.batched_search import check_top_k
+from tritonrag.kb.batched_search import MODES, check_candidates, check_top_k
 from tritonrag.kb.filters import Filter, parse_filter
+from tritonrag.kb.fusion import FUSIONS
 from tritonrag.prompts.registry import NAME as TEMPLATE_NAME
 from tritonrag.serving.contract import RAG
 from tritonrag.settings import RagSettings, RetrieverSettings
@@ -39,6 +40,17 @@ class RagParams:
     json_schema: dict[str, Any] | None = None  # the answer must be JSON following it (the generator checks it)
     json_object: bool = False  # the answer must be a JSON object
     flow: str | None = None  # None: the pipeline's default flow
+    mode: str | None = None  # retrieval mode; None: the retriever's default
+    candidates: int | None = None  # hybrid depth; None: the retriever's default
+    fusion: str | None = None  # hybrid fusion; None: the retriever's default
+    rerank: bool = False
+    rerank_candidates: int = 20  # passages retrieved for the reranker to score (at least keep)
+    keep: int = 4  # passages kept after reranking: top_k, or the retriever's default
+
+    @property
+    def retrieved(self) -> int | None:
+        """How many passages to retrieve: the reranker's candidates, or top_k (None: the retriever's default)."""
+        return self.rerank_candidates if self.rerank else self.top_k
 
     @classmethod
     def from_parameters(cls, raw: Mapping[str, Any], rag: RagSettings, retriever: RetrieverSettings) -> RagParams:
@@ -59,9 +71,19 @@ class RagParams:
         def optional(name: str, convert: Any) -> Any:  # absent: unset; present (even null): validated
             return convert(raw[name], name) if name in raw else None
 
+        top_k = check_top_k(raw[RAG.top_k], retriever) if RAG.top_k in raw else None
+        keep = top_k or retriever.top_k_default
+        rerank = _flag(raw, RAG.rerank, rag.rerank)
+        if RAG.rerank_candidates in raw:
+            rerank_candidates = check_top_k(raw[RAG.rerank_candidates], retriever, RAG.rerank_candidates)
+            if rerank and rerank_candidates < keep:
+                raise InvalidInput(f"rerank_candidates ({rerank_candidates}) must be at least top_k ({keep}): the "
+                                   "reranker keeps the best top_k of them")
+        else:
+            rerank_candidates = min(max(rag.rerank_candidates, keep), retriever.top_k_max)
         return cls(
             stream=stream,
-            top_k=check_top_k(raw[RAG.top_k], retriever) if RAG.top_k in raw else None,
+            top_k=top_k,
             template=template,
             max_tokens=optional(RAG.max_tokens, as_int),
             temperature=optional(RAG.temperature, as_float),
@@ -73,6 +95,12 @@ class RagParams:
             json_schema=_schema(raw.get(RAG.json_schema)),
             json_object=_flag(raw, RAG.json_object, False),
             flow=flow,
+            mode=_one_of(raw, RAG.mode, MODES),
+            candidates=check_candidates(raw[RAG.candidates], retriever) if RAG.candidates in raw else None,
+            fusion=_one_of(raw, RAG.fusion, FUSIONS),
+            rerank=rerank,
+            rerank_candidates=rerank_candidates,
+            keep=keep,
         )
 
     @property
@@ -85,6 +113,14 @@ class RagParams:
         values = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                   "seed": self.seed, "json_schema": self.json_schema, "json_object": self.json_object or None}
         return {name: value for name, value in values.items() if value is not None}
+
+
+def _one_of(raw: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str | None:
+    if name not in raw:
+        return None
+    if raw[name] not in allowed:
+        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {raw[name]!r}")
+    return raw[name]
 
 
 def _flag(raw: Mapping[str, Any], name: str, default: bool) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tritonrag.kb.filters import Filter
-from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, Retrieval
 
 
 class EmbedStage(Protocol):
@@ -20,9 +20,25 @@ class EmbedStage(Protocol):
         """The query's vector, [1, dim] float32."""
 
 
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """How a request searches; None: the retriever's default ([retriever] mode, candidates, fusion)."""
+
+    mode: str | None = None
+    candidates: int | None = None
+    fusion: str | None = None
+
+
 class RetrieveStage(Protocol):
-    async def retrieve(self, embedding: np.ndarray, top_k: int | None, flt: Filter | None) -> list[Passage]:
-        """The best passages for ``embedding``, best first (``top_k`` None: the retriever's default)."""
+    async def retrieve(self, embedding: np.ndarray, query: str, top_k: int | None, flt: Filter | None,
+                       options: RetrievalOptions) -> Retrieval:
+        """The best passages for the question (its vector and its text), best first (``top_k`` None: the
+        retriever's default)."""
+
+
+class RerankStage(Protocol):
+    async def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
+        """A relevance score of each text for ``query`` (higher is better)."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +88,10 @@ class GenerateStage(Protocol):
 
 
 class Stages(Protocol):
-    """The four stages of the standard RAG flow."""
+    """The stages of the standard RAG flow."""
 
     embedder: EmbedStage
     retriever: RetrieveStage
+    reranker: RerankStage
     prompt_builder: PromptStage
     generator: GenerateStage

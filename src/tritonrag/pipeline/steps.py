@@ -3,14 +3,23 @@ answer cache, question condensing) are more steps of this kind."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
 from tritonrag.errors import InvalidInput
 from tritonrag.pipeline.sources import sources_json
-from tritonrag.pipeline.stages import EmbedStage, PromptOptions, PromptStage, RetrieveStage
+from tritonrag.pipeline.stages import (
+    EmbedStage,
+    PromptOptions,
+    PromptStage,
+    RerankStage,
+    RetrievalOptions,
+    RetrieveStage,
+)
 from tritonrag.pipeline.types import Passage, Prompt, RagRequest
 
 
@@ -23,8 +32,9 @@ class Abstention:
 
     @property
     def message(self) -> str:
-        return (f"The documents do not contain an answer to this question: the best passage scores "
-                f"{self.best_score:.2f}, under the threshold {self.min_score:.2f} (parameter min_score; 0 disables).")
+        return (f"The documents do not contain an answer to this question: the best passage's similarity with it "
+                f"is {self.best_score:.2f}, under the threshold {self.min_score:.2f} "
+                "(parameter min_score; 0 disables).")
 
 
 @dataclass
@@ -37,6 +47,8 @@ class RagState:
     passages: list[Passage] = field(default_factory=list)
     prompt: Prompt | None = None
     abstention: Abstention | None = None  # set: answer that, generate nothing
+    timing: dict[str, float] = field(default_factory=dict)  # milliseconds of each step (the response's `timing`)
+    started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         self.query = self.query or self.request.query
@@ -50,7 +62,23 @@ class RagState:
     def sources(self) -> str:
         """The `sources` output: the passages as JSON, best first."""
         return sources_json([p.chunk_id for p in self.passages], [p.score for p in self.passages],
-                            [p.metadata for p in self.passages], [p.text for p in self.passages])
+                            [p.metadata for p in self.passages], [p.text for p in self.passages],
+                            [_retrieval(p) for p in self.passages])
+
+    def timing_json(self) -> str:
+        """The `timing` output: each step's milliseconds, and the total so far."""
+        return json.dumps({**self.timing, "total_ms": round(1000 * (time.perf_counter() - self.started), 3)})
+
+    def timed(self, name: str, since: float) -> None:
+        """Record that step ``name`` ran from ``since`` (time.perf_counter) until now."""
+        self.timing[f"{name}_ms"] = round(1000 * (time.perf_counter() - since), 3)
+
+
+def _retrieval(passage: Passage) -> dict[str, object]:
+    out: dict[str, object] = dict(passage.found)
+    if passage.similarity is not None:
+        out["similarity"] = round(passage.similarity, 4)
+    return out
 
 
 class Step(Protocol):
@@ -65,20 +93,65 @@ class EmbedQuery:
     name: str = "embed"
 
     async def run(self, state: RagState) -> None:
+        started = time.perf_counter()
         state.embedding = await self.embedder.embed(state.query)
+        state.timed(self.name, started)
 
 
 @dataclass(frozen=True)
 class Retrieve:
+    """Search the knowledge base; with reranking on, for the reranker's candidates rather than top_k."""
+
     retriever: RetrieveStage
     name: str = "retrieve"
 
     async def run(self, state: RagState) -> None:
         params = state.request.params
-        state.passages = await self.retriever.retrieve(state.embedding, params.top_k, params.filter)
+        started = time.perf_counter()
+        options = RetrievalOptions(params.mode, params.candidates, params.fusion)
+        found = await self.retriever.retrieve(state.embedding, state.query, params.retrieved, params.filter, options)
+        state.timed(self.name, started)
+        state.timing.update(found.timing)
+        state.passages = found.passages
         if not state.passages:
-            raise InvalidInput(f"the filter {params.filter.to_json()} matches no document in the knowledge base"
-                               if params.filter else "the knowledge base is empty: ingest documents first")
+            if params.filter:
+                raise InvalidInput(f"the filter {params.filter.to_json()} matches no document in the knowledge base")
+            if params.mode == "sparse":
+                raise InvalidInput("no passage shares a word with the question (mode sparse searches words): "
+                                   "rephrase it, or use mode hybrid or dense")
+            raise InvalidInput("the knowledge base is empty: ingest documents first")
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """Score the retrieved candidates with the reranker and keep the request's top_k, best first. With
+    ``fusion`` "rrf", a passage's final score fuses its retrieval rank and its reranker rank (reciprocal-rank
+    fusion, as the retriever fuses dense and sparse), which suits a bi-encoder re-scorer; "none" trusts the
+    reranker alone, as a cross-encoder deserves."""
+
+    reranker: RerankStage
+    fusion: str = "none"
+    rrf_k: float = 60.0
+    name: str = "rerank"
+
+    async def run(self, state: RagState) -> None:
+        params = state.request.params
+        if not params.rerank or not state.passages:
+            return
+        started = time.perf_counter()
+        scores = await self.reranker.rerank(state.query, [p.text for p in state.passages])
+        state.timed(self.name, started)
+        by_rerank = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        rerank_rank = {i: rank for rank, i in enumerate(by_rerank, start=1)}
+        if self.fusion == "rrf":
+            final = {i: 1 / (self.rrf_k + i + 1) + 1 / (self.rrf_k + rerank_rank[i]) for i in range(len(scores))}
+        else:
+            final = {i: float(scores[i]) for i in range(len(scores))}
+        order = sorted(final, key=lambda i: (-final[i], rerank_rank[i]))[: params.keep]
+        state.passages = [replace(state.passages[i], score=final[i],
+                                  found={**state.passages[i].found, "retrieval_rank": i + 1,
+                                         "rerank": {"rank": rerank_rank[i], "score": round(float(scores[i]), 6)}})
+                          for i in order]
 
 
 @dataclass(frozen=True)
@@ -89,7 +162,7 @@ class AbstainOnWeakEvidence:
 
     async def run(self, state: RagState) -> None:
         threshold = state.request.params.min_score
-        best = max((p.score for p in state.passages), default=float("-inf"))
+        best = max((p.evidence_score for p in state.passages), default=float("-inf"))
         if threshold and best < threshold:
             state.abstention = Abstention(best, threshold)
 
@@ -103,5 +176,7 @@ class BuildPrompt:
         if state.abstention is not None:
             return
         params = state.request.params
+        started = time.perf_counter()
         options = PromptOptions(params.template, params.system_prompt, schema=params.json_schema)
         state.prompt = await self.prompt_builder.build(state.query, state.passages, options)
+        state.timed(self.name, started)

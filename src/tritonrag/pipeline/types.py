@@ -36,12 +36,29 @@ class RagRequest:
 
 @dataclass(frozen=True)
 class Passage:
-    """A retrieved chunk: its id and score, its text, and its document's metadata (source, title, section, ...)."""
+    """A retrieved chunk: its id and score (the last ranking's: retrieval's, or the reranker's), its text, its
+    document's metadata (source, title, section, ...), its cosine similarity with the question (None when unknown),
+    and where it was found (``{"dense": {"rank": 1, "score": 0.6}, "sparse": ..., "rerank": ...}``)."""
 
     chunk_id: int
     score: float
     text: str
     metadata: Mapping[str, Any]
+    similarity: float | None = None
+    found: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def evidence_score(self) -> float:
+        """What min_score compares: the cosine similarity when known (comparable across modes), else the score."""
+        return self.score if self.similarity is None else self.similarity
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """The retriever's answer: passages best first, and the milliseconds each of its steps took."""
+
+    passages: list[Passage]
+    timing: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import triton_python_backend_utils as pb_utils
 from tritonrag.kb.filters import Filter
 from tritonrag.pipeline.errors import StageError
 from tritonrag.pipeline.events import ErrorCode
-from tritonrag.pipeline.stages import PromptOptions
-from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt
-from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RETRIEVER
+from tritonrag.pipeline.stages import PromptOptions, RetrievalOptions
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, Retrieval
+from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RERANKER, RETRIEVER
 from tritonrag.serving.tensors import string_tensor
 
 DRAIN_TIMEOUT_S = 30.0  # how long a cancelled generator stream may take to close
@@ -41,16 +41,17 @@ def _first_string(response: Any, name: str) -> str | None:
 
 
 class BlsStages:
-    """Embedder, retriever, prompt builder and generator of this server, called with BLS."""
+    """Embedder, retriever, reranker, prompt builder and generator of this server, called with BLS."""
 
     def __init__(self, timeout_s: float, executor: Executor) -> None:
         self.timeout_us = int(timeout_s * 1e6)
         self.executor = executor
-        self.embedder, self.retriever, self.prompt_builder, self.generator = self, self, self, self
+        self.embedder, self.retriever, self.reranker, self.prompt_builder, self.generator = (self,) * 5
 
-    async def _infer(self, model: str, inputs: list[Any], outputs: Sequence[str]) -> list[np.ndarray]:
+    async def _infer(self, model: str, inputs: list[Any], outputs: Sequence[str],
+                     parameters: Mapping[str, Any] | None = None) -> list[np.ndarray]:
         request = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=list(outputs),
-                                            timeout=self.timeout_us)
+                                            timeout=self.timeout_us, parameters=dict(parameters or {}))
         response = await request.async_exec()
         if response.has_error():
             raise stage_error(model, response.error())
@@ -61,16 +62,29 @@ class BlsStages:
             EMBEDDER.model, [string_tensor(EMBEDDER.text, [text], (1, 1))], [EMBEDDER.embedding])
         return embedding
 
-    async def retrieve(self, embedding: np.ndarray, top_k: int | None, flt: Filter | None) -> list[Passage]:
-        inputs = [pb_utils.Tensor(RETRIEVER.embedding, embedding)]
+    async def retrieve(self, embedding: np.ndarray, query: str, top_k: int | None, flt: Filter | None,
+                       options: RetrievalOptions) -> Retrieval:
+        R = RETRIEVER
+        inputs = [pb_utils.Tensor(R.embedding, embedding), string_tensor(R.query, [query], (1, 1))]
         if top_k is not None:
-            inputs.append(pb_utils.Tensor(RETRIEVER.top_k, np.array([[top_k]], np.int32)))
+            inputs.append(pb_utils.Tensor(R.top_k, np.array([[top_k]], np.int32)))
         if flt is not None:
-            inputs.append(string_tensor(RETRIEVER.filter, [flt.to_json()], (1, 1)))
-        ids, scores, texts, metadata = await self._infer(
-            RETRIEVER.model, inputs, [RETRIEVER.chunk_ids, RETRIEVER.scores, RETRIEVER.texts, RETRIEVER.metadata])
-        return [Passage(int(i), float(s), t.decode("utf-8"), json.loads(m))
-                for i, s, t, m in zip(ids.reshape(-1), scores.reshape(-1), texts.reshape(-1), metadata.reshape(-1))]
+            inputs.append(string_tensor(R.filter, [flt.to_json()], (1, 1)))
+        parameters = {R.mode: options.mode, R.candidates: options.candidates, R.fusion: options.fusion}
+        ids, scores, similarities, texts, metadata, found_by, timing = await self._infer(
+            R.model, inputs, [R.chunk_ids, R.scores, R.similarities, R.texts, R.metadata, R.found_by, R.timing],
+            {name: value for name, value in parameters.items() if value is not None})
+        passages = [Passage(int(i), float(s), t.decode("utf-8"), json.loads(m), None if np.isnan(sim) else float(sim),
+                            json.loads(f))
+                    for i, s, sim, t, m, f in zip(ids.reshape(-1), scores.reshape(-1), similarities.reshape(-1),
+                                                  texts.reshape(-1), metadata.reshape(-1), found_by.reshape(-1))]
+        return Retrieval(passages, json.loads(timing.reshape(-1)[0]))
+
+    async def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
+        (scores,) = await self._infer(
+            RERANKER.model, [string_tensor(RERANKER.query, [query], (1, 1)),
+                             string_tensor(RERANKER.passages, list(texts), (1, len(texts)))], [RERANKER.scores])
+        return [float(s) for s in scores.reshape(-1)]
 
     async def build(self, query: str, passages: Sequence[Passage], options: PromptOptions) -> Prompt:
         P = PROMPT_BUILDER

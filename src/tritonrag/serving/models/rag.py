@@ -37,6 +37,8 @@ def _response(event):
             outputs.append(string_tensor(RAG.sources, [event.sources]))
         if event.citations is not None:
             outputs.append(string_tensor(RAG.citations, [event.citations]))
+        if event.timing is not None:
+            outputs.append(string_tensor(RAG.timing, [event.timing]))
         return pb_utils.InferenceResponse(outputs), True
     if isinstance(event, FailedEvent):
         error = pb_utils.TritonError(event.message, getattr(pb_utils.TritonError, event.code.name))
@@ -60,7 +62,7 @@ class TritonPythonModel:
         self.executor = ThreadPoolExecutor(self.rag.max_concurrency, thread_name_prefix="rag-bls")
         stages = BlsStages(self.rag.bls_timeout_s, self.executor)
         self.pipeline = RagPipeline(stages, standard_flows(stages, self.rag.critic_generator,
-                                                           self.rag.critic_max_tokens))
+                                                           self.rag.critic_max_tokens, self.rag.rerank_fusion))
         self._loop_ready = False
 
     def _parse(self, request):

@@ -1,6 +1,7 @@
-"""Triton adapter for the retriever: query vectors (+ top_k, filter) in, chunks out; or `stats` in, stats out.
+"""Triton adapter for the retriever: query vectors and/or texts (+ top_k, filter, mode) in, chunks out; or `stats`
+in, stats out.
 
-Requests of one execute call that share options are searched in a single FAISS call. A newly published
+Requests of one execute call that share options are searched together (one FAISS call). A newly published
 knowledge base version is swapped in by a watcher thread without dropping a request.
 """
 
@@ -16,10 +17,18 @@ from tritonrag.kb.search import KnowledgeBase
 from tritonrag.kb.versions import version_number
 from tritonrag.serving.contract import RETRIEVER
 from tritonrag.serving.instance import instance_config
-from tritonrag.serving.tensors import error_response, read_scalar, read_string, request_parameters, string_tensor
+from tritonrag.serving.tensors import (
+    error_response,
+    read_scalar,
+    read_string,
+    read_strings,
+    request_parameters,
+    string_tensor,
+)
 from tritonrag.settings import load_settings
 
 STATS = "stats"  # what _parse returns for a statistics request (a marker, not a tensor name)
+STEP_BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
 
 
 class Metrics:
@@ -35,6 +44,17 @@ class Metrics:
         ]
         self.version, self.vectors, self.bytes, self.reloads = (f.Metric(labels) for f in self.families)
         self._first = True
+        steps = family("tritonrag_retriever_step_seconds",
+                       "Time of each retrieval step (dense, sparse, fusion, fetch) per batch", family.HISTOGRAM)
+        self.families.append(steps)
+        self.steps = {step: steps.Metric({**labels, "step": step}, buckets=STEP_BUCKETS_S)
+                      for step in ("dense", "sparse", "fusion", "fetch")}
+
+    def observe(self, timing):
+        for name, ms in timing.items():
+            metric = self.steps.get(name.removesuffix("_ms"))
+            if metric is not None:
+                metric.observe(ms / 1000)
 
     def swapped(self, kb):
         stats = kb.stats()
@@ -62,9 +82,11 @@ class TritonPythonModel:
         if read_scalar(request, RETRIEVER.stats):
             return STATS
         tensor = pb_utils.get_input_tensor_by_name(request, RETRIEVER.embedding)
-        if tensor is None:
-            raise InvalidInput(f"send input '{RETRIEVER.embedding}' to search, or '{RETRIEVER.stats}': true for the "
-                               "index's statistics")
+        texts = read_strings(request, RETRIEVER.query, required=False)
+        if tensor is None and texts is None:
+            raise InvalidInput(f"send input '{RETRIEVER.embedding}' (and '{RETRIEVER.query}', the question's text, for "
+                               f"hybrid or sparse search) to search, or '{RETRIEVER.stats}': true for the index's "
+                               "statistics")
         top_k = pb_utils.get_input_tensor_by_name(request, RETRIEVER.top_k)
         if top_k is not None:
             values = set(top_k.as_numpy().reshape(-1).tolist())
@@ -73,8 +95,8 @@ class TritonPythonModel:
                                    f"got {sorted(values)}")
             top_k = values.pop()
         raw_filter = read_string(request, RETRIEVER.filter, required=False)
-        return parse_search(tensor.as_numpy(), kb.dimension, top_k, raw_filter, request_parameters(request),
-                            self.settings)
+        return parse_search(None if tensor is None else tensor.as_numpy(), kb.dimension, top_k, raw_filter,
+                            request_parameters(request), self.settings, texts)
 
     def execute(self, requests):
         try:
@@ -92,7 +114,7 @@ class TritonPythonModel:
                 parsed.append(exc)
         searches = [p for p in parsed if not isinstance(p, Exception | str)]
         try:
-            results = iter(run_searches(kb, searches))
+            results = iter(run_searches(kb, searches, self.settings))
         except Exception as exc:
             return [error_response(exc) for _ in requests]
         responses = []
@@ -109,16 +131,22 @@ class TritonPythonModel:
         stats = self.live.stats()
         return pb_utils.InferenceResponse([string_tensor(RETRIEVER.stats, [json.dumps(stats)], (1, 1))])
 
-    def _pack(self, rows):
+    def _pack(self, result):
+        self.metrics.observe(result.timing)
+        rows = result.rows
         k = min(len(row) for row in rows)  # fewer than top_k when the index (or a filter) holds fewer chunks
         hits = [hit for row in rows for hit in row[:k]]
         shape = (len(rows), k)
+        similarities = [np.nan if h.similarity is None else h.similarity for h in hits]
         return pb_utils.InferenceResponse(
             [
                 pb_utils.Tensor(RETRIEVER.chunk_ids, np.array([h.chunk_id for h in hits], np.int64).reshape(shape)),
                 pb_utils.Tensor(RETRIEVER.scores, np.array([h.score for h in hits], np.float32).reshape(shape)),
+                pb_utils.Tensor(RETRIEVER.similarities, np.array(similarities, np.float32).reshape(shape)),
                 string_tensor(RETRIEVER.texts, [h.text for h in hits], shape),
                 string_tensor(RETRIEVER.metadata, [json.dumps(h.metadata()) for h in hits], shape),
+                string_tensor(RETRIEVER.found_by, [json.dumps(h.found_json()) for h in hits], shape),
+                string_tensor(RETRIEVER.timing, [json.dumps(result.timing)] * len(rows), (len(rows), 1)),
             ]
         )
 
