@@ -68,7 +68,8 @@ ANSWER_SCHEMA = {
 }
 # --- measuring through the served models ------------------------------------------------------------------------
 class ServedRetrieval:
-    """The served `embedder` then the served `retriever`, over gRPC, as the `rag` model calls them."""
+    """The served `embedder` then the served `retriever` (its default mode: the question's vector and text), over
+    gRPC, as the `rag` model calls them (without reranking)."""
 
     def __init__(self, url: str) -> None:
         import tritonclient.grpc as grpcclient
@@ -86,9 +87,11 @@ class ServedRetrieval:
         text.set_data_from_numpy(np.array([[question.encode()]], dtype=np.object_))
         vector = self.client.infer(EMBEDDER.model, [text]).as_numpy(EMBEDDER.embedding).astype(np.float32)
         inputs = [g.InferInput(RETRIEVER.embedding, list(vector.shape), "FP32"), g.InferInput(RETRIEVER.top_k,
-                                                                                               [1, 1], "INT32")]
+                                                                                               [1, 1], "INT32"),
+                  g.InferInput(RETRIEVER.query, [1, 1], "BYTES")]  # the text too: the retriever's default mode
         inputs[0].set_data_from_numpy(vector)
         inputs[1].set_data_from_numpy(np.array([[top_k]], np.int32))
+        inputs[2].set_data_from_numpy(np.array([[question.encode()]], dtype=np.object_))
         result = self.client.infer(RETRIEVER.model, inputs, outputs=[
             g.InferRequestedOutput(n) for n in (RETRIEVER.chunk_ids, RETRIEVER.texts)])
         texts = [t.decode() if isinstance(t, bytes) else str(t) for t in result.as_numpy(RETRIEVER.texts).reshape(-1)]

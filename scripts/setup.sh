@@ -62,5 +62,6 @@ step "Triton server runtime"
 step "generator models (Qwen2.5-Coder-0.5B-Instruct, the default; SmolLM2-135M-Instruct, the tests')"
 "$VENV/bin/tritonrag" prepare-models
 "$VENV/bin/tritonrag" prepare-models --model smollm2-135m-instruct
+"$VENV/bin/tritonrag" prepare-models --model all-mpnet-base-v2   # the reranker's encoder ([reranker] model)
 step "sample knowledge base"
 "$VENV/bin/tritonrag" ingest --sample --if-missing

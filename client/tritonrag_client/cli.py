@@ -21,7 +21,10 @@ def print_sources(sources: list[dict], cited: list[dict] | None = None) -> None:
     for i, src in enumerate(sources, 1):
         where = " - ".join(x for x in (src.get("title"), src.get("section")) if x)
         mark = "*" if i in numbers else " "
-        console.print(f" {mark}[{i}] chunk {src['chunk_id']}  score {src['score']:.3f}  {where}", markup=False)
+        found = src.get("retrieval") or {}
+        how = " ".join(f"{side} #{found[side]['rank']}" for side in ("dense", "sparse", "rerank") if side in found)
+        console.print(f" {mark}[{i}] chunk {src['chunk_id']}  score {src['score']:.3f}  {where}"
+                      + (f"  ({how})" if how else ""), markup=False)
         if src.get("snippet"):
             console.print(f"      {src['snippet']}", style="dim", markup=False, highlight=False)
 
@@ -40,6 +43,12 @@ def ask(
         help="Answer as JSON following this JSON schema (a JSON string, or @FILE).")] = None,
     flow: Annotated[str | None, typer.Option(
         help="rag (default) or qa-checked (a critic checks the answer against the passages).")] = None,
+    mode: Annotated[str | None, typer.Option(
+        help="Retrieval: hybrid (default: BM25 and vectors fused), dense (vectors) or sparse (BM25: words).")] = None,
+    rerank: Annotated[bool | None, typer.Option(
+        "--rerank/--no-rerank", help="Rerank the retrieved candidates with the reranker model.")] = None,
+    rerank_candidates: Annotated[int | None, typer.Option(help="Candidates the reranker scores.")] = None,
+    timing: Annotated[bool, typer.Option("--timing", help="Print each step's time (embed, dense, ...).")] = False,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens to generate.")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
     source: Annotated[list[str] | None, typer.Option(
@@ -56,6 +65,8 @@ def ask(
       tritonrag ask --no-stream --json --url 10.0.0.5:8000 "Who is Passepartout?"\n
       tritonrag ask --source around_the_world.txt "Who is Aouda?"\n
       tritonrag ask --flow qa-checked "Where does Fogg live?"\n
+      tritonrag ask --mode sparse --timing "Who is Mr. Fix?"\n
+      tritonrag ask --rerank --rerank-candidates 20 "What did Fogg bet?"\n
       tritonrag ask --template extract --json-schema @person.schema.json "Who is Aouda?"
     """
     protocol = "grpc" if grpc else protocol
@@ -63,7 +74,8 @@ def ask(
     if json_schema and json_schema.startswith("@"):
         json_schema = open(json_schema[1:]).read()
     given = {RAG.top_k: top_k, RAG.template: template, RAG.max_tokens: max_tokens, RAG.temperature: temperature,
-             RAG.system_prompt: system_prompt, RAG.json_schema: json_schema, RAG.flow: flow}
+             RAG.system_prompt: system_prompt, RAG.json_schema: json_schema, RAG.flow: flow, RAG.mode: mode,
+             RAG.rerank: rerank, RAG.rerank_candidates: rerank_candidates}
     params = {name: value for name, value in given.items() if value is not None}
     flt = _filter(source, where)
     if flt:
@@ -87,11 +99,14 @@ def ask(
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps({"answer": answer.text, "sources": answer.sources, "citations": answer.citations,
-                          "finish_reason": answer.finish_reason}))
+                          "finish_reason": answer.finish_reason, "timing": answer.timing}))
         return
     if not stream:
         console.print(answer.text, markup=False, highlight=False)
     print_sources(answer.sources, answer.citations)
+    if timing and answer.timing:
+        console.print("\n[bold]Timing[/bold] " + "  ".join(f"{name.removesuffix('_ms')} {ms:.1f} ms"
+                                                            for name, ms in answer.timing.items()))
 
 
 def _filter(sources: list[str] | None, where: list[str] | None) -> dict[str, object]:

@@ -28,6 +28,7 @@ class RagEvent:
     sources: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     citations: list[dict[str, Any]] | None = None
+    timing: dict[str, float] | None = None  # on the last one: milliseconds of each step (embed, dense, sparse, ...)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RagAnswer:
     sources: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     citations: list[dict[str, Any]] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
 
     def add(self, event: RagEvent) -> None:
         self.text += event.text
@@ -45,6 +47,8 @@ class RagAnswer:
             self.finish_reason = event.finish_reason
         if event.citations is not None:
             self.citations = event.citations
+        if event.timing is not None:
+            self.timing = event.timing
 
 
 def _event(outputs: dict[str, Any]) -> RagEvent:
@@ -56,9 +60,9 @@ def _event(outputs: dict[str, Any]) -> RagEvent:
             value = value[0] if value else ""
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    sources, citations = first(RAG.sources), first(RAG.citations)
+    sources, citations, timing = first(RAG.sources), first(RAG.citations), first(RAG.timing)
     return RagEvent(first(RAG.text_output) or "", json.loads(sources) if sources else None, first(RAG.finish_reason),
-                    json.loads(citations) if citations else None)
+                    json.loads(citations) if citations else None, json.loads(timing) if timing else None)
 
 
 class RagClient:

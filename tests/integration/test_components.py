@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from .helpers import bytes_input, grpc_stream, outputs_of, post_json
 
@@ -90,6 +91,45 @@ def test_retriever_batched_search(client, knowledge_base):
     assert meta["title"] == "Around the World in 80 Days" and meta["source"] == "around_the_world.txt"
     stored = knowledge_base.fetch([int(ids[1][0])], [0.0])[0]
     assert stored.text == texts[1][0].decode()
+
+
+def _search(client, question, mode, top_k=4, **parameters):
+    vector = embed(client, [question])
+    emb = client.module.InferInput("embedding", list(vector.shape), "FP32")
+    emb.set_data_from_numpy(vector)
+    k = client.module.InferInput("top_k", [1, 1], "INT32")
+    k.set_data_from_numpy(np.array([[top_k]], dtype=np.int32))
+    inputs = [emb, k, bytes_input("query", [question], [1, 1], client.module)]
+    return client.infer("retriever", inputs, parameters={"mode": mode, **parameters})
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_retriever_modes_say_where_each_chunk_was_found(client, mode):
+    result = _search(client, "fifty-five thousand pounds stolen from the Bank of England", mode)
+    texts = [t.decode() for t in result.as_numpy("texts")[0]]
+    found = [json.loads(f) for f in result.as_numpy("found_by")[0]]
+    similarities = result.as_numpy("similarities")[0]
+    timing = json.loads(result.as_numpy("timing")[0][0])
+    assert len(texts) == 4 and any("fifty-five thousand pounds" in t for t in texts)
+    sides = {"dense": {"dense"}, "sparse": {"sparse"}, "hybrid": {"dense", "sparse"}}[mode]
+    assert set().union(*(set(f) - {"similarity"} for f in found)) <= sides
+    assert all(f[next(iter(set(f) - {"similarity"}))]["rank"] >= 1 for f in found)
+    assert np.isfinite(similarities).all() and all(abs(f["similarity"] - s) < 1e-3 for f, s in
+                                                  zip(found, similarities))
+    assert ("sparse_ms" in timing) == (mode != "dense") and "fetch_ms" in timing
+
+
+def test_retriever_rejects_bad_modes_and_a_missing_question_text(client):
+    with pytest.raises(InferenceServerException, match="mode must be one of dense, sparse, hybrid"):
+        _search(client, "Utah", "bm25")
+    with pytest.raises(InferenceServerException, match="candidates must be between"):
+        _search(client, "Utah", "hybrid", candidates=0)
+    vector = embed(client, ["Utah"])
+    emb = client.module.InferInput("embedding", list(vector.shape), "FP32")
+    emb.set_data_from_numpy(vector)
+    with pytest.raises(InferenceServerException, match="needs input 'query'"):
+        client.infer("retriever", [emb], parameters={"mode": "hybrid"})
+    assert client.infer("retriever", [emb]).as_numpy("chunk_ids").shape[0] == 1  # no text, no mode: dense
 
 
 def test_prompt_builder_renders_retrieved_text_as_data(client):

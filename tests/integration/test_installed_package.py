@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 STAND_IN = CHECKOUT / "benchmarks" / "stand_in.toml"
-MODELS = ("embedder", "generator", "prompt_builder", "rag", "retriever")
+MODELS = ("embedder", "generator", "prompt_builder", "rag", "reranker", "retriever")
 PROBE_ENV = "TRITONRAG_TEST_IMPORT_PROBE"
 READY_TIMEOUT_S = 240
 # Imported at startup by a .pth line in the fresh venv, in every interpreter of it (the CLI and each Triton stub):

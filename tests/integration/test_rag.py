@@ -210,3 +210,22 @@ def test_the_qa_checked_flow_answers_or_abstains(server, stream):
         assert answer.sources and answer.finish_reason in ("stop", "length", "abstained")
         text = answer.text
     assert text.strip()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_hybrid_retrieval_and_reranking_through_the_pipeline_report_where_and_how_long(server, protocol):
+    client = RagClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
+    answer = client.ask("fifty-five thousand pounds", max_tokens=4, top_k=3, rerank=True, rerank_candidates=8)
+    assert len(answer.sources) == 3
+    for source in answer.sources:
+        found = source["retrieval"]
+        assert found["rerank"]["rank"] >= 1 and 1 <= found["retrieval_rank"] <= 8
+        assert {"dense", "sparse"} & set(found) and -1 <= found["similarity"] <= 1
+    assert [s["retrieval"]["rerank"]["rank"] for s in answer.sources] == [1, 2, 3]  # rerank_fusion "none"
+    for step in ("embed_ms", "retrieve_ms", "dense_ms", "sparse_ms", "fusion_ms", "rerank_ms", "prompt_ms",
+                 "generate_ms", "total_ms"):
+        assert answer.timing[step] >= 0, step
+    sparse = client.ask("Passepartout", max_tokens=4, top_k=2, mode="sparse", rerank=False)
+    assert all(set(s["retrieval"]) <= {"sparse", "similarity"} for s in sparse.sources)
+    with pytest.raises(Exception, match="rerank_candidates \\(2\\) must be at least top_k \\(3\\)"):
+        client.ask("Utah", max_tokens=4, top_k=3, rerank=True, rerank_candidates=2)

@@ -10,7 +10,7 @@ import pytest
 
 from tritonrag.pipeline.events import CancelledEvent, ErrorCode, FailedEvent, FinalEvent, SourcesEvent, TextEvent
 
-ADAPTERS = ("embedder", "retriever", "prompt_builder", "generator", "rag")
+ADAPTERS = ("embedder", "retriever", "prompt_builder", "reranker", "generator", "rag")
 
 
 class TritonError:

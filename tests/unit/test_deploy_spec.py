@@ -24,7 +24,7 @@ def test_one_gpu_spec_plans_on_one_gpu():
     assert spec.components[3].engine == {"max_num_seqs": 64}
     placements = plan(spec.demands(), spec.gpus)
     assert gpus_used(placements) == {0}
-    assert [p.component for p in placements if not p.gpus] == ["prompt_builder", "prompt_builder", "rag"]
+    assert [p.component for p in placements if not p.gpus] == ["prompt_builder", "prompt_builder", "reranker", "rag"]
 
 
 def test_detect_and_gpu_lists():
@@ -61,7 +61,7 @@ def test_bad_specs_say_where_and_why(text, message):
 
 def test_what_a_spec_leaves_out_takes_the_spec_defaults():
     spec = load_spec("components: {embedder: {instances: 2, batching: {max_queue_delay_us: 500}}}")
-    assert [spec.instances(name) for name in COMPONENTS] == [2, 1, 1, 1, 1]
+    assert [spec.instances(name) for name in COMPONENTS] == [2, 1, 1, 1, 1, 1]
     assert spec.component("generator").device == "cpu"
     assert spec.batching("embedder") == Batching(64, (), 500)  # max_batch_size from DEFAULT_BATCHING
     assert spec.batching("retriever") == DEFAULT_BATCHING["retriever"] == Batching(64, (), 0)
@@ -70,7 +70,7 @@ def test_what_a_spec_leaves_out_takes_the_spec_defaults():
 
 @pytest.mark.parametrize(("name", "batching", "message"), [
     ("embedder", "{preferred_batch_sizes: [128]}", r"embedder.batching.preferred_batch_sizes: .* max_batch_size 64"),
-    ("generator", "{max_queue_delay_us: 0}", "generator.batching: only embedder and retriever are batched"),
+    ("generator", "{max_queue_delay_us: 0}", "generator.batching: only embedder, retriever and reranker are batched"),
 ])
 def test_batching_is_checked_against_the_defaults(name, batching, message):
     spec = load_spec(f"components: {{{name}: {{batching: {batching}}}}}")

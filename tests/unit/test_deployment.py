@@ -31,9 +31,10 @@ def test_one_gpu_example_shares_gpu_zero():
     assert groups["embedder"] == ({"count": 1, "kind": "KIND_GPU", "gpus": [0]},)
     assert groups["prompt_builder"] == ({"count": 2, "kind": "KIND_CPU"},)
     caps = {c.name: (c.placements[0].share, c.placements[0].memory_cap_gib) for c in plan.components.values()}
-    assert caps["embedder"] == (0.1, 8.0) and caps["retriever"] == (0.1, 8.0) and caps["generator"] == (0.8, 64.0)
+    assert caps["embedder"] == (0.1, 8.0) and caps["retriever"] == (0.1, 8.0) and caps["generator"] == (0.75, 60.0)
+    assert caps["reranker"] == (0.05, 4.0)
     assert plan.components["generator"].overrides == {"max_num_seqs": 64, "dtype": "bfloat16"}
-    assert gpu_rows(plan) == [("0", "80 GiB", "1.00", "80.0 GiB", "embedder#0 retriever#0 generator#0")]
+    assert gpu_rows(plan) == [("0", "80 GiB", "1.00", "80.0 GiB", "embedder#0 retriever#0 reranker#0 generator#0")]
     assert plan.warnings and "fully shared" in plan.warnings[0]
 
 
@@ -67,10 +68,10 @@ def test_rendered_tensor_parallel_config_tells_each_group_its_gpus(tmp_path):
     ("components: {generator: {engine: {max_num_seq: 8}}}", r"components.generator.engine: unknown setting"),
     ("components: {generator: {engine: {instances: 2}}}", "set it as components.generator.instances"),
     ("components: {embedder: {engine: {max_batch_size: 8}}}", "set it as components.embedder.batching"),
-    ("components: {rag: {batching: {max_batch_size: 8}}}", "only embedder and retriever are batched"),
+    ("components: {rag: {batching: {max_batch_size: 8}}}", "only embedder, retriever and reranker are batched"),
     ("components: {rag: {device: gpu, gpu_share: 0.1}}", "rag does no GPU work"),
     ("components: {embedder: {device: gpu, gpu_share: 2}}", "only the generator spans several GPUs"),
-    ("components: {retriever: {model: x}}", "only embedder, generator have a model"),
+    ("components: {retriever: {model: x}}", "only embedder, reranker, generator have a model"),
     ("components: {generator: {device: gpu, gpu_share: 2, engine: {tensor_parallel_size: 4}}}", "disagree"),
     ("components: {rag: {instances: 2, min_instances: 6}, prompt_builder: {instances: 1, max_instances: 2}}",
      "need 3 servers but max_instances allow only 2"),
@@ -97,10 +98,10 @@ def test_detect_reads_nvidia_smi_and_machine_gpus_replace_the_inventory(tmp_path
     plan = load_plan(spec, load_settings(), detect=lambda: (Gpu(0, 24.0),))
     assert plan.components["embedder"].placements[0].memory_cap_gib == 12.0
     plan = load_plan(SPECS / "gpu-1.yaml", load_settings(), detect=lambda: (Gpu(0, 40.0),), use_machine_gpus=True)
-    assert plan.components["generator"].placements[0].memory_cap_gib == 32.0
+    assert plan.components["generator"].placements[0].memory_cap_gib == 30.0
 
 
-SERVED = {"embedder", "retriever", "prompt_builder", "generator", "rag"}
+SERVED = {"embedder", "retriever", "prompt_builder", "reranker", "generator", "rag"}
 SMALL = {"generator_small"}
 
 

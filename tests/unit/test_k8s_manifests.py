@@ -229,7 +229,7 @@ def test_configmap_spec_loads_through_deploy_spec_and_fits_one_gpu(settings):
     by_name = {c.name: c for c in spec.components}
     assert {n: (c.device, c.gpu_share) for n, c in by_name.items()} == {
         "embedder": ("gpu", 0.1), "retriever": ("gpu", 0.1), "prompt_builder": ("cpu", 0.0),
-        "generator": ("gpu", 0.8), "rag": ("cpu", 0.0)}
+        "reranker": ("gpu", 0.05), "generator": ("gpu", 0.75), "rag": ("cpu", 0.0)}
     assert by_name["embedder"].batching.preferred_batch_sizes == (16, 32)
     assert (by_name["embedder"].min_instances, by_name["embedder"].max_instances) == (2, 8)
     # applied to the pod's settings and placed on the one GPU a pod gets, as `tritonrag serve --spec` does

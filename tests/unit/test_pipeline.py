@@ -78,7 +78,7 @@ class FakeStages:
         self._maybe_fail("embed")
         return np.ones((1, 4), np.float32)
 
-    async def retrieve(self, embedding, query, top_k, flt, options=RetrievalOptions()):
+    async def retrieve(self, embedding, query, top_k, flt, options=None):
         self.calls.append(("retrieve", top_k, flt))
         self.retrieval_options = options
         self._maybe_fail("retrieve")

@@ -7,17 +7,17 @@ from tritonrag.serving.contract import MODEL_IO
 from tritonrag.settings import load_settings
 
 COMMITTED = Path(__file__).parents[2] / "model_repository"
-MODELS = {"embedder", "retriever", "prompt_builder", "generator", "rag"}
+MODELS = {"embedder", "retriever", "prompt_builder", "reranker", "generator", "rag"}
 
 
 def test_committed_configs_match_the_default_settings():
     assert render_repository(load_settings(), COMMITTED, check=True) == []
 
 
-def test_render_writes_five_configs_and_entry_points(tmp_path):
+def test_render_writes_six_configs_and_entry_points(tmp_path):
     written = render_repository(load_settings(), tmp_path)
     configs = [p for p in written if p.name == "config.pbtxt"]
-    assert len(written) == 10 and len(configs) == 5
+    assert len(written) == 12 and len(configs) == 6
     assert {p.parent.name for p in configs} == MODELS
     assert sorted(tmp_path.glob("*/config.pbtxt")) == sorted(configs)
     assert sorted(tmp_path.glob("*/1/model.py")) == sorted(set(written) - set(configs))
@@ -43,7 +43,7 @@ def test_render_matches_committed_files(tmp_path):
 
 def test_check_mode_reports_without_writing(tmp_path):
     differing = render_repository(load_settings(), tmp_path, check=True)
-    assert len(differing) == 10
+    assert len(differing) == 12
     assert not list(tmp_path.iterdir())
     render_repository(load_settings(), tmp_path)
     target = tmp_path / "generator" / "config.pbtxt"
@@ -89,5 +89,5 @@ def test_configs_declare_the_contract(tmp_path):
 
 def test_model_specs_names():
     assert [spec.name for spec in model_specs(load_settings())] == [
-        "embedder", "retriever", "prompt_builder", "generator", "rag"
+        "embedder", "retriever", "prompt_builder", "reranker", "generator", "rag"
     ] == [model.name for model in MODEL_IO]

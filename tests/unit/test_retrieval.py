@@ -94,7 +94,12 @@ def test_hybrid_and_sparse_need_the_questions_text():
         parse_search(None, DIM, None, None, {"mode": "hybrid"}, SETTINGS, ["q"])
     sparse_only = parse_search(None, DIM, 3, None, {"mode": "sparse"}, SETTINGS, ["q"])
     assert (sparse_only.queries, sparse_only.texts, sparse_only.rows) == (None, ("q",), 1)
-    assert parse_search(np.ones((1, DIM), np.float32), DIM, None, None, {}, SETTINGS, ["q"]).mode == SETTINGS.mode
+    vector = np.ones((1, DIM), np.float32)
+    assert parse_search(vector, DIM, None, None, {}, SETTINGS, ["q"]).mode == SETTINGS.mode
+    assert parse_search(vector, DIM, None, None, {}, SETTINGS).mode == "dense"  # no text: dense
+    assert parse_search(vector, DIM, None, None, {}, SETTINGS, ["q"], sparse_index=False).mode == "dense"
+    with pytest.raises(InvalidInput, match="kb reindex"):
+        parse_search(vector, DIM, None, None, {"mode": "sparse"}, SETTINGS, ["q"], sparse_index=False)
 
 
 def test_rrf_fuses_by_rank_and_weighted_by_normalised_score():

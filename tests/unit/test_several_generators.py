@@ -30,8 +30,9 @@ components:
 def test_extra_generators_are_served_right_after_the_generator_in_file_order():
     spec = load_spec(TWO)
     assert spec.served_models() == [("embedder", "embedder"), ("retriever", "retriever"),
-                                    ("prompt_builder", "prompt_builder"), ("generator", "generator"),
-                                    ("critic", "generator"), ("rewriter", "generator"), ("rag", "rag")]
+                                    ("prompt_builder", "prompt_builder"), ("reranker", "reranker"),
+                                    ("generator", "generator"), ("critic", "generator"), ("rewriter", "generator"),
+                                    ("rag", "rag")]
     assert spec.generators() == ["generator", "critic", "rewriter"]
     assert spec.generator_models() == {"generator": None, "critic": "{home}/models/smollm2-135m-instruct",
                                        "rewriter": None}
@@ -39,7 +40,8 @@ def test_extra_generators_are_served_right_after_the_generator_in_file_order():
     critic = spec.component("critic")
     assert (critic.device, critic.gpu_share, critic.engine) == ("gpu", 0.15, {"max_num_seqs": 16})
     assert [(d.component, d.instances, d.share) for d in spec.demands()] == [
-        ("embedder", 1, 0.1), ("retriever", 1, 0.0), ("prompt_builder", 1, 0.0), ("generator", 1, 0.7),
+        ("embedder", 1, 0.1), ("retriever", 1, 0.0), ("prompt_builder", 1, 0.0), ("reranker", 1, 0.0),
+        ("generator", 1, 0.7),
         ("critic", 1, 0.15), ("rewriter", 2, 0.0), ("rag", 1, 0.0)]
     assert spec.replica_range() == (1, 3)  # the extra generator's bounds count too
 
@@ -93,7 +95,7 @@ def test_bad_extra_generators_say_which_component_and_key(text, message):
     ("components: {critic: {role: generator, engine: {max_num_seq: 8}}}", "components.critic.engine: unknown setting"),
     ("components: {critic: {role: generator, engine: {model: x}}}", "set it as components.critic.model"),
     ("components: {critic: {role: generator, batching: {max_batch_size: 8}}}",
-     "components.critic.batching: only embedder and retriever are batched"),
+     "components.critic.batching: only embedder, retriever and reranker are batched"),
 ])
 def test_extra_generators_are_checked_against_the_generator_settings(text, message):
     with pytest.raises(SpecError, match=message):
@@ -118,8 +120,8 @@ def test_an_extra_generator_on_a_fractional_share_of_the_generators_gpu():
     share, memory, names = plan.gpu_load()[0]
     assert share == pytest.approx(0.95) and memory == pytest.approx(76.0)
     assert names == ["embedder#0", "generator#0", "critic#0"]
-    assert [row[0] for row in plan_rows(plan)] == ["embedder", "retriever", "prompt_builder", "generator",
-                                                   "critic", "rewriter", "rag"]
+    assert [row[0] for row in plan_rows(plan)] == ["embedder", "retriever", "prompt_builder", "reranker",
+                                                   "generator", "critic", "rewriter", "rag"]
     # 0.7 + 0.25 + 0.1 > 1: the biggest shares are placed first, so the embedder is left without room
     with pytest.raises(PlacementError, match=r"embedder instance 1 of 1 \(share 0.1\) does not fit"):
         plan_deployment(load_spec(TWO.replace("0.15", "0.25")), load_settings(), [Gpu(0, 80.0)])

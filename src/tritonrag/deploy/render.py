@@ -57,7 +57,7 @@ def default_plan(settings: Settings) -> DeploymentPlan:
 
 
 def model_specs(settings: Settings, plan: DeploymentPlan | None = None) -> list[ModelSpec]:
-    """Every served model (``DeploymentSpec.served_models``: the five of ``contract.MODEL_IO`` and any generators of
+    """Every served model (``DeploymentSpec.served_models``: those of ``contract.MODEL_IO`` and any generators of
     the spec's own), with batching, placement and parameters from ``plan`` (default: the CPU deployment)."""
     plan = plan or default_plan(settings)
     io = {model.name: model for model in MODEL_IO}
@@ -86,6 +86,8 @@ def _tensor_block(kind: str, tensors: tuple[TensorSpec, ...]) -> str:
         lines = [f'    name: "{t.name}"', f"    data_type: {t.dtype}", f"    dims: [ {', '.join(map(str, t.dims))} ]"]
         if t.optional:
             lines.append("    optional: true")
+        if t.ragged:
+            lines.append("    allow_ragged_batch: true")
         blocks.append("  {\n" + "\n".join(lines) + "\n  }")
     return f"{kind} [\n" + ",\n".join(blocks) + "\n]\n"
 

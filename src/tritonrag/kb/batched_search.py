@@ -65,14 +65,21 @@ def _choice(parameters: Mapping[str, Any], name: str, default: str, allowed: Seq
 
 def parse_search(queries: np.ndarray | None, dimension: int, top_k: Any, raw_filter: Any,
                  parameters: Mapping[str, Any], settings: RetrieverSettings,
-                 texts: Sequence[str] | None = None) -> SearchRequest:
+                 texts: Sequence[str] | None = None, sparse_index: bool = True) -> SearchRequest:
     """Validate one request: [n, dimension] finite vectors and/or n question texts (sparse and hybrid search need
-    them), top_k, filter, and the parameters mode, candidates, fusion, nprobe, ef_search."""
+    them), top_k, filter, and the parameters mode, candidates, fusion, nprobe, ef_search.
+
+    A request that sets no mode gets the settings' where it can: dense when it sends no question text or the
+    knowledge base has no ``sparse_index`` (a version from before format 3)."""
     known = set(RETRIEVER.search_parameters)
     unknown = sorted(set(parameters) - known)
     if unknown:
         raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    mode = _choice(parameters, RETRIEVER.mode, settings.mode, MODES)
+    default = settings.mode if (texts or queries is None) and sparse_index else "dense"
+    mode = _choice(parameters, RETRIEVER.mode, default, MODES)
+    if mode != "dense" and not sparse_index:
+        raise InvalidInput(f"mode {mode} needs the knowledge base's sparse index, which this version predates: run "
+                           "`tritonrag kb reindex` to add it, or use mode dense")
     if queries is not None:
         if queries.ndim != 2 or queries.shape[1] != dimension:
             raise InvalidInput(f"input '{RETRIEVER.embedding}' must be [batch, {dimension}] (the index's dimension), "

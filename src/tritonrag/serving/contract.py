@@ -21,21 +21,28 @@ class EmbedderContract:
 @dataclass(frozen=True)
 class RetrieverContract:
     model: str = "retriever"
-    embedding: str = "embedding"
+    embedding: str = "embedding"  # FP32 [dim] per row: dense and hybrid search
+    query: str = "query"  # BYTES [1] per row, the question's text: sparse and hybrid search
     top_k: str = "top_k"
     filter: str = "filter"  # JSON object
     stats: str = "stats"  # input: BOOL, ask for statistics; output: BYTES (JSON)
     chunk_ids: str = "chunk_ids"
-    scores: str = "scores"
+    scores: str = "scores"  # the ranking's: cosine (dense), BM25 (sparse), fused (hybrid)
+    similarities: str = "similarities"  # cosine similarity with the query's vector (NaN when none was sent)
     texts: str = "texts"
     metadata: str = "metadata"  # JSON per chunk
-    # request parameters (query-time settings of approximate indexes)
-    nprobe: str = "nprobe"
+    found_by: str = "found_by"  # JSON per chunk: {"dense": {"rank", "score"}, "sparse": {...}, "similarity"}
+    timing: str = "timing"  # JSON per request: milliseconds of each step of its batch (dense, sparse, fusion, fetch)
+    # request parameters
+    mode: str = "mode"  # dense | sparse | hybrid
+    candidates: str = "candidates"  # hybrid: candidates each side contributes to the fusion
+    fusion: str = "fusion"  # rrf | weighted
+    nprobe: str = "nprobe"  # query-time settings of approximate indexes
     ef_search: str = "ef_search"
 
     @property
     def search_parameters(self) -> tuple[str, ...]:
-        return (self.nprobe, self.ef_search)
+        return (self.mode, self.candidates, self.fusion, self.nprobe, self.ef_search)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,14 @@ class PromptBuilderContract:
     stop: str = "stop"  # the template's and the chat format's stop strings
     passages: str = "passages"  # INT32: how many passages the prompt holds, numbered 1..passages (citable)
     json_output: str = "json_output"  # BOOL: the template asks for a JSON answer
+
+
+@dataclass(frozen=True)
+class RerankerContract:
+    model: str = "reranker"
+    query: str = "query"  # BYTES [1] per row
+    passages: str = "passages"  # BYTES [-1] per row, the passages to score against the row's query (ragged batch)
+    scores: str = "scores"  # FP32 [-1] per row: one per passage, in input order, higher = more relevant
 
 
 @dataclass(frozen=True)
@@ -93,16 +108,24 @@ class RagContract:
     json_schema: str = "json_schema"  # JSON string: the answer must be JSON following it
     json_object: str = "json_object"  # bool: the answer must be a JSON object
     flow: str = "flow"  # "rag" (default) or "qa-checked"
+    mode: str = "mode"  # retrieval: dense | sparse | hybrid
+    candidates: str = "candidates"  # retrieval: hybrid depth
+    fusion: str = "fusion"  # retrieval: rrf | weighted
+    rerank: str = "rerank"  # bool: rerank the retrieved candidates
+    rerank_candidates: str = "rerank_candidates"  # how many candidates the reranker scores
+    timing: str = "timing"  # output: JSON, milliseconds of each step, on the final response
 
     @property
     def parameters(self) -> tuple[str, ...]:
         return (self.top_k, self.template, self.max_tokens, self.temperature, self.top_p, self.seed, self.stream,
-                self.filter, self.min_score, self.system_prompt, self.json_schema, self.json_object, self.flow)
+                self.filter, self.min_score, self.system_prompt, self.json_schema, self.json_object, self.flow,
+                self.mode, self.candidates, self.fusion, self.rerank, self.rerank_candidates)
 
 
 EMBEDDER = EmbedderContract()
 RETRIEVER = RetrieverContract()
 PROMPT_BUILDER = PromptBuilderContract()
+RERANKER = RerankerContract()
 GENERATOR = GeneratorContract()
 RAG = RagContract()
 
@@ -120,6 +143,7 @@ class TensorSpec:
     dtype: str  # config.pbtxt data_type
     dims: tuple[int, ...]
     optional: bool = False
+    ragged: bool = False  # allow_ragged_batch: requests of different lengths share a dynamic batch
 
 
 @dataclass(frozen=True)
@@ -142,11 +166,12 @@ MODEL_IO: tuple[ModelIO, ...] = (
             outputs=(TensorSpec(E.embedding, "TYPE_FP32", (-1,)),)),
     ModelIO(
         R.model,
-        inputs=(TensorSpec(R.embedding, "TYPE_FP32", (-1,), optional=True),
+        inputs=(TensorSpec(R.embedding, "TYPE_FP32", (-1,), optional=True), _string(R.query, optional=True),
                 TensorSpec(R.top_k, "TYPE_INT32", (1,), optional=True), _string(R.filter, optional=True),
                 TensorSpec(R.stats, "TYPE_BOOL", (1,), optional=True)),
         outputs=(TensorSpec(R.chunk_ids, "TYPE_INT64", (-1,)), TensorSpec(R.scores, "TYPE_FP32", (-1,)),
-                 _string(R.texts, (-1,)), _string(R.metadata, (-1,)), _string(R.stats)),
+                 TensorSpec(R.similarities, "TYPE_FP32", (-1,)), _string(R.texts, (-1,)), _string(R.metadata, (-1,)),
+                 _string(R.found_by, (-1,)), _string(R.timing), _string(R.stats)),
     ),
     ModelIO(P.model, inputs=(_string(P.query), _string(P.context, (-1,), optional=True),
                              _string(P.metadata, (-1,), optional=True), _string(P.template, optional=True),
@@ -154,12 +179,15 @@ MODEL_IO: tuple[ModelIO, ...] = (
                              _string(P.json_schema, optional=True), _string(P.answer, optional=True)),
             outputs=(_string(P.prompt), _string(P.stop, (-1,)), TensorSpec(P.passages, "TYPE_INT32", (1,)),
                      TensorSpec(P.json_output, "TYPE_BOOL", (1,)))),
+    ModelIO(RERANKER.model,
+            inputs=(_string(RERANKER.query), TensorSpec(RERANKER.passages, "TYPE_STRING", (-1,), ragged=True)),
+            outputs=(TensorSpec(RERANKER.scores, "TYPE_FP32", (-1,)),)),
     ModelIO(G.model, inputs=(_string(G.text_input), TensorSpec(G.stream, "TYPE_BOOL", (1,), optional=True),
                              _string(G.sampling_parameters, optional=True), _string(G.stop, (-1,), optional=True)),
             outputs=(_string(G.text_output, (-1,)), _string(G.finish_reason, (-1,))), decoupled=True),
     ModelIO(Q.model, inputs=(_string(Q.text_input), TensorSpec(Q.stream, "TYPE_BOOL", (1,), optional=True)),
             outputs=(_string(Q.text_output, (-1,)), _string(Q.sources, (-1,)), _string(Q.finish_reason, (-1,)),
-                     _string(Q.citations, (-1,))),
+                     _string(Q.citations, (-1,)), _string(Q.timing, (-1,))),
             decoupled=True),
 )
 MODELS = tuple(m.name for m in MODEL_IO)

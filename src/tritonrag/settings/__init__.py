@@ -14,19 +14,21 @@ from tritonrag.settings.loader import (
     resolve_model_ref,
 )
 from tritonrag.settings.sections import (
+    RERANKER_KINDS,
     ChunkingSettings,
     EmbedderSettings,
     GeneratorSettings,
     IndexSettings,
     PromptBuilderSettings,
     RagSettings,
+    RerankerSettings,
     RetrieverSettings,
     ServerSettings,
     Settings,
 )
 
 __all__ = [
-    "CONFIG_ENV", "GENERATOR_ENGINES", "HOME_ENV", "ChunkingSettings", "EmbedderSettings", "GeneratorSettings",
-    "IndexSettings", "PromptBuilderSettings", "RagSettings", "RetrieverSettings", "ServerSettings", "Settings",
-    "default_home", "load_settings", "override", "resolve_model_ref",
+    "CONFIG_ENV", "GENERATOR_ENGINES", "HOME_ENV", "RERANKER_KINDS", "ChunkingSettings", "EmbedderSettings",
+    "GeneratorSettings", "IndexSettings", "PromptBuilderSettings", "RagSettings", "RerankerSettings",
+    "RetrieverSettings", "ServerSettings", "Settings", "default_home", "load_settings", "override", "resolve_model_ref",
 ]

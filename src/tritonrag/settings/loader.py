@@ -18,6 +18,7 @@ from tritonrag.settings.sections import (
     IndexSettings,
     PromptBuilderSettings,
     RagSettings,
+    RerankerSettings,
     RetrieverSettings,
     ServerSettings,
     Settings,
@@ -114,6 +115,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         prompt_builder=_build(PromptBuilderSettings, "prompt_builder", raw, home),
         generator=_build(GeneratorSettings, "generator", raw, home),
         rag=_build(RagSettings, "rag", raw, home),
+        reranker=_build(RerankerSettings, "reranker", raw, home),
     )
 
 

@@ -54,6 +54,27 @@ class RetrieverSettings:
     ef_search: int
     reload_interval_s: float
     filter_exact_max: int
+    mode: str
+    candidates: int
+    fusion: str
+    rrf_k: float
+    dense_weight: float
+    sparse_weight: float
+    max_query_chars: int
+
+    def __post_init__(self) -> None:
+        from tritonrag.kb.batched_search import MODES
+        from tritonrag.kb.fusion import FUSIONS
+
+        if self.mode not in MODES:
+            raise ValueError(f"[retriever] mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"[retriever] fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if not 1 <= self.candidates <= self.top_k_max:
+            raise ValueError(f"[retriever] candidates must be between 1 and top_k_max ({self.top_k_max}), "
+                             f"got {self.candidates}")
+        if self.rrf_k < 0 or self.dense_weight < 0 or self.sparse_weight < 0:
+            raise ValueError("[retriever] rrf_k, dense_weight and sparse_weight must not be negative")
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,40 @@ class RagSettings:
     abstain_below_score: float
     critic_generator: str
     critic_max_tokens: int
+    rerank: bool
+    rerank_candidates: int
+    rerank_fusion: str
+
+    def __post_init__(self) -> None:
+        if self.rerank_fusion not in ("none", "rrf"):
+            raise ValueError(f"[rag] rerank_fusion must be none or rrf, got {self.rerank_fusion!r}")
+
+
+# [reranker] kind values ("auto": from the model's folder or name, tritonrag.reranking.loader)
+RERANKER_KINDS = ("auto", "bi-encoder", "cross-encoder")
+
+
+@dataclass(frozen=True)
+class RerankerSettings:
+    """The reranker's model and request limits (tritonrag.reranking)."""
+
+    model: str
+    kind: str
+    batch_size: int
+    max_query_chars: int
+    max_passages: int
+    max_passage_chars: int
+    cache_passages: int
+    max_seq_length: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in RERANKER_KINDS:
+            raise ValueError(f"[reranker] kind must be one of {', '.join(RERANKER_KINDS)}, got {self.kind!r}")
+        for name in ("batch_size", "max_query_chars", "max_passages", "max_passage_chars", "max_seq_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"[reranker] {name} must be at least 1, got {getattr(self, name)}")
+        if self.cache_passages < 0:
+            raise ValueError(f"[reranker] cache_passages must be 0 (no cache) or more, got {self.cache_passages}")
 
 
 @dataclass(frozen=True)
@@ -113,6 +168,7 @@ class Settings:
     prompt_builder: PromptBuilderSettings
     generator: GeneratorSettings
     rag: RagSettings
+    reranker: RerankerSettings
 
     @property
     def index_dir(self) -> Path:

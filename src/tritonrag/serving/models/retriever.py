@@ -96,7 +96,7 @@ class TritonPythonModel:
             top_k = values.pop()
         raw_filter = read_string(request, RETRIEVER.filter, required=False)
         return parse_search(None if tensor is None else tensor.as_numpy(), kb.dimension, top_k, raw_filter,
-                            request_parameters(request), self.settings, texts)
+                            request_parameters(request), self.settings, texts, kb.has_sparse)
 
     def execute(self, requests):
         try:
