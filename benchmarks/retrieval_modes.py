@@ -52,6 +52,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], str | None]] = {
     "hybrid+rerank-rrf": ({"mode": "hybrid"}, "rrf"),
 }
 HIT_KS = (1, 4, 16)
+RERANK_MAX_CHARS = 8000  # [reranker] max_passage_chars
 
 
 class Served:
@@ -107,7 +108,8 @@ def search(served: Served, vector: np.ndarray, text: str, top_k: int, config: st
     texts, metadata, timing = served.retrieve(vector, text, top_k, params)
     if fusion is not None and texts:
         n = min(depth, len(texts))
-        order = reranked_order(served.rerank(text, texts[:n]), fusion) + list(range(n, len(texts)))
+        scores = served.rerank(text, [t[:RERANK_MAX_CHARS] for t in texts[:n]])  # as the rerank step sends them
+        order = reranked_order(scores, fusion) + list(range(n, len(texts)))
         texts, metadata = [texts[i] for i in order], [metadata[i] for i in order]
     return texts, metadata, time.perf_counter() - started, timing
 

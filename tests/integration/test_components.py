@@ -220,6 +220,18 @@ def test_metrics_endpoint(server):
     assert 'nv_inference_request_success{model="embedder"' in text
 
 
+def test_retriever_step_times_are_histograms_on_the_metrics_endpoint(server, client):
+    import urllib.request
+
+    _search(client, "fifty-five thousand pounds", "hybrid")
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    for step in ("dense", "sparse", "fusion", "fetch"):
+        line = next(x for x in text.splitlines()
+                    if x.startswith("tritonrag_retriever_step_seconds_count{") and f'step="{step}"' in x)
+        assert float(line.split()[-1]) >= 1, line
+
+
 def test_retriever_stats_over_http_generate(server, knowledge_base):
     status, body = post_json(f"http://{server.http_url}/v2/models/retriever/generate", {"stats": True})
     assert status == 200, body

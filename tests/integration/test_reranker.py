@@ -106,3 +106,4 @@ def test_reranker_metrics(server, client):
     line = next(x for x in text.splitlines() if x.startswith("tritonrag_reranker_pairs_total{"))
     assert 'kind="bi-encoder"' in line and 'model="reranker"' in line and float(line.split()[-1]) >= 3
     assert "tritonrag_reranker_cache_hits_total" in text
+    assert 'tritonrag_reranker_step_seconds_count{' in text and 'step="rerank"' in text

@@ -421,3 +421,11 @@ def test_the_final_event_carries_each_steps_time():
                  "generate_ms", "total_ms"):
         assert timing[step] >= 0, step
     assert timing["total_ms"] >= timing["generate_ms"]
+
+
+def test_rerank_sends_at_most_the_rerankers_limit_of_each_passage():
+    long = [Passage(1, 0.5, "x" * 50, {}, 0.5), Passage(2, 0.4, "short", {}, 0.4)]
+    fake = stages(passages=long)
+    run(RagPipeline(fake, standard_flows(fake, rerank_max_chars=10)),
+        request(stream=False, rerank=True, rerank_candidates=2, keep=2))
+    assert fake.calls[2] == ("rerank", "Who is Fogg?", ["x" * 10, "short"])

@@ -418,12 +418,15 @@ class MetricFamily:
     def __init__(self, name, description, kind):
         self.name = name
 
-    def Metric(self, labels):
+    def Metric(self, labels, buckets=None):
         family = self
 
         class Counter:
             def increment(self, n):
                 MetricFamily.values[family.name] = MetricFamily.values.get(family.name, 0) + n
+
+            def observe(self, value):  # a histogram: counts observations
+                self.increment(1)
 
         return Counter()
 

@@ -38,13 +38,14 @@ class Flow:
 
 
 def standard_flows(stages: Stages, critic_generator: str | None = None, critic_max_tokens: int = 12,
-                   rerank_fusion: str = "rrf") -> dict[str, Flow]:
+                   rerank_fusion: str = "none", rerank_max_chars: int = 8000) -> dict[str, Flow]:
     """The flows every deployment serves: ``rag`` (embed the question, retrieve passages, rerank them when the
     request says so, abstain when even the best is less similar than the request's min_score, build the prompt) and
     ``qa-checked`` (the same, then a critic pass on ``critic_generator`` asks whether the passages support the
     answer: tritonrag.pipeline.critic)."""
-    steps = (EmbedQuery(stages.embedder), Retrieve(stages.retriever), Rerank(stages.reranker, rerank_fusion),
-             AbstainOnWeakEvidence(), BuildPrompt(stages.prompt_builder))
+    steps = (EmbedQuery(stages.embedder), Retrieve(stages.retriever),
+             Rerank(stages.reranker, rerank_fusion, rerank_max_chars), AbstainOnWeakEvidence(),
+             BuildPrompt(stages.prompt_builder))
     check = AnswerCheck(stages.prompt_builder, stages.generator, critic_generator, critic_max_tokens)
     flows = (Flow(DEFAULT_FLOW, steps), Flow(CHECKED_FLOW, steps, check))
     return {flow.name: flow for flow in flows}

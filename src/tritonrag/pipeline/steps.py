@@ -127,10 +127,12 @@ class Rerank:
     """Score the retrieved candidates with the reranker and keep the request's top_k, best first. With
     ``fusion`` "rrf", a passage's final score fuses its retrieval rank and its reranker rank (reciprocal-rank
     fusion, as the retriever fuses dense and sparse), which suits a bi-encoder re-scorer; "none" trusts the
-    reranker alone, as a cross-encoder deserves."""
+    reranker alone, as a cross-encoder deserves. Passages longer than ``max_chars`` (the reranker's limit) are
+    scored on their beginning (the model reads only its first tokens anyway)."""
 
     reranker: RerankStage
     fusion: str = "none"
+    max_chars: int = 8000
     rrf_k: float = 60.0
     name: str = "rerank"
 
@@ -139,7 +141,7 @@ class Rerank:
         if not params.rerank or not state.passages:
             return
         started = time.perf_counter()
-        scores = await self.reranker.rerank(state.query, [p.text for p in state.passages])
+        scores = await self.reranker.rerank(state.query, [p.text[:self.max_chars] for p in state.passages])
         state.timed(self.name, started)
         by_rerank = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         rerank_rank = {i: rank for rank, i in enumerate(by_rerank, start=1)}

@@ -62,7 +62,8 @@ class TritonPythonModel:
         self.executor = ThreadPoolExecutor(self.rag.max_concurrency, thread_name_prefix="rag-bls")
         stages = BlsStages(self.rag.bls_timeout_s, self.executor)
         self.pipeline = RagPipeline(stages, standard_flows(stages, self.rag.critic_generator,
-                                                           self.rag.critic_max_tokens, self.rag.rerank_fusion))
+                                                           self.rag.critic_max_tokens, self.rag.rerank_fusion,
+                                                           settings.reranker.max_passage_chars))
         self._loop_ready = False
 
     def _parse(self, request):

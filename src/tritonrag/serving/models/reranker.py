@@ -5,6 +5,8 @@ their pairs); a bad request gets its own INVALID_ARG response and the others are
 a ragged input (allow_ragged_batch), so requests with different passage counts share a dynamic batch.
 """
 
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -14,6 +16,8 @@ from tritonrag.serving.contract import RERANKER
 from tritonrag.serving.instance import instance_config, instance_device
 from tritonrag.serving.tensors import error_response, read_strings
 from tritonrag.settings import load_settings
+
+STEP_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
 
 class Metrics:
@@ -28,10 +32,15 @@ class Metrics:
             family("tritonrag_reranker_cache_misses_total", "Passage embeddings computed (bi-encoder)", family.COUNTER),
         ]
         self.pairs, self.hits, self.misses = (f.Metric(labels) for f in self.families)
+        seconds = family("tritonrag_reranker_step_seconds", "Time of one batch's scoring (the rerank step)",
+                         family.HISTOGRAM)
+        self.families.append(seconds)
+        self.seconds = seconds.Metric({**labels, "step": "rerank"}, buckets=STEP_BUCKETS_S)
         self._seen = (0, 0)
 
-    def scored(self, pairs, cache):
+    def scored(self, pairs, cache, seconds):
         self.pairs.increment(pairs)
+        self.seconds.observe(seconds)
         if cache is not None:
             hits, misses = cache.hits - self._seen[0], cache.misses - self._seen[1]
             self._seen = (cache.hits, cache.misses)
@@ -72,11 +81,13 @@ class TritonPythonModel:
             except InvalidInput as exc:
                 parsed.append(exc)
         rows = [row for p in parsed if not isinstance(p, Exception) for row in p]
+        started = time.perf_counter()
         try:
             scores = iter(self.rescorer.score([q for q, _ in rows], [ps for _, ps in rows]))
         except Exception as exc:
             return [error_response(exc) for _ in requests]
-        self.metrics.scored(sum(len(ps) for _, ps in rows), getattr(self.rescorer, "cache", None))
+        self.metrics.scored(sum(len(ps) for _, ps in rows), getattr(self.rescorer, "cache", None),
+                            time.perf_counter() - started)
         responses = []
         for p in parsed:
             if isinstance(p, Exception):
