@@ -163,3 +163,29 @@ def test_sources_json_snippets_are_short_and_cut_at_a_word():
     assert sources[0]["snippet"] == "short passage"
     assert sources[1]["snippet"].endswith(" ...") and len(sources[1]["snippet"]) <= 165
     assert "wor ..." not in sources[1]["snippet"]
+
+
+# --- retrieval and reranking options ------------------------------------------------------------------------------
+
+def test_retrieval_options_are_validated_and_left_unset_by_default(settings):
+    p = params({}, settings)
+    assert (p.mode, p.candidates, p.fusion, p.rerank) == (None, None, None, settings.rag.rerank)
+    p = params({"mode": "sparse", "candidates": 30, "fusion": "rrf"}, settings)
+    assert (p.mode, p.candidates, p.fusion) == ("sparse", 30, "rrf")
+    for raw, message in [({"mode": "bm25"}, "mode must be one of dense, sparse, hybrid"),
+                         ({"fusion": "max"}, "fusion must be one of rrf, weighted"),
+                         ({"candidates": 0}, "candidates must be between"),
+                         ({"rerank": "yes"}, "rerank must be true or false"),
+                         ({"rerank_candidates": 1000}, "rerank_candidates must be between")]:
+        with pytest.raises(InvalidInput, match=message):
+            params(raw, settings)
+
+
+def test_reranking_retrieves_its_candidates_and_keeps_top_k(settings):
+    p = params({"rerank": True, "top_k": 6}, settings)
+    assert (p.retrieved, p.keep) == (max(settings.rag.rerank_candidates, 6), 6)
+    p = params({"rerank": True, "top_k": 50}, settings)  # the default candidates grow to top_k
+    assert p.retrieved == 50
+    assert params({"rerank": False, "top_k": 3}, settings).retrieved == 3
+    with pytest.raises(InvalidInput, match=r"rerank_candidates \(2\) must be at least top_k \(3\)"):
+        params({"rerank": True, "top_k": 3, "rerank_candidates": 2}, settings)
