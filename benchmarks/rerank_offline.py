@@ -29,15 +29,8 @@ from scifact_retrieval import evaluate, find_scifact, load_queries
 from tritonrag.embedding.encoder import TextEmbedder
 from tritonrag.kb.batched_search import parse_search, run_searches
 from tritonrag.kb.search import KnowledgeBase
+from tritonrag.pipeline.steps import rerank_order
 from tritonrag.settings import load_settings
-
-
-def order(scores: np.ndarray, fusion: str, rrf_k: float = 60.0) -> list[int]:
-    by_score = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    if fusion == "none":
-        return by_score
-    rank = {i: r for r, i in enumerate(by_score, start=1)}
-    return sorted(range(len(scores)), key=lambda i: (-(1 / (rrf_k + i + 1) + 1 / (rrf_k + rank[i])), rank[i]))
 
 
 class CachedEncoder:
@@ -111,7 +104,7 @@ def main() -> None:
                         ranked.append(row)
                         continue
                     head = row[:args.depth]
-                    new = order(encoder.score(text, [h.text for h in head]), fusion)
+                    new, _, _ = rerank_order(encoder.score(text, [h.text for h in head]).tolist(), fusion)
                     ranked.append([head[j] for j in new] + row[args.depth:])
                 name = label if fusion is None else f"{label} + rerank" + ("" if fusion == "none" else " (rrf)")
                 if corpus == "scifact":

@@ -38,6 +38,7 @@ from answer_quality_scoring import evidence_rank, load_questions
 from common import machine_description, machine_markdown
 from scifact_retrieval import evaluate, find_scifact, load_queries
 
+from tritonrag.pipeline.steps import rerank_order
 from tritonrag.serving.contract import EMBEDDER, RERANKER, RETRIEVER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,16 +92,6 @@ class Served:
         return result.as_numpy(RERANKER.scores).reshape(-1)
 
 
-def reranked_order(scores: np.ndarray, fusion: str, rrf_k: float = 60.0) -> list[int]:
-    """The candidates' new order (indices), as the pipeline's rerank step orders them."""
-    by_score = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    if fusion == "none":
-        return by_score
-    rank = {i: r for r, i in enumerate(by_score, start=1)}
-    fused = {i: 1 / (rrf_k + i + 1) + 1 / (rrf_k + rank[i]) for i in range(len(scores))}
-    return sorted(fused, key=lambda i: (-fused[i], rank[i]))
-
-
 def search(served: Served, vector: np.ndarray, text: str, top_k: int, config: str,
            depth: int) -> tuple[list[str], list[dict], float, dict]:
     params, fusion = CONFIGS[config]
@@ -109,7 +100,7 @@ def search(served: Served, vector: np.ndarray, text: str, top_k: int, config: st
     if fusion is not None and texts:
         n = min(depth, len(texts))
         scores = served.rerank(text, [t[:RERANK_MAX_CHARS] for t in texts[:n]])  # as the rerank step sends them
-        order = reranked_order(scores, fusion) + list(range(n, len(texts)))
+        order = rerank_order(scores.tolist(), fusion)[0] + list(range(n, len(texts)))  # as the rerank step
         texts, metadata = [texts[i] for i in order], [metadata[i] for i in order]
     return texts, metadata, time.perf_counter() - started, timing
 

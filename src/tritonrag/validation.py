@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from tritonrag.errors import InvalidInput
@@ -32,6 +33,13 @@ def as_int(value: Any, name: str) -> int:
 def as_float(value: Any, name: str) -> float:
     """A finite float from a number or a numeric string."""
     return _number(value, name, "a number")
+
+
+def as_choice(value: Any, name: str, allowed: Sequence[str]) -> str:
+    """``value`` when it is one of ``allowed``."""
+    if value not in allowed:
+        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def parse_json_object(raw: str | None, what: str) -> dict[str, Any]:

@@ -1,9 +1,12 @@
-"""Test doubles for the unit tests: a deterministic embedder and settings for small knowledge bases."""
+"""Test doubles for the unit tests: a deterministic embedder and settings for small knowledge bases, fake installed
+distributions, stand-ins for Triton's tensors and responses."""
 
+import base64
 import dataclasses
 import hashlib
 import re
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -80,3 +83,33 @@ class RecordingSink:
     def on_error(self, error):
         self.error = error
         self.done.set()
+
+
+def fake_dist(folder: Path, dist: str, version: str, files: dict[str, bytes]) -> None:
+    """A ``pip install --target`` layout: the files plus a dist-info with METADATA and RECORD."""
+    info = folder / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    rows = []
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        rows.append(f"{rel},sha256={digest},{len(data)}")
+    rows.append(f"{info.name}/RECORD,,")
+    (info / "RECORD").write_text("\n".join(rows) + "\n")
+
+
+# Minimal stand-ins for triton_python_backend_utils' Tensor and InferenceResponse (the adapters' unit tests).
+class Tensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        return self.array
+
+
+class InferenceResponse:
+    def __init__(self, output_tensors=None, error=None):
+        self.outputs = {t.name: t.array for t in output_tensors or []}
+        self.error = error

@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import pytest
+from fakes import InferenceResponse, Tensor
 
 from tritonrag.pipeline.events import CancelledEvent, ErrorCode, FailedEvent, FinalEvent, SourcesEvent, TextEvent
 
@@ -24,20 +25,6 @@ class TritonError:
 
     def code(self):
         return self._code
-
-
-class Tensor:
-    def __init__(self, name, array):
-        self.name, self.array = name, array
-
-    def as_numpy(self):
-        return self.array
-
-
-class InferenceResponse:
-    def __init__(self, output_tensors=None, error=None):
-        self.outputs = {t.name: t.array for t in output_tensors or []}
-        self.error = error
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ No downloads: fake distributions and tiny part files. The opt-in check at the en
 SmolLM2 (TRITONRAG_SLOW=1, skipped when it is not prepared).
 """
 
-import base64
 import hashlib
 import json
 import os
@@ -13,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakes import fake_dist
 from typer.testing import CliRunner
 
 from tritonrag.cli import app
@@ -20,22 +20,6 @@ from tritonrag.generation import model_prep
 from tritonrag.generation import packaged_models as pm
 from tritonrag.generation.engine import create_engine
 from tritonrag.settings import load_settings
-
-
-def fake_dist(folder: Path, dist: str, version: str, files: dict[str, bytes]) -> None:
-    """A ``pip install --target`` layout: the files plus a dist-info with METADATA and RECORD."""
-    info = folder / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    rows = []
-    for rel, data in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        rows.append(f"{rel},sha256={digest},{len(data)}")
-    rows.append(f"{info.name}/RECORD,,")
-    (info / "RECORD").write_text("\n".join(rows) + "\n")
-
 
 CHUNKS = [b"GGUF-part-one|", b"part-two|", b"three"]
 WHOLE = b"".join(CHUNKS)

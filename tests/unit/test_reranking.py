@@ -3,7 +3,6 @@ bi-encoder and a real cross-encoder (both built from the local all-MiniLM-L6-v2 
 preparation (fake packages, no download), the Triton adapter against a stand-in for triton_python_backend_utils,
 and the reranker's place in the contract and the deployment spec."""
 
-import base64
 import dataclasses
 import hashlib
 import importlib
@@ -17,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from fakes import InferenceResponse, Tensor, fake_dist
 from typer.testing import CliRunner
 
 from tritonrag.errors import InvalidInput
@@ -251,21 +251,6 @@ def test_cross_encoder_with_several_outputs_is_refused(tmp_path):
 # --- the packaged encoder (fake packages, no download) -------------------------------------------------------------
 
 
-def fake_dist(folder: Path, dist: str, version: str, files: dict[str, bytes]) -> None:
-    """A ``pip install --target`` layout: the files plus a dist-info with METADATA and RECORD."""
-    info = folder / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    rows = []
-    for rel, data in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        rows.append(f"{rel},sha256={digest},{len(data)}")
-    rows.append(f"{info.name}/RECORD,,")
-    (info / "RECORD").write_text("\n".join(rows) + "\n")
-
-
 WEIGHTS = b"fake safetensors"
 
 
@@ -395,20 +380,6 @@ class TritonError:
 
     def __init__(self, message, code=INTERNAL):
         self.text, self.code = message, code
-
-
-class Tensor:
-    def __init__(self, name, array):
-        self.name, self.array = name, array
-
-    def as_numpy(self):
-        return self.array
-
-
-class InferenceResponse:
-    def __init__(self, output_tensors=None, error=None):
-        self.outputs = {t.name: t.array for t in output_tensors or []}
-        self.error = error
 
 
 class MetricFamily:

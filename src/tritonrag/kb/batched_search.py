@@ -16,7 +16,7 @@ from tritonrag.kb.fusion import FUSIONS, Found, fuse
 from tritonrag.kb.search import Hit, KnowledgeBase
 from tritonrag.serving.contract import RETRIEVER
 from tritonrag.settings import RetrieverSettings
-from tritonrag.validation import as_int
+from tritonrag.validation import as_choice, as_int
 
 MAX_NPROBE = 65536
 MAX_EF_SEARCH = 32768
@@ -56,13 +56,6 @@ class SearchResult:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def _choice(parameters: Mapping[str, Any], name: str, default: str, allowed: Sequence[str]) -> str:
-    value = parameters.get(name, default)
-    if value not in allowed:
-        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
 def parse_search(queries: np.ndarray | None, dimension: int, top_k: Any, raw_filter: Any,
                  parameters: Mapping[str, Any], settings: RetrieverSettings,
                  texts: Sequence[str] | None = None, sparse_index: bool = True) -> SearchRequest:
@@ -76,7 +69,7 @@ def parse_search(queries: np.ndarray | None, dimension: int, top_k: Any, raw_fil
     if unknown:
         raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     default = settings.mode if (texts or queries is None) and sparse_index else "dense"
-    mode = _choice(parameters, RETRIEVER.mode, default, MODES)
+    mode = as_choice(parameters.get(RETRIEVER.mode, default), RETRIEVER.mode, MODES)
     if mode != "dense" and not sparse_index:
         raise InvalidInput(f"mode {mode} needs the knowledge base's sparse index, which this version predates: run "
                            "`tritonrag kb reindex` to add it, or use mode dense")
@@ -102,8 +95,8 @@ def parse_search(queries: np.ndarray | None, dimension: int, top_k: Any, raw_fil
         ef_search = as_int(ef_search, RETRIEVER.ef_search)
         if not 1 <= ef_search <= MAX_EF_SEARCH:
             raise InvalidInput(f"ef_search must be between 1 and {MAX_EF_SEARCH}, got {ef_search}")
-    candidates = check_candidates(parameters.get(RETRIEVER.candidates, settings.candidates), settings)
-    fusion = _choice(parameters, RETRIEVER.fusion, settings.fusion, FUSIONS)
+    candidates = check_top_k(parameters.get(RETRIEVER.candidates, settings.candidates), settings, RETRIEVER.candidates)
+    fusion = as_choice(parameters.get(RETRIEVER.fusion, settings.fusion), RETRIEVER.fusion, FUSIONS)
     k = settings.top_k_default if top_k is None else check_top_k(top_k, settings)
     return SearchRequest(queries, k, parse_filter(raw_filter), nprobe, ef_search,
                          tuple(texts) if mode != "dense" else None, mode,
@@ -125,14 +118,6 @@ def _check_texts(texts: Sequence[str] | None, queries: np.ndarray | None, mode: 
             raise InvalidInput(f"input '{RETRIEVER.query}' row {i} has {len(text)} characters; the limit is "
                                f"{settings.max_query_chars}")
     return texts
-
-
-def check_candidates(value: Any, retriever: RetrieverSettings) -> int:
-    """Validate a hybrid search's depth (how many candidates each side contributes to the fusion)."""
-    candidates = as_int(value, RETRIEVER.candidates)
-    if not 1 <= candidates <= retriever.top_k_max:
-        raise InvalidInput(f"candidates must be between 1 and {retriever.top_k_max}, got {candidates}")
-    return candidates
 
 
 def _ms(since: float) -> float:
@@ -215,7 +200,8 @@ def run_searches(kb: KnowledgeBase, requests: Sequence[SearchRequest],
 
 
 def check_top_k(value: Any, retriever: RetrieverSettings, name: str = "top_k") -> int:
-    """Validate a requested number of passages against the retriever's limit."""
+    """Validate a requested number of passages (top_k, a hybrid search's candidates, the reranker's) against the
+    retriever's limit."""
     top_k = as_int(value, name)
     if not 1 <= top_k <= retriever.top_k_max:
         raise InvalidInput(f"{name} must be between 1 and {retriever.top_k_max}, got {top_k}")

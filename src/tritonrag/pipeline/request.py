@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from tritonrag.errors import InvalidInput
-from tritonrag.kb.batched_search import MODES, check_candidates, check_top_k
+from tritonrag.kb.batched_search import MODES, check_top_k
 from tritonrag.kb.filters import Filter, parse_filter
 from tritonrag.kb.fusion import FUSIONS
 from tritonrag.prompts.registry import NAME as TEMPLATE_NAME
 from tritonrag.serving.contract import RAG
 from tritonrag.settings import RagSettings, RetrieverSettings
-from tritonrag.validation import as_float, as_int
+from tritonrag.validation import as_choice, as_float, as_int
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,9 @@ class RagParams:
             json_schema=_schema(raw.get(RAG.json_schema)),
             json_object=_flag(raw, RAG.json_object, False),
             flow=flow,
-            mode=_one_of(raw, RAG.mode, MODES),
-            candidates=check_candidates(raw[RAG.candidates], retriever) if RAG.candidates in raw else None,
-            fusion=_one_of(raw, RAG.fusion, FUSIONS),
+            mode=optional(RAG.mode, lambda value, name: as_choice(value, name, MODES)),
+            candidates=optional(RAG.candidates, lambda value, name: check_top_k(value, retriever, name)),
+            fusion=optional(RAG.fusion, lambda value, name: as_choice(value, name, FUSIONS)),
             rerank=rerank,
             rerank_candidates=rerank_candidates,
             keep=keep,
@@ -113,14 +113,6 @@ class RagParams:
         values = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                   "seed": self.seed, "json_schema": self.json_schema, "json_object": self.json_object or None}
         return {name: value for name, value in values.items() if value is not None}
-
-
-def _one_of(raw: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str | None:
-    if name not in raw:
-        return None
-    if raw[name] not in allowed:
-        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {raw[name]!r}")
-    return raw[name]
 
 
 def _flag(raw: Mapping[str, Any], name: str, default: bool) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -122,6 +123,23 @@ class Retrieve:
             raise InvalidInput("the knowledge base is empty: ingest documents first")
 
 
+def rerank_order(scores: Sequence[float], fusion: str = "none",
+                 rrf_k: float = 60.0) -> tuple[list[int], list[int], list[float]]:
+    """How the rerank step orders candidates given in retrieval order: their indices in the new order, each one's
+    reranker rank (1-based) and final score. "none": the reranker's score; "rrf": 1 / (rrf_k + retrieval rank) +
+    1 / (rrf_k + reranker rank). Ties go to the better reranker rank."""
+    by_rerank = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    rerank_rank = [0] * len(scores)
+    for rank, i in enumerate(by_rerank, start=1):
+        rerank_rank[i] = rank
+    if fusion == "rrf":
+        final = [1 / (rrf_k + i + 1) + 1 / (rrf_k + rerank_rank[i]) for i in range(len(scores))]
+    else:
+        final = [float(s) for s in scores]
+    order = sorted(range(len(scores)), key=lambda i: (-final[i], rerank_rank[i]))
+    return order, rerank_rank, final
+
+
 @dataclass(frozen=True)
 class Rerank:
     """Score the retrieved candidates with the reranker and keep the request's top_k, best first. With
@@ -143,17 +161,11 @@ class Rerank:
         started = time.perf_counter()
         scores = await self.reranker.rerank(state.query, [p.text[:self.max_chars] for p in state.passages])
         state.timed(self.name, started)
-        by_rerank = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        rerank_rank = {i: rank for rank, i in enumerate(by_rerank, start=1)}
-        if self.fusion == "rrf":
-            final = {i: 1 / (self.rrf_k + i + 1) + 1 / (self.rrf_k + rerank_rank[i]) for i in range(len(scores))}
-        else:
-            final = {i: float(scores[i]) for i in range(len(scores))}
-        order = sorted(final, key=lambda i: (-final[i], rerank_rank[i]))[: params.keep]
+        order, rerank_rank, final = rerank_order(scores, self.fusion, self.rrf_k)
         state.passages = [replace(state.passages[i], score=final[i],
                                   found={**state.passages[i].found, "retrieval_rank": i + 1,
                                          "rerank": {"rank": rerank_rank[i], "score": round(float(scores[i]), 6)}})
-                          for i in order]
+                          for i in order[: params.keep]]
 
 
 @dataclass(frozen=True)

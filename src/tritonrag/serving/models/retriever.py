@@ -114,9 +114,12 @@ class TritonPythonModel:
                 parsed.append(exc)
         searches = [p for p in parsed if not isinstance(p, Exception | str)]
         try:
-            results = iter(run_searches(kb, searches, self.settings))
+            found = run_searches(kb, searches, self.settings)
         except Exception as exc:
             return [error_response(exc) for _ in requests]
+        for timing in {id(r.timing): r.timing for r in found}.values():  # the requests of a group share one
+            self.metrics.observe(timing)
+        results = iter(found)
         responses = []
         for item in parsed:
             if isinstance(item, Exception):
@@ -132,7 +135,6 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse([string_tensor(RETRIEVER.stats, [json.dumps(stats)], (1, 1))])
 
     def _pack(self, result):
-        self.metrics.observe(result.timing)
         rows = result.rows
         k = min(len(row) for row in rows)  # fewer than top_k when the index (or a filter) holds fewer chunks
         hits = [hit for row in rows for hit in row[:k]]
