@@ -6,7 +6,7 @@ import json
 import queue
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,13 +22,16 @@ class RagError(RuntimeError):
 @dataclass(frozen=True)
 class RagEvent:
     """One streamed piece of an answer: new text, the sources when they arrive, and on the last one the finish
-    reason and the passages the answer cites (each with its number n in the sources, 1-based)."""
+    reason, the passages the answer cites (each with its number n in the sources, 1-based), the tokens the request
+    cost and the question it searched with."""
 
     text: str = ""
     sources: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     citations: list[dict[str, Any]] | None = None
     timing: dict[str, float] | None = None  # on the last one: milliseconds of each step (embed, dense, sparse, ...)
+    usage: dict[str, int] | None = None  # on the last one: prompt_tokens, completion_tokens, total_tokens
+    query: str | None = None  # on the last one: the question searched (flow rag-chat: the condensed one)
 
 
 @dataclass
@@ -38,6 +41,8 @@ class RagAnswer:
     finish_reason: str | None = None
     citations: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens, completion_tokens, total_tokens
+    query: str | None = None  # the question searched (flow rag-chat: the condensed one)
 
     def add(self, event: RagEvent) -> None:
         self.text += event.text
@@ -49,6 +54,10 @@ class RagAnswer:
             self.citations = event.citations
         if event.timing is not None:
             self.timing = event.timing
+        if event.usage is not None:
+            self.usage = event.usage
+        if event.query is not None:
+            self.query = event.query
 
 
 def _event(outputs: dict[str, Any]) -> RagEvent:
@@ -60,9 +69,10 @@ def _event(outputs: dict[str, Any]) -> RagEvent:
             value = value[0] if value else ""
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    sources, citations, timing = first(RAG.sources), first(RAG.citations), first(RAG.timing)
+    sources, citations, timing, usage = first(RAG.sources), first(RAG.citations), first(RAG.timing), first(RAG.usage)
     return RagEvent(first(RAG.text_output) or "", json.loads(sources) if sources else None, first(RAG.finish_reason),
-                    json.loads(citations) if citations else None, json.loads(timing) if timing else None)
+                    json.loads(citations) if citations else None, json.loads(timing) if timing else None,
+                    json.loads(usage) if usage else None, first(RAG.query))
 
 
 class RagClient:
@@ -77,26 +87,30 @@ class RagClient:
         self.model = model
         self.timeout_s = timeout_s
 
-    def stream(self, question: str, **parameters: Any) -> Iterator[RagEvent]:
+    def stream(self, question: str, history: Sequence[dict[str, str]] | None = None,
+               **parameters: Any) -> Iterator[RagEvent]:
         """Yield events as the answer is generated (sources come first).
 
-        ``filter`` (a dict such as ``{"source": "book.txt"}``) restricts retrieval to matching documents.
+        ``history`` is the conversation before ``question``: ``[{"role": "user"|"assistant", "content": ...}]``,
+        oldest first (the flows rag-chat and llm read it). ``filter`` (a dict such as ``{"source": "book.txt"}``)
+        restricts retrieval to matching documents.
         """
         parameters = _wire_parameters(parameters)
         if self.protocol == "http":
-            yield from self._http_stream(question, parameters)
+            yield from self._http_stream(question, parameters, _history_json(history))
         else:
-            yield from self._grpc_stream(question, parameters, stream=True)
+            yield from self._grpc_stream(question, parameters, stream=True, history=_history_json(history))
 
-    def ask(self, question: str, **parameters: Any) -> RagAnswer:
-        """The whole answer in one response (HTTP /generate or a single gRPC response)."""
+    def ask(self, question: str, history: Sequence[dict[str, str]] | None = None, **parameters: Any) -> RagAnswer:
+        """The whole answer in one response (HTTP /generate or a single gRPC response); ``history`` as for
+        ``stream``."""
         answer = RagAnswer()
         parameters = _wire_parameters(parameters)
         if self.protocol == "http":
-            body = {RAG.text_input: question, RAG.stream: False, "parameters": parameters}
+            body = _body(question, False, parameters, _history_json(history))
             answer.add(_event(self._post("generate", body)))
         else:
-            for event in self._grpc_stream(question, parameters, stream=False):
+            for event in self._grpc_stream(question, parameters, stream=False, history=_history_json(history)):
                 answer.add(event)
         return answer
 
@@ -111,8 +125,8 @@ class RagClient:
         except urllib.error.HTTPError as exc:
             raise RagError(_http_error_message(exc)) from None
 
-    def _http_stream(self, question: str, parameters: dict[str, Any]) -> Iterator[RagEvent]:
-        body = {RAG.text_input: question, RAG.stream: True, "parameters": parameters}
+    def _http_stream(self, question: str, parameters: dict[str, Any], history: str | None) -> Iterator[RagEvent]:
+        body = _body(question, True, parameters, history)
         request = urllib.request.Request(
             f"http://{self.url}/v2/models/{self.model}/generate_stream", data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json", "Accept": "text/event-stream"}, method="POST",
@@ -131,7 +145,8 @@ class RagClient:
                     raise RagError(payload["error"])
                 yield _event(payload)
 
-    def _grpc_stream(self, question: str, parameters: dict[str, Any], stream: bool) -> Iterator[RagEvent]:
+    def _grpc_stream(self, question: str, parameters: dict[str, Any], stream: bool,
+                     history: str | None = None) -> Iterator[RagEvent]:
         import tritonclient.grpc as grpcclient
 
         results: queue.Queue[Any] = queue.Queue()
@@ -140,10 +155,15 @@ class RagClient:
         text.set_data_from_numpy(np.array([question.encode("utf-8")], dtype=np.object_))
         flag = grpcclient.InferInput(RAG.stream, [1], "BOOL")
         flag.set_data_from_numpy(np.array([stream], dtype=bool))
+        inputs = [text, flag]
+        if history is not None:
+            turns = grpcclient.InferInput(RAG.history, [1], "BYTES")
+            turns.set_data_from_numpy(np.array([history.encode("utf-8")], dtype=np.object_))
+            inputs.append(turns)
         try:
             client.start_stream(callback=lambda result, error: results.put((result, error)),
                                 stream_timeout=self.timeout_s)
-            client.async_stream_infer(self.model, [text, flag], parameters=parameters or None,
+            client.async_stream_infer(self.model, inputs, parameters=parameters or None,
                                       enable_empty_final_response=True)
             while True:
                 result, error = results.get(timeout=self.timeout_s)
@@ -158,6 +178,19 @@ class RagClient:
         finally:
             client.stop_stream(cancel_requests=True)
             client.close()
+
+
+def _history_json(history: Sequence[dict[str, str]] | None) -> str | None:
+    """The history input's JSON (None: no history sent)."""
+    return None if history is None else json.dumps(list(history), ensure_ascii=False)
+
+
+def _body(question: str, stream: bool, parameters: dict[str, Any], history: str | None) -> dict[str, Any]:
+    """An HTTP generate request: the inputs by name at the top level, the request parameters beside them."""
+    body: dict[str, Any] = {RAG.text_input: question, RAG.stream: stream, "parameters": parameters}
+    if history is not None:
+        body[RAG.history] = history
+    return body
 
 
 def _wire_parameters(parameters: dict[str, Any]) -> dict[str, Any]:

@@ -42,3 +42,19 @@ def server(settings, knowledge_base):
     yield triton
     triton.stop()
     assert triton.process.returncode is not None
+
+
+INGRESS_KEY = "test-key-" + "0" * 24  # the tests' API key (its name: "tests")
+
+
+@pytest.fixture(scope="session")
+def ingress(server, settings):
+    """The OpenAI-compatible ingress in front of the session's Triton, with one API key."""
+    from tritonrag.deploy.ingress_process import IngressProcess
+
+    process = IngressProcess(server.grpc_url, Ports.choose(0, 0, 0).http, settings.home,
+                             env={CONFIG_ENV: CONFIG, "TRITONRAG_API_KEYS": f"tests:{INGRESS_KEY}"})
+    process.start()
+    process.api_key = INGRESS_KEY
+    yield process
+    process.stop()

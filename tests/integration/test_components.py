@@ -169,7 +169,8 @@ def test_prompt_builder_wraps_a_task_in_the_generators_chat_template(client):
 def test_prompt_builder_names_what_to_fix(client):
     inputs = [bytes_input("query", ["Who?"], None, client.module),
               bytes_input("template", ["no_such"], None, client.module)]
-    with pytest.raises(Exception, match="unknown template 'no_such'; available templates: completion_qa, critic"):
+    with pytest.raises(Exception,
+                       match="unknown template 'no_such'; available templates: chat, completion_qa, condense, critic"):
         client.infer("prompt_builder", inputs)
     inputs = [bytes_input("query", ["Who?"], None, client.module),
               bytes_input("generator", ["big"], None, client.module)]

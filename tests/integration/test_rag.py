@@ -164,7 +164,7 @@ def test_tasks_and_a_system_prompt_are_chosen_per_request(server):
         ({"template": "no_such"}, "unknown template 'no_such'; available templates:"),
         ({"system_prompt": "x" * 5000}, "system_prompt must hold 1 to 4000 characters"),
         ({"template": "completion_qa", "system_prompt": "Be brief."}, "completion template"),
-        ({"flow": "nope"}, "unknown flow 'nope'; available flows: qa-checked, rag"),
+        ({"flow": "nope"}, "unknown flow 'nope'; available flows: llm, qa-checked, rag, rag-chat"),
     ]:
         status, body = post_json(url, {"text_input": "Who is Fix?", "parameters": parameters})
         assert status == 400 and message in body["error"], (parameters, body)

@@ -78,3 +78,37 @@ def test_a_models_error_code_survives_the_bls_hop(adapters):
     assert (error.code, str(error)) == (ErrorCode.INVALID_ARG, "retriever: filter is not valid JSON")
     assert stage_error("generator", TritonError("boom", TritonError.CANCELLED)).code is ErrorCode.INTERNAL
     assert str(stage_error("generator", TritonError(""))) == "generator: failed without a message"
+
+
+def test_rags_final_response_carries_usage_and_the_question_searched(adapters):
+    usage = '{"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35}'
+    final = FinalEvent("", "stop", citations="[]", timing="{}", usage=usage, query="Where was Phileas Fogg born?")
+    response, last = adapters["rag"]._response(final)
+    assert last and _strings(response, "usage") == [usage]
+    assert _strings(response, "query") == ["Where was Phileas Fogg born?"]
+    response, _ = adapters["rag"]._response(TextEvent("x"))
+    assert "usage" not in response.outputs and "query" not in response.outputs
+
+
+def test_the_generators_final_response_reports_its_tokens(adapters):
+    from tritonrag.generation.sampling import Completion
+
+    to_response = adapters["generator"]._text_response
+    piece = to_response("Fogg")
+    assert set(piece.outputs) == {"text_output"}
+    final = to_response("", Completion("length", 120, 16))
+    assert _strings(final, "finish_reason") == ["length"]
+    assert final.outputs["num_input_tokens"].dtype == np.int32 and final.outputs["num_input_tokens"].tolist() == [120]
+    assert final.outputs["num_output_tokens"].tolist() == [16]
+
+
+def test_bls_reads_the_generators_tokens_from_its_final_response(adapters, monkeypatch):
+    bls = adapters["bls_stages"]
+    stub = sys.modules["triton_python_backend_utils"]
+    monkeypatch.setattr(stub, "get_output_tensor_by_name",
+                        lambda response, name: response.tensors.get(name), raising=False)
+    final = types.SimpleNamespace(tensors={"num_input_tokens": Tensor("num_input_tokens", np.array([42], np.int32)),
+                                           "num_output_tokens": Tensor("num_output_tokens", np.array([7], np.int32))})
+    usage = bls._usage(final)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (42, 7)
+    assert bls._usage(types.SimpleNamespace(tensors={})) is None

@@ -1,6 +1,7 @@
 """The benchmark suite's pure parts: percentiles, perf_analyzer parsing, target verdicts."""
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,102 @@ def test_targets_compare_with_the_baseline_and_limits():
     assert rows["served embedder"]["verdict"] == "met"
     assert rows["served retriever"]["verdict"] == "**missed**"
     assert rows["orchestration overhead p50 <= 3 ms"]["verdict"] == "met"
+
+
+def test_ingress_overhead_sse_lines_and_the_request_both_sides_answer():
+    from ingress_overhead import chat_body, sse_event
+
+    from tritonrag.ingress.translate import parse_chat, to_rag_call
+
+    assert sse_event(b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n') == (False, "")
+    assert sse_event(b'data: {"choices":[{"index":0,"delta":{"content":"Fogg"}}]}\n') == (False, "Fogg")
+    assert sse_event(b'data: {"choices":[],"usage":{"total_tokens":3}}\n') == (False, "")
+    assert sse_event(b"data: [DONE]\n") == (True, "")
+    assert sse_event(b"\n") == (False, "") and sse_event(b": keep-alive\n") == (False, "")
+    with pytest.raises(RuntimeError, match="error event"):
+        sse_event(b'data: {"error":{"message":"boom"}}\n')
+    call = to_rag_call(parse_chat(chat_body("Who is Aouda?", 16)), 64, 32000)
+    assert call.question == "Who is Aouda?" and call.stream and call.parameters["max_tokens"] == 16
+
+
+def test_ingress_overhead_schedule_interleaves_and_alternates_sides():
+    from ingress_overhead import schedule
+
+    plan = schedule(2, [16, 1], [1, 64])
+    assert len(plan) == 2 * 2 * 2 * 2
+    assert plan[:4] == [(0, 16, 1, "direct"), (0, 16, 1, "ingress"), (0, 16, 64, "ingress"), (0, 16, 64, "direct")]
+    assert plan[8:10] == [(1, 16, 1, "ingress"), (1, 16, 1, "direct")]  # the next round starts the other way
+    sides = Counter(side for *_, side in plan)
+    assert sides["direct"] == sides["ingress"] == 8
+
+
+def test_ingress_overhead_window_stagger_and_summaries():
+    from ingress_overhead import Cell, Sample, compare, in_window, per_token_us, stagger_s, summarise, window_s
+
+    records = [(0.0, Sample(0.1, 0.2, 0.5, 1)), (1.0, Sample(0.1, 0.2, 0.5, 1)), (2.0, Sample(0.1, 0.2, 2.0, 1))]
+    assert [r.total_s for r in in_window(records, 1.0, 3.0)] == [0.5]  # ended at 0.5 and 4.0: outside
+    assert stagger_s(1, 50.0) == 0.0 and stagger_s(16, None) == 0.0 and stagger_s(64, 32.0) == 2.0
+    assert window_s(4.0, []) == 4.0 and window_s(4.0, [1.0, 6.0, 7.0]) == 6.0 and window_s(1.0, [9.0]) == 3.0
+
+    def cells(side, total_s, n, window, rounds=2):
+        return [Cell(1, r, side, 16, 8, [Sample(total_s / 2, total_s / 2, total_s, 16)] * n, window,
+                     {"triton": 0.5 * n, "ingress": 0.1 * n if side == "ingress" else 0.0, "client": 0.1 * n})
+                for r in range(rounds)]
+
+    direct = summarise(cells("direct", 0.010, 100, 1.0))
+    ingress = summarise(cells("ingress", 0.0115, 96, 1.0))
+    assert direct["requests"] == 200 and direct["req_per_s"] == pytest.approx(100.0)
+    assert direct["total_p50_ms"] == pytest.approx(10.0) and direct["cpu_triton_ms_per_req"] == pytest.approx(500)
+    assert ingress["cpu_ingress_ms_per_req"] == pytest.approx(100)
+    row = compare(direct, ingress)
+    assert row["added_total_p50_ms"] == pytest.approx(1.5) and row["p50_target"] == "met"
+    assert row["throughput_ratio"] == pytest.approx(0.96) and row["throughput_target"] == "met"
+    assert row["ratio_min"] == row["ratio_max"] == pytest.approx(0.96)
+    assert row["cpu_predicted_ratio"] == pytest.approx(600 / 700)  # (triton + client) / (triton + ingress + client)
+    slower = compare(direct, summarise(cells("ingress", 0.013, 90, 1.0)))
+    assert slower["p50_target"] == "MISSED" and slower["throughput_target"] == "MISSED"
+    rows = [{"workers": 1, "concurrency": 1, "max_tokens": 16, "added_total_p50_ms": 2.5},
+            {"workers": 1, "concurrency": 1, "max_tokens": 1, "added_total_p50_ms": 1.0}]
+    assert per_token_us(rows) == [{"workers": 1, "concurrency": 1, "max_tokens": 16, "fixed_added_p50_ms": 1.0,
+                                   "per_token_added_p50_us": pytest.approx(100.0)}]
+
+
+def test_ingress_overhead_profile_summary_of_collapsed_stacks():
+    from ingress_overhead import collapsed_top
+
+    site = "/v/lib/python3.11/site-packages"
+    lines = [f'process 7:"python";run ({site}/uvicorn/main.py:10);handle (/w/src/tritonrag/ingress/app.py:5);'
+             f"loads (/p/lib/python3.11/json/decoder.py:353) 3",
+             f'process 7:"python";run ({site}/uvicorn/main.py:10);handle (/w/src/tritonrag/ingress/app.py:9) 1',
+             "garbage"]
+    top = collapsed_top(lines)
+    assert top["own"][0] == {"function": "loads (json/decoder.py)", "samples": 3, "share_pct": 75.0}
+    assert top["packages"] == [{"package": "json", "samples": 3, "share_pct": 75.0},
+                               {"package": "tritonrag.ingress", "samples": 1, "share_pct": 25.0}]
+    assert top["ingress"] == [{"function": "handle (ingress/app.py)", "samples": 4, "share_pct": 100.0}]
+
+
+def test_ingress_overhead_stacks_lose_their_path_prefixes():
+    import sysconfig
+
+    from ingress_overhead import ROOT, short_paths
+
+    site, std = sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]
+    line = f"run ({site}/uvicorn/main.py:10);loads ({std}/json/decoder.py:353);rag ({ROOT}/src/tritonrag/x.py:1) 2"
+    assert short_paths(line) == "run (uvicorn/main.py:10);loads (json/decoder.py:353);rag (src/tritonrag/x.py:1) 2"
+
+
+def test_ingress_overhead_paired_differences():
+    from ingress_overhead import Cell, Sample, paired_added
+
+    def cell(side, rnd, totals, c=1):
+        return Cell(1, rnd, side, 16, c, [Sample(t / 2, t / 2, t, 1) for t in totals], sum(totals))
+
+    direct = [cell("direct", 0, [0.010, 0.050, 0.012]), cell("direct", 1, [0.011])]
+    ingress = [cell("ingress", 0, [0.011, 0.052, 0.013]), cell("ingress", 1, [0.015])]
+    out = paired_added(direct, ingress)
+    assert out["paired_n"] == 4
+    assert out["paired_added_total_p50_ms"] == pytest.approx(1.5)  # of 1, 2, 1, 4
+    assert out["paired_added_ttft_p50_ms"] == pytest.approx(0.75)
+    unpaired = paired_added([cell("direct", 0, [0.01], c=16)], [cell("ingress", 0, [0.02], c=16)])
+    assert unpaired["paired_n"] == 0 and unpaired["paired_added_total_p50_ms"] != unpaired["paired_added_total_p50_ms"]

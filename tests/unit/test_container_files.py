@@ -122,6 +122,7 @@ def test_dockerfile_serves_the_deployment_spec():
     assert cmd[:2] == ["tritonrag", "serve"]
     assert cmd[cmd.index("--spec") + 1] == "/opt/tritonrag/spec.yaml"
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    assert "--no-ingress" in cmd  # the ingress is a container of its own (compose.yaml), not one inside Triton's
     assert any(c.split() == ["--chown=1000:1000", "deploy/specs/gpu-1.yaml", "/opt/tritonrag/spec.yaml"]
                for c in _all("COPY"))
 
@@ -131,7 +132,7 @@ def test_dockerfile_environment_volume_ports_health_user():
     assert env["TRITONRAG_HOME"] == "/opt/tritonrag"
     assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
     assert json.loads(_all("VOLUME")[-1]) == ["/opt/tritonrag/index"]
-    assert _all("EXPOSE")[-1].split() == ["8000", "8001", "8002"]
+    assert _all("EXPOSE")[-1].split() == ["8000", "8001", "8002", "8080"]  # Triton's, then the ingress's
     assert "/v2/health/ready" in _all("HEALTHCHECK")[-1]
     assert _all("USER")[-1].split(":")[0] not in ("root", "0")
     assert any("tritonrag prepare-models" in r for r in _all("RUN"))
@@ -240,12 +241,14 @@ def _compose() -> dict:
 
 def test_compose_triton_service():
     compose = _compose()
-    assert set(compose["services"]) == {"triton", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"triton", "ingress", "prometheus", "grafana"}
     triton = compose["services"]["triton"]
     assert triton["build"]["context"] == ".." and triton["build"]["dockerfile"] == "docker/Dockerfile"
     (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert {p.rsplit(":", 1)[-1] for p in triton["ports"]} == {"8000", "8001", "8002"}
+    # Triton has no authentication: published on this host's loopback only, the ingress is the way in
+    assert all(p.startswith("127.0.0.1:") for p in triton["ports"]), triton["ports"]
     mounts = dict(v.split(":")[:2] for v in triton["volumes"])
     assert mounts["../deploy/specs/gpu-1.yaml"] == "/opt/tritonrag/spec.yaml"
     index_volume = next(src for src, dst in mounts.items() if dst == "/opt/tritonrag/index")
@@ -253,10 +256,46 @@ def test_compose_triton_service():
     assert triton["build"]["args"]["TRITON_VERSION"] in DOCKERFILE.read_text()
 
 
+def _command(service: dict) -> list[str]:
+    return [*service.get("entrypoint", []), *service.get("command", [])]
+
+
+def _flag(command: list[str], flag: str) -> str:
+    assert command.count(flag) == 1, f"{flag} in {command}"
+    return command[command.index(flag) + 1]
+
+
+def test_compose_ingress_service_fronts_triton():
+    services = _compose()["services"]
+    ingress, triton = services["ingress"], services["triton"]
+    # the image the triton service builds, never pulled from a registry under that name
+    assert ingress["image"] == triton["image"] and "build" not in ingress and ingress["pull_policy"] == "never"
+    assert "deploy" not in ingress, "the ingress needs no GPU"
+    command = _command(ingress)
+    assert command[:2] == ["tritonrag", "ingress"]
+    host, _, port = _flag(command, "--triton").rpartition(":")
+    assert host == "triton" and port in {p.rsplit(":", 1)[-1] for p in triton["ports"]} and port == "8001"
+    assert _flag(command, "--host") == "0.0.0.0"
+    listen = _flag(command, "--port")
+    assert int(_flag(command, "--workers")) >= 1
+    # the one port published on every interface
+    assert ingress["ports"] == [f"{listen}:{listen}"] and listen == "8080"
+    assert ingress["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    check = " ".join(ingress["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{listen}/health'" in check
+    # API keys from the host's environment ([ingress] api_keys_env); never a key written into this file
+    assert ingress["environment"] == {"TRITONRAG_API_KEYS": "${TRITONRAG_API_KEYS:-}"}
+    assert ingress["read_only"] is True and "/tmp" in ingress["tmpfs"]
+    assert ingress["cap_drop"] == ["ALL"] and "no-new-privileges:true" in ingress["security_opt"]
+    assert "user" not in ingress and _all("USER")[-1].split(":")[0] not in ("root", "0")  # the image's non-root
+    assert "ingress" in services["prometheus"]["depends_on"]
+
+
 def test_compose_images_are_pinned_and_bind_mounts_exist():
     compose = _compose()
     for name, service in compose["services"].items():
-        if "image" in service and "build" not in service:
+        if "image" in service and "build" not in service and service.get("pull_policy") != "never":
             tag = service["image"].rsplit(":", 1)[-1]
             assert ":" in service["image"] and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: pin a release"
         for volume in service.get("volumes", []):
@@ -272,6 +311,16 @@ def test_prometheus_scrapes_triton_every_5s():
     assert len(jobs) == 1
     assert jobs[0].get("scrape_interval", config["global"]["scrape_interval"]) == "5s"
     assert jobs[0].get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_prometheus_scrapes_the_ingress():
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    listen = _flag(_command(_compose()["services"]["ingress"]), "--port")
+    jobs = [job for job in config["scrape_configs"]
+            if any(f"ingress:{listen}" in s.get("targets", []) for s in job.get("static_configs", []))]
+    assert len(jobs) == 1 and jobs[0].get("metrics_path", "/metrics") == "/metrics"
+    assert jobs[0].get("scrape_interval", config["global"]["scrape_interval"]) == "5s"
+    assert len({job["job_name"] for job in config["scrape_configs"]}) == len(config["scrape_configs"])
 
 
 def test_grafana_provisioning_matches_compose_and_dashboard():

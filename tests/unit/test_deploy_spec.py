@@ -3,7 +3,7 @@
 import pytest
 
 from tritonrag.deploy.placement import gpus_used, plan
-from tritonrag.deploy.spec import COMPONENTS, DEFAULT_BATCHING, Batching, SpecError, load_spec
+from tritonrag.deploy.spec import COMPONENTS, DEFAULT_BATCHING, Batching, IngressSpec, SpecError, load_spec
 
 ONE_GPU = """
 cluster: {gpus: 1, gpu_memory_gib: 80}
@@ -76,3 +76,54 @@ def test_batching_is_checked_against_the_defaults(name, batching, message):
     spec = load_spec(f"components: {{{name}: {{batching: {batching}}}}}")
     with pytest.raises(SpecError, match=message):
         spec.batching(name)
+
+
+def test_the_ingress_is_a_block_of_its_own_not_a_component():
+    spec = load_spec(ONE_GPU + "ingress: {min_replicas: 2, max_replicas: 8, workers: 4, port: 9000, cpu: 0.5, "
+                               "memory_gib: 1.5}\n")
+    assert spec.ingress == IngressSpec(None, 2, 8, 4, 9000, 0.5, 1.5)
+    assert spec.ingress.count == 2 and spec.ingress.replica_range() == (2, 8)
+    assert spec.ingress.overrides() == {"workers": 4, "port": 9000}
+    # no Triton model: not served, not placed, no bearing on how many Triton servers run
+    assert "ingress" not in {name for name, _ in spec.served_models()}
+    assert "ingress" not in {d.component for d in spec.demands()}
+    assert spec.replica_range() == load_spec(ONE_GPU).replica_range() == (1, 4)
+
+
+@pytest.mark.parametrize(("block", "count", "bounds"), [
+    ("", 1, (1, 1)),  # left out: one replica, the [ingress] settings' workers and port
+    ("ingress: {}", 1, (1, 1)),
+    ("ingress: {replicas: 3}", 3, (3, 3)),  # a fixed count
+    ("ingress: {min_replicas: 2}", 2, (2, None)),  # no maximum
+    ("ingress: {max_replicas: 5}", 1, (1, 5)),
+    ("ingress: {replicas: 4, min_replicas: 2, max_replicas: 10}", 4, (2, 10)),  # 4 to start with
+])
+def test_ingress_replicas_and_their_bounds(block, count, bounds):
+    ingress = load_spec(f"components: {{}}\n{block}").ingress
+    assert (ingress.count, ingress.replica_range()) == (count, bounds)
+    if block in ("", "ingress: {}"):
+        assert ingress == IngressSpec() and ingress.overrides() == {}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("ingress: {replica: 2}", r"ingress: unknown key\(s\) replica; allowed: cpu, max_replicas, memory_gib"),
+    ("ingress: [2]", "ingress: expected a mapping of cpu, .* not a component"),
+    ("ingress: 2", "ingress: expected a mapping"),
+    ("ingress: {replicas: 0}", "ingress.replicas: must be at least 1"),
+    ("ingress: {replicas: 1.5}", "ingress.replicas: expected a whole number"),
+    ("ingress: {workers: 0}", "ingress.workers: must be at least 1"),
+    ("ingress: {workers: two}", "ingress.workers: expected a number"),
+    ("ingress: {port: 0}", "ingress.port: must be at least 1"),
+    ("ingress: {port: 70000}", "ingress.port: must be at most 65535"),
+    ("ingress: {port: '8080'}", "ingress.port: expected a number"),
+    ("ingress: {cpu: 0}", "ingress.cpu: must be at least"),
+    ("ingress: {memory_gib: true}", "ingress.memory_gib: expected a number"),
+    ("ingress: {min_replicas: 4, max_replicas: 2}", "ingress: min_replicas 4 is above max_replicas 2"),
+    ("ingress: {replicas: 1, min_replicas: 2}", "ingress.replicas: 1 is below min_replicas 2"),
+    ("ingress: {replicas: 9, max_replicas: 8}", "ingress.replicas: 9 is above max_replicas 8"),
+    ("components: {ingress: {instances: 2}}", "components.ingress: the ingress is no Triton model: size it in a "
+                                              "top-level `ingress:` block"),
+])
+def test_bad_ingress_blocks_say_where_and_why(text, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(text)

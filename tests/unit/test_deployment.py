@@ -117,7 +117,43 @@ def test_dry_run_prints_the_plan_of_each_example(name, served, tmp_path):
     assert sorted(p.read_text() for p in COMMITTED.glob("*/config.pbtxt")) == before  # a dry run writes nothing
     assert ("Generators: generator (the [generator] model), generator_small" in result.output) == (served != SERVED)
     rows = plan_rows(plan_of(name))
-    assert {row[0] for row in rows} == served
+    assert {row[0] for row in rows} == served | {"ingress"}
+    assert rows[-1][0] == "ingress" and "ingress" in result.output and "not a Triton model" in result.output
+
+
+@pytest.mark.parametrize(("name", "row"), [
+    ("cpu", ("ingress", "1", "CPU, own process", "-", "-", "none: not a Triton model", "workers=1, port=8080")),
+    ("gpu-1", ("ingress", "1", "CPU, own process", "-", "-", "none: not a Triton model", "workers=2, port=8080")),
+    ("gpu-8", ("ingress", "2 (2..8)", "CPU, own process", "-", "-", "none: not a Triton model",
+               "workers=2, port=8080, cpu=1, memory=1 GiB")),
+])
+def test_each_example_plans_the_ingress_as_a_row_of_its_own(name, row):
+    plan = plan_of(name)
+    assert plan_rows(plan)[-1] == row
+    assert "ingress" not in plan.components  # no Triton model: nothing placed, nothing rendered
+    assert plan.ingress.settings.port == 8080 and plan.ingress.settings.triton_grpc == "127.0.0.1:8001"
+
+
+def test_the_ingress_block_overrides_the_ingress_settings_and_renders_nothing(tmp_path):
+    plan = plan_deployment(load_spec("ingress: {replicas: 3, workers: 4, port: 9090}"), load_settings(), ())
+    assert (plan.ingress.replicas, plan.ingress.replica_range) == (3, (3, 3))
+    assert plan.ingress.overrides == {"workers": 4, "port": 9090}
+    assert (plan.ingress.settings.workers, plan.ingress.settings.port) == (4, 9090)
+    assert plan.ingress.settings.api_keys_env == load_settings().ingress.api_keys_env  # the rest as configured
+    assert plan.replicas == (1, None)  # the Triton servers' count is not the ingress's
+    render_repository(load_settings(), tmp_path, plan=plan)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(plan.components)
+    assert not (tmp_path / "ingress").exists()
+    # a spec without the block: one replica on the [ingress] settings
+    default = plan_deployment(load_spec("components: {}"), load_settings(), ())
+    assert (default.ingress.replicas, default.ingress.overrides) == (1, {})
+    assert default.ingress.settings == load_settings().ingress
+
+
+@pytest.mark.parametrize(("port", "which"), [(8000, "http"), (8001, "grpc"), (8002, "metrics")])
+def test_the_ingress_may_not_take_a_triton_port(port, which):
+    with pytest.raises(SpecError, match=rf"ingress.port: {port} is Triton's {which} port \(\[server\] {which}_port\)"):
+        plan_deployment(load_spec(f"ingress: {{port: {port}}}"), load_settings(), ())
 
 
 def test_render_errors_exit_2_with_the_reason(tmp_path):

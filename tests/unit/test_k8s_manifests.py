@@ -1,7 +1,7 @@
 """deploy/k8s: every manifest parses, the pieces agree with each other (probes, volumes, Service, HPA and the
-Prometheus adapter's rules), the example spec and settings stay loadable by tritonrag itself, and, where the
-tools are installed, the manifests pass Kubernetes' JSON schemas (kubernetes-validate, offline), yamllint and
-`kubectl kustomize`."""
+Prometheus adapter's rules; the ingress's Deployment, Service, HPA, PDB and API key Secret), the example spec and
+settings stay loadable by tritonrag itself, and, where the tools are installed, the manifests pass Kubernetes' JSON
+schemas (kubernetes-validate, offline), yamllint and `kubectl kustomize`."""
 
 from __future__ import annotations
 
@@ -21,10 +21,14 @@ from tritonrag.settings import load_settings
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 NOT_MANIFESTS = {"prometheus-adapter/helm-values.yaml"}  # Helm chart values, not a Kubernetes object
-APPLIED_ON_THEIR_OWN = {"ingest-job.yaml"}  # besides prometheus-adapter/ (see kustomization.yaml)
+# besides prometheus-adapter/ (see kustomization.yaml); the Secret example holds no real key
+APPLIED_ON_THEIR_OWN = {"ingest-job.yaml", "ingress-secret.example.yaml"}
 NAMESPACE = "tritonrag"
 INDEX_MOUNT = "/opt/tritonrag/index"
 LAUNCHER_STOP_S = 30  # tritonrag.deploy.server.TritonServer.stop: SIGINT, then SIGKILL after this long
+INGRESS = "tritonrag-ingress"  # the ingress's Deployment, Service, HPA and PDB
+INGRESS_PORT = 8080  # [ingress] port (src/tritonrag/settings/defaults.toml)
+KEYS_SECRET = "tritonrag-ingress-keys"
 
 
 def rel(path: Path) -> str:
@@ -81,7 +85,9 @@ def adapter_rules() -> list[dict]:
 
 def test_the_expected_files_exist():
     for name in ("kustomization.yaml", "README.md", "deployment.yaml", "service.yaml", "hpa.yaml", "storage.yaml",
-                 "configmap.yaml", "ingest-job.yaml", "prometheus-adapter/adapter-rules.yaml"):
+                 "configmap.yaml", "ingest-job.yaml", "prometheus-adapter/adapter-rules.yaml",
+                 "ingress-deployment.yaml", "ingress-service.yaml", "ingress-hpa.yaml", "ingress-pdb.yaml",
+                 "ingress-secret.example.yaml"):
         assert (K8S / name).is_file(), name
 
 
@@ -114,6 +120,7 @@ def test_deployment_runs_the_spec_on_one_gpu_with_triton_ports():
     assert c["image"].startswith("tritonrag:")
     assert c["args"][:2] == ["tritonrag", "serve"] and "--spec" in c["args"]
     assert c["args"][c["args"].index("--spec") + 1] == "/opt/tritonrag/spec.yaml"
+    assert "--no-ingress" in c["args"]  # the ingress has pods of its own (ingress-deployment.yaml)
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
     resources = c["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == 1
@@ -183,6 +190,160 @@ def test_service_selects_the_server_pods_on_triton_ports():
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
+def pod_labels(name: str) -> dict:
+    return objects()[("Deployment", name)]["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector: dict, name: str) -> bool:
+    return selector.items() <= pod_labels(name).items()
+
+
+def ingress_command() -> list[str]:
+    c = container("Deployment", INGRESS)
+    return [*c.get("command", []), *c.get("args", [])]
+
+
+def option(command: list[str], flag: str) -> str:
+    assert command.count(flag) == 1, f"{flag} given {command.count(flag)} times in {command}"
+    return command[command.index(flag) + 1]
+
+
+def cores(quantity: str | int | float) -> float:
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def gib(quantity: str) -> float:
+    units = {"Gi": 1.0, "Mi": 1 / 1024, "Ki": 1 / 1024**2}
+    (unit,) = [u for u in units if quantity.endswith(u)]
+    return float(quantity.removesuffix(unit)) * units[unit]
+
+
+def ingress_spec():
+    return load_spec(configmap_file("spec.yaml")).ingress
+
+
+def test_ingress_runs_tritonrag_ingress_against_the_internal_triton_service():
+    c = container("Deployment", INGRESS)
+    assert c["image"] == container("Deployment", "tritonrag")["image"]  # the same image (and kustomize rewrite)
+    command = ingress_command()
+    assert command[:2] == ["tritonrag", "ingress"]
+    host, _, port = option(command, "--triton").rpartition(":")
+    triton = objects()[("Service", host.split(".")[0])]
+    assert triton["metadata"]["name"] == "tritonrag" and triton["spec"]["type"] == "ClusterIP"
+    grpc = {p["port"]: p for p in triton["spec"]["ports"]}[int(port)]
+    assert grpc["name"] == "grpc" and grpc["appProtocol"] == "grpc"
+    assert option(command, "--host") == "0.0.0.0"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": int(option(command, "--port"))}
+    assert int(option(command, "--port")) == INGRESS_PORT
+    # sized as the spec's ingress block: workers, and what one replica requests
+    spec = ingress_spec()
+    assert int(option(command, "--workers")) == spec.workers
+    requests = c["resources"]["requests"]
+    assert cores(requests["cpu"]) == spec.cpu and gib(requests["memory"]) == spec.memory_gib
+    assert gib(c["resources"]["limits"]["memory"]) >= spec.memory_gib
+    assert "cpu" not in c["resources"].get("limits", {})
+    # no GPU, no GPU node
+    assert not any("nvidia.com/gpu" in r for r in c["resources"].values())
+    pod = pod_spec("Deployment", INGRESS)
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    # the servers' settings file: its [ingress] section
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    settings = mounts[env["TRITONRAG_CONFIG"]]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert settings["subPath"] == "tritonrag.toml"
+    assert volumes[settings["name"]]["configMap"]["name"] == "tritonrag-spec"
+    annotations = objects()[("Deployment", INGRESS)]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == INGRESS_PORT
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_ingress_probes_ready_on_triton_and_live_on_the_process():
+    c = container("Deployment", INGRESS)
+    ready, live, startup = (c[probe]["httpGet"] for probe in ("readinessProbe", "livenessProbe", "startupProbe"))
+    assert ready["path"] == "/health" and port_number(c, ready["port"]) == INGRESS_PORT
+    # liveness must not follow Triton's readiness: a Triton still loading models would get every ingress restarted
+    assert live["path"] == "/health?live=1" and port_number(c, live["port"]) == INGRESS_PORT
+    assert startup["path"] == "/health?live=1" and port_number(c, startup["port"]) == INGRESS_PORT
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod_spec("Deployment", INGRESS)["terminationGracePeriodSeconds"] > int(pre_stop[1])
+
+
+def test_ingress_runs_as_non_root_on_a_read_only_root_filesystem():
+    pod = pod_spec("Deployment", INGRESS)
+    context = {**pod["securityContext"], **container("Deployment", INGRESS)["securityContext"]}
+    assert context["runAsNonRoot"] is True and context["runAsUser"] != 0 and context["runAsGroup"] != 0
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert context["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    # the one writable place is an emptyDir at /tmp
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = [m for m in container("Deployment", INGRESS)["volumeMounts"] if not m.get("readOnly")]
+    assert [(m["mountPath"], "emptyDir" in volumes[m["name"]]) for m in writable] == [("/tmp", True)]
+
+
+def test_ingress_api_keys_come_from_a_secret_that_kustomize_does_not_apply():
+    pod = pod_spec("Deployment", INGRESS)
+    keys_file = Path(option(ingress_command(), "--api-keys-file"))
+    (mount,) = [m for m in container("Deployment", INGRESS)["volumeMounts"] if m["mountPath"] == str(keys_file.parent)]
+    assert mount["readOnly"] is True and "subPath" not in mount  # a rotated Secret reaches the file
+    secret = {v["name"]: v for v in pod["volumes"]}[mount["name"]]["secret"]
+    assert secret["secretName"] == KEYS_SECRET and not secret.get("optional")  # no Secret, no pod: never open
+    (item,) = secret["items"]
+    assert item["path"] == keys_file.name
+    assert secret["defaultMode"] & 0o007 == 0, "the key file is not world-readable"
+    example = objects()[("Secret", KEYS_SECRET)]
+    assert set(example["stringData"]) == {item["key"]}
+    assert "ingress-secret.example.yaml" not in documents("kustomization.yaml")[0]["resources"]
+
+
+def test_ingress_service_is_the_only_exposed_one_and_selects_only_the_ingress_pods():
+    service = objects()[("Service", INGRESS)]["spec"]
+    assert service["type"] == "LoadBalancer"
+    assert selects(service["selector"], INGRESS) and not selects(service["selector"], "tritonrag")
+    (port,) = service["ports"]
+    assert port["port"] == 80 and port_number(container("Deployment", INGRESS), port["targetPort"]) == INGRESS_PORT
+    # Triton's own Service stays internal and does not send traffic to the ingress pods
+    triton = objects()[("Service", "tritonrag")]["spec"]
+    assert not selects(triton["selector"], INGRESS)
+    exposed = {name for (kind, name), obj in objects().items()
+               if kind == "Service" and obj["spec"].get("type", "ClusterIP") != "ClusterIP"}
+    assert exposed == {INGRESS}
+
+
+def test_ingress_hpa_scales_its_deployment_on_cpu_within_the_specs_bounds():
+    hpa = objects()[("HorizontalPodAutoscaler", INGRESS)]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": INGRESS}
+    (metric,) = spec["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    target = metric["resource"]["target"]
+    assert target["type"] == "Utilization" and 0 < target["averageUtilization"] <= 100
+    # utilisation is relative to the request: the container must make one
+    assert cores(container("Deployment", INGRESS)["resources"]["requests"]["cpu"]) > 0
+    ingress = ingress_spec()
+    assert ingress.replica_range() == (spec["minReplicas"], spec["maxReplicas"])
+    assert objects()[("Deployment", INGRESS)]["spec"]["replicas"] == ingress.count
+    assert spec["minReplicas"] >= 2, "one ingress pod is a single point of failure"
+    # the Triton HPA keeps scaling the Triton Deployment only
+    assert objects()[("HorizontalPodAutoscaler", "tritonrag")]["spec"]["scaleTargetRef"]["name"] == "tritonrag"
+
+
+def test_each_pdb_covers_its_own_pods():
+    ingress = objects()[("PodDisruptionBudget", INGRESS)]["spec"]
+    triton = objects()[("PodDisruptionBudget", "tritonrag")]["spec"]
+    assert selects(ingress["selector"]["matchLabels"], INGRESS)
+    assert not selects(ingress["selector"]["matchLabels"], "tritonrag")
+    assert not selects(triton["selector"]["matchLabels"], INGRESS)
+    assert ingress["maxUnavailable"] < objects()[("HorizontalPodAutoscaler", INGRESS)]["spec"]["minReplicas"]
+    assert objects()[("Deployment", INGRESS)]["spec"]["selector"]["matchLabels"].items() <= pod_labels(INGRESS).items()
+
+
 def test_adapter_rules_are_in_the_adapters_format():
     rules = adapter_rules()
     assert rules
@@ -224,6 +385,7 @@ def test_hpa_scales_the_deployment_on_metrics_the_adapter_serves():
 def test_configmap_spec_loads_through_deploy_spec_and_fits_one_gpu(settings):
     text = configmap_file("spec.yaml")
     assert set(yaml.safe_load(text)["components"]) == set(COMPONENTS)
+    assert "ingress" in yaml.safe_load(text)  # its own block: the ingress is no Triton model
     spec = load_spec(text)
     assert spec.gpus is None  # gpus: detect
     by_name = {c.name: c for c in spec.components}
@@ -236,6 +398,8 @@ def test_configmap_spec_loads_through_deploy_spec_and_fits_one_gpu(settings):
     deployment = plan_deployment(spec, settings, (Gpu(0, 80.0),))
     assert set(deployment.gpu_load()) == {0} and deployment.gpu_load()[0][0] <= 1.0
     assert deployment.components["generator"].overrides == {"max_num_seqs": 64}
+    assert "ingress" not in deployment.components
+    assert deployment.ingress.settings.workers == spec.ingress.workers
 
 
 @pytest.fixture
@@ -252,6 +416,9 @@ def test_configmap_settings_load_and_fit_the_pod(settings):
     # the launcher must give up on Triton before Kubernetes gives up on the pod, or the probe budget is moot
     startup = container("Deployment", "tritonrag")["startupProbe"]
     assert 300 <= settings.server.startup_timeout_s < startup["periodSeconds"] * startup["failureThreshold"]
+    # the ingress binds beyond localhost: the exposed API must require the keys it is given
+    assert settings.ingress.allow_anonymous is False
+    assert settings.ingress.port == INGRESS_PORT
 
 
 def test_manifests_match_the_kubernetes_schemas():

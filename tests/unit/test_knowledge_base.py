@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from fakes import DIM, FakeEmbedder, doc, small_settings
 
+from tritonrag.kb import search
 from tritonrag.kb.filters import parse_filter
 from tritonrag.kb.ingest import update_knowledge_base
 from tritonrag.kb.search import KnowledgeBase, is_current
@@ -129,6 +130,18 @@ def test_stats(kb):
     assert stats["docstore"]["documents"] == 3 and stats["docstore"]["chunks"] == len(kb)
     assert stats["chunking"] == {"chunk_tokens": 8, "overlap_tokens": 2}
     json.dumps(stats)
+
+
+def test_stats_list_the_documents_for_a_filter(kb, monkeypatch):
+    stats = kb.stats()
+    assert [d["source"] for d in stats["documents_list"]] == ["book1.txt", "book2.txt", "notes.md"]
+    assert sum(d["chunks"] for d in stats["documents_list"]) == len(kb)
+    assert all(set(d) == {"source", "title", "chunks"} for d in stats["documents_list"])
+    assert stats["documents_list_truncated"] is False
+    monkeypatch.setattr(search, "STATS_DOCUMENTS", 2)
+    capped = kb.stats()
+    assert [d["source"] for d in capped["documents_list"]] == ["book1.txt", "book2.txt"]
+    assert capped["documents_list_truncated"] is True and capped["docstore"]["documents"] == 3
 
 
 def test_documents_listing(kb):

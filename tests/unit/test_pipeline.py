@@ -3,7 +3,7 @@ before and during the stream, flows, and what reaches each stage."""
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -23,8 +23,9 @@ from tritonrag.pipeline.events import (
 from tritonrag.pipeline.flow import CancelWatch, Flow, RagPipeline, standard_flows
 from tritonrag.pipeline.request import RagParams
 from tritonrag.pipeline.stages import RetrievalOptions
-from tritonrag.pipeline.steps import BuildPrompt, EmbedQuery, Retrieve
-from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, RagRequest, Retrieval
+from tritonrag.pipeline.steps import BuildPrompt, EmbedQuery, Retrieve, standalone_question
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, RagRequest, Retrieval, Usage
+from tritonrag.prompts.history import Turn
 from tritonrag.settings import load_settings
 
 PASSAGES = [Passage(7, 0.9, "Fogg left London.", {"source": "book.txt", "title": "Ch 1"}),
@@ -63,11 +64,13 @@ class FakeStages:
     verdicts: list = None  # the critic's answers, in order (then: supported)
     answers: list = None  # chunk lists of successive answers (then: chunks)
     rerank_scores: list = None  # the reranker's score of each retrieved passage (then: reversed order)
+    rewrites: list = None  # the condense generations' texts, in order (then: "Where was Phileas Fogg born?")
 
     def __post_init__(self):
         self.embedder = self.retriever = self.reranker = self.prompt_builder = self.generator = self
         self.calls, self.stream, self.options, self.generators = [], None, [], []
         self.verdicts, self.answers = list(self.verdicts or []), list(self.answers or [])
+        self.rewrites = list(self.rewrites or [])
 
     def _maybe_fail(self, stage):
         if stage in self.fail:
@@ -102,9 +105,16 @@ class FakeStages:
         self._maybe_fail("generate")
         if "critic" in prompt.text:
             verdict = self.verdicts.pop(0) if self.verdicts else True
-            self.stream = FakeStream([GenerationChunk(json.dumps({"supported": verdict}), "stop")])
+            chunks = [GenerationChunk(json.dumps({"supported": verdict}), "stop")]
+        elif "[condense]" in prompt.text:
+            chunks = [GenerationChunk(self.rewrites.pop(0) if self.rewrites else "Where was Phileas Fogg born?",
+                                      "stop")]
         else:
-            self.stream = FakeStream(self.answers.pop(0) if self.answers else self.chunks, self.fail_at)
+            chunks = self.answers.pop(0) if self.answers else self.chunks
+        # every generation reports its tokens on its last chunk: 10 of prompt, one a chunk
+        chunks = [*chunks[:-1], replace(chunks[-1], usage=Usage(10, len(chunks)))] if chunks else chunks
+        self.stream = FakeStream(chunks, None if "critic" in prompt.text or "[condense]" in prompt.text
+                                 else self.fail_at)
         return self.stream
 
 
@@ -112,12 +122,12 @@ CHUNKS = [GenerationChunk("Phileas "), GenerationChunk("Fogg"), GenerationChunk(
 
 
 def stages(passages=PASSAGES, chunks=CHUNKS, fail=None, fail_at=None, verdicts=None, answers=None,
-           rerank_scores=None):
-    return FakeStages(list(passages), list(chunks), fail or {}, fail_at, verdicts, answers, rerank_scores)
+           rerank_scores=None, rewrites=None):
+    return FakeStages(list(passages), list(chunks), fail or {}, fail_at, verdicts, answers, rerank_scores, rewrites)
 
 
-def request(stream=True, **params):
-    return RagRequest("Who is Fogg?", RagParams(stream=stream, **params))
+def request(stream=True, query="Who is Fogg?", history=(), **params):
+    return RagRequest(query, RagParams(stream=stream, **params), tuple(history))
 
 
 def run(pipeline, req, is_cancelled=lambda: False, **kwargs):
@@ -429,3 +439,148 @@ def test_rerank_sends_at_most_the_rerankers_limit_of_each_passage():
     run(RagPipeline(fake, standard_flows(fake, rerank_max_chars=10)),
         request(stream=False, rerank=True, rerank_candidates=2, keep=2))
     assert fake.calls[2] == ("rerank", "Who is Fogg?", ["x" * 10, "short"])
+
+
+# --- conversations: rag-chat, llm; token usage ----------------------------------------------------------------------
+
+HISTORY = (Turn("user", "Who is Phileas Fogg?"), Turn("assistant", "An English gentleman of the Reform Club [1]."))
+
+
+def test_rag_chat_condenses_the_question_then_searches_and_answers_the_standalone_one():
+    fake = stages()
+    (final,) = run(RagPipeline(fake), request(stream=False, query="Where was he born?", history=HISTORY,
+                                              flow="rag-chat"))
+    condense, answer = fake.options
+    assert condense.template == "condense" and condense.history == HISTORY
+    assert fake.calls[0] == ("build", "Where was he born?", [], "condense")
+    assert fake.calls[1][2:] == ({"max_tokens": 64, "temperature": 0.0}, False)  # greedy, short, not streamed
+    assert fake.calls[2] == ("embed", "Where was Phileas Fogg born?")
+    assert fake.calls[4] == ("build", "Where was Phileas Fogg born?", [7, 3], None)
+    assert answer.history == ()  # the answer's prompt is single-turn: the question stands alone now
+    assert final.query == "Where was Phileas Fogg born?" and final.text == "Phileas Fogg"
+    timing = json.loads(final.timing)
+    assert timing["condense_ms"] >= 0 and timing["total_ms"] >= timing["condense_ms"]
+
+
+def test_rag_chat_without_history_is_rag():
+    chat, plain = stages(), stages()
+    (final,) = run(RagPipeline(chat), request(stream=False, flow="rag-chat"))
+    run(RagPipeline(plain), request(stream=False))
+    assert chat.calls == plain.calls and final.query == "Who is Fogg?"
+    assert "condense_ms" not in json.loads(final.timing)
+
+
+def test_rag_chat_condense_max_tokens_comes_from_the_flows():
+    fake = stages()
+    run(RagPipeline(fake, standard_flows(fake, condense_max_tokens=9)),
+        request(stream=False, history=HISTORY, flow="rag-chat"))
+    assert fake.calls[1][2] == {"max_tokens": 9, "temperature": 0.0}
+
+
+@pytest.mark.parametrize(("rewrite", "expected"), [
+    ("  Where was Phileas Fogg born?\n\nFollow-up question: ...", "Where was Phileas Fogg born?"),
+    ('Standalone question: "Where was Phileas Fogg born?"', "Where was Phileas Fogg born?"),
+    ("", "Where was he born?"),
+    ("\n  \n", "Where was he born?"),
+    ("Where " + "very " * 60 + "born?", "Where was he born?"),  # absurdly long
+    ("Phileas Fogg is an English gentleman.", "Where was he born?"),  # an answer, not a question
+])
+def test_a_condensed_question_falls_back_to_the_original_when_the_rewrite_is_unusable(rewrite, expected):
+    assert standalone_question(rewrite, "Where was he born?") == expected
+
+
+def test_rag_chat_searches_with_the_original_question_when_the_rewrite_is_empty():
+    fake = stages(rewrites=[""])
+    (final,) = run(RagPipeline(fake), request(stream=False, query="Where was he born?", history=HISTORY,
+                                              flow="rag-chat"))
+    assert fake.calls[2] == ("embed", "Where was he born?") and final.query == "Where was he born?"
+
+
+def test_rag_and_qa_checked_ignore_history():
+    for flow in ("rag", "qa-checked"):
+        fake = stages()
+        run(RagPipeline(fake), request(stream=False, history=HISTORY, flow=flow))
+        assert all(o.history == () and o.template != "condense" for o in fake.options), flow
+        assert fake.calls[0] == ("embed", "Who is Fogg?")
+
+
+def test_llm_answers_from_the_conversation_without_retrieval_or_citation_filtering():
+    chunks = [GenerationChunk("Lists look like [1, 2] "), GenerationChunk("and [9]."), GenerationChunk("", "stop")]
+    fake = stages(chunks=chunks)
+    events = run(RagPipeline(fake), request(history=HISTORY, flow="llm"))
+    assert [c[0] for c in fake.calls] == ["build", "generate"]  # nothing embedded, retrieved or reranked
+    assert fake.calls[0] == ("build", "Who is Fogg?", [], "chat")
+    assert fake.options[0].history == HISTORY
+    assert events[0] == SourcesEvent("[]")
+    assert "".join(e.text for e in events if isinstance(e, TextEvent)) == "Lists look like [1, 2] and [9]."
+    assert events[-1].citations == "[]" and events[-1].query == "Who is Fogg?"
+    (final,) = run(RagPipeline(stages(chunks=chunks)), request(stream=False, flow="llm"))
+    assert final.text == "Lists look like [1, 2] and [9]." and final.sources == "[]"
+
+
+def test_llm_keeps_the_requests_template_and_system_prompt():
+    fake = stages()
+    run(RagPipeline(fake), request(stream=False, flow="llm", template="summarize", system_prompt="Be brief."))
+    assert (fake.options[0].template, fake.options[0].system_prompt) == ("summarize", "Be brief.")
+
+
+def test_unknown_flows_list_every_flow():
+    (failed,) = run(RagPipeline(stages()), request(flow="chat"))
+    assert failed == FailedEvent(ErrorCode.INVALID_ARG,
+                                 "unknown flow 'chat'; available flows: llm, qa-checked, rag, rag-chat")
+
+
+def usage(final):
+    return json.loads(final.usage)
+
+
+def test_usage_is_the_answers_tokens_streamed_or_not():
+    for stream in (True, False):
+        final = run(RagPipeline(stages()), request(stream=stream))[-1]
+        assert usage(final) == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+
+
+def test_usage_sums_every_generation_of_a_request():
+    (final,) = run(RagPipeline(stages()), request(stream=False, history=HISTORY, flow="rag-chat"))
+    assert usage(final) == {"prompt_tokens": 20, "completion_tokens": 4, "total_tokens": 24}  # condense + answer
+    answers = [[GenerationChunk("He flew [1].", "stop")], [GenerationChunk("He left [1].", "stop")]]
+    (final,) = run(RagPipeline(stages(verdicts=[False, False], answers=answers)),
+                   request(stream=False, flow="qa-checked"))
+    assert final.finish_reason == ABSTAINED
+    assert usage(final) == {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}  # 2 answers, 2 critics
+
+
+def test_an_abstention_costs_no_tokens():
+    weak = [Passage(9, 0.21, "Breakfast at the Reform Club.", {})]
+    for stream in (True, False):
+        final = run(RagPipeline(stages(passages=weak)), request(stream=stream, min_score=0.3))[-1]
+        assert final.finish_reason == ABSTAINED
+        assert usage(final) == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+def test_a_generator_that_reports_no_tokens_counts_zero():
+    fake = stages()
+    pipeline = RagPipeline(fake)
+
+    async def start(prompt, sampling, stream, generator=None):
+        return FakeStream(list(CHUNKS))
+
+    fake.start = start
+    (final,) = run(pipeline, request(stream=False))
+    assert usage(final)["total_tokens"] == 0
+
+
+def test_request_parsing_reads_and_bounds_history():
+    settings = load_settings()
+    parse = RagRequest.parse
+    turns = json.dumps([{"role": "user", "content": "Who is Fogg?"}, {"role": "assistant", "content": "A man."}])
+    request_ = parse("Where?", {}, None, settings.rag, settings.retriever, turns)
+    assert request_.history == (Turn("user", "Who is Fogg?"), Turn("assistant", "A man."))
+    assert parse("q", {}, None, settings.rag, settings.retriever).history == ()
+    assert parse("q", {}, None, settings.rag, settings.retriever, "").history == ()
+    too_many = json.dumps([{"role": "user", "content": "x"}] * (settings.rag.max_history_messages + 1))
+    with pytest.raises(InvalidInput, match=f"has 65 messages; the limit is {settings.rag.max_history_messages}"):
+        parse("q", {}, None, settings.rag, settings.retriever, too_many)
+    with pytest.raises(InvalidInput, match=r"history\[1\].role must be user or assistant, got 'tool'"):
+        parse("q", {}, None, settings.rag, settings.retriever,
+              json.dumps([{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}]))

@@ -3,6 +3,7 @@
 import pytest
 
 from tritonrag.deploy.placement import Demand, Gpu, PlacementError, gpus_used, instance_groups, plan
+from tritonrag.deploy.spec import load_spec
 
 EIGHT = [Gpu(i, 80.0) for i in range(8)]
 
@@ -97,3 +98,17 @@ def test_gpu_demand_without_gpus_and_duplicates():
         plan([Demand("embedder", 1, 0.1)], [])
     with pytest.raises(PlacementError, match="unique"):
         plan([Demand("a", 1), Demand("a", 1)], [])
+
+
+def test_the_ingress_takes_no_place_on_the_gpus():
+    text = """
+cluster: {gpus: 1, gpu_memory_gib: 80}
+components:
+  embedder: {device: gpu, gpu_share: 0.1}
+  generator: {device: gpu, gpu_share: 0.85}
+"""
+    without = load_spec(text)
+    sized = load_spec(text + "ingress: {min_replicas: 2, max_replicas: 16, workers: 8, cpu: 4, memory_gib: 8}\n")
+    assert sized.demands() == without.demands()
+    assert plan(sized.demands(), [Gpu(0, 80.0)]) == plan(without.demands(), [Gpu(0, 80.0)])
+    assert "ingress" not in {p.component for p in plan(sized.demands(), [Gpu(0, 80.0)])}

@@ -121,7 +121,7 @@ def test_an_extra_generator_on_a_fractional_share_of_the_generators_gpu():
     assert share == pytest.approx(0.95) and memory == pytest.approx(76.0)
     assert names == ["embedder#0", "generator#0", "critic#0"]
     assert [row[0] for row in plan_rows(plan)] == ["embedder", "retriever", "prompt_builder", "reranker",
-                                                   "generator", "critic", "rewriter", "rag"]
+                                                   "generator", "critic", "rewriter", "rag", "ingress"]
     # 0.7 + 0.25 + 0.1 > 1: the biggest shares are placed first, so the embedder is left without room
     with pytest.raises(PlacementError, match=r"embedder instance 1 of 1 \(share 0.1\) does not fit"):
         plan_deployment(load_spec(TWO.replace("0.15", "0.25")), load_settings(), [Gpu(0, 80.0)])

@@ -1,10 +1,10 @@
 """`tritonrag`: set up, index, serve and query the RAG service.
 
 One module per command group: setup (install-runtime, prepare-models), kb (ingest, kb ...), deploy (render, serve,
-demo), prompts (templates); `ask` comes from the client package.
+demo), ingress (ingress, ingress-key), prompts (templates); `ask` comes from the client package.
 """
 
-from tritonrag.cli import deploy, kb, prompts, setup  # noqa: F401  (each registers its commands on the app)
+from tritonrag.cli import deploy, ingress, kb, prompts, setup  # noqa: F401  (each registers its commands on the app)
 from tritonrag.cli.app import app
 
 

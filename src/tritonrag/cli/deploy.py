@@ -160,31 +160,64 @@ def serve(
     http_port: Annotated[int | None, typer.Option()] = None,
     grpc_port: Annotated[int | None, typer.Option()] = None,
     metrics_port: Annotated[int | None, typer.Option()] = None,
-    host: Annotated[str, typer.Option(help="Address for HTTP and gRPC; 0.0.0.0 to serve other hosts.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Triton's address for HTTP and gRPC (0.0.0.0 to serve other hosts: its "
+                                      "admin and model-control APIs are then restricted).")] = "127.0.0.1",
     spec: Annotated[Path | None, typer.Option(
         "--spec", help="Render this deployment spec into $TRITONRAG_HOME/repositories/<name> and serve that.")] = None,
     detect_gpus: DetectGpus = False,
+    with_ingress: Annotated[bool, typer.Option(
+        "--ingress/--no-ingress", help="Also run the OpenAI-compatible ingress (\\[ingress] settings).")] = True,
+    ingress_host: Annotated[str | None, typer.Option(help="The ingress's address (default: \\[ingress] host).")] = None,
+    ingress_port: Annotated[int | None, typer.Option(help="The ingress's port (default: \\[ingress] port).")] = None,
 ) -> None:
-    """Run Triton on the model repository until Ctrl-C.
+    """Run Triton on the model repository, and the ingress in front of it, until Ctrl-C.
 
     Examples:
-      tritonrag serve --http-port 8000, then: tritonrag ask "Who is Passepartout?"
-      tritonrag serve --spec deploy/specs/gpu-1.yaml --detect-gpus --host 0.0.0.0
+      tritonrag serve, then: tritonrag ask "Who is Passepartout?"  or  http://127.0.0.1:8080/ (the chat page)
+      tritonrag serve --ingress-host 0.0.0.0      # the OpenAI API for other hosts (set API keys), Triton private
+      tritonrag serve --spec deploy/specs/gpu-1.yaml --detect-gpus --host 0.0.0.0 --no-ingress
     """
     if spec is not None:
         if model_repository is not None:
             raise typer.BadParameter("give --spec or --model-repository, not both")
         model_repository = _render_spec(spec, detect_gpus)
     server = _start_server(model_repository, http_port, grpc_port, metrics_port, host)
+    front = None
     try:
+        if with_ingress:
+            front = _start_ingress(server, ingress_host, ingress_port)
         while server.process is not None and server.process.poll() is None:
+            if front is not None and front.process is not None and front.process.poll() is not None:
+                console.print(f"[red]the ingress exited[/red]; see {front.log_file}")
+                raise typer.Exit(1)
             time.sleep(1)
         console.print(f"[red]tritonserver exited[/red]; see {server.log_file}")
         raise typer.Exit(1)
     except KeyboardInterrupt:
-        console.print("stopping Triton...")
+        console.print("stopping...")
     finally:
+        if front is not None:
+            front.stop()
         server.stop()
+
+
+def _start_ingress(server, host: str | None, port: int | None):
+    """The ingress on the Triton just started; a busy port is replaced by a free one (logged)."""
+    from tritonrag.deploy.ingress_process import IngressProcess
+    from tritonrag.deploy.server import free_port, port_is_free
+
+    config = load_settings().ingress
+    port = port or config.port
+    if not port_is_free(port):
+        new = free_port()
+        console.print(f"[yellow]ingress port {port} is busy; using {new}[/yellow]")
+        port = new
+    front = IngressProcess(server.grpc_url, port, load_settings().home, host or config.host, config.workers,
+                           log_file=load_settings().home / "logs" / f"ingress-{port}.log")
+    with console.status(f"starting the ingress (log: {front.log_file})..."):
+        front.start()
+    console.print(f"ingress ready: OpenAI API {front.url}/v1, chat page {front.url}/", markup=False, highlight=False)
+    return front
 
 
 @app.command()

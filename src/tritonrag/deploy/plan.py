@@ -2,7 +2,9 @@
 
 One ComponentPlan per served model (``DeploymentSpec.served_models``), extra generators included: a generator of the
 spec's own (``role: generator``) is planned from the ``[generator]`` settings section, which its ``engine`` and
-``model`` override as the generator's do.
+``model`` override as the generator's do. The ingress (the spec's ``ingress`` block) is planned apart, as an
+IngressPlan: it is no Triton model, so nothing is placed on a GPU or rendered for it, but ``plan_rows`` shows it as a
+row of its own.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tritonrag.deploy.placement import Gpu, Placement, PlacementError, instance_groups, plan
-from tritonrag.deploy.spec import DeploymentSpec, SpecError, load_spec
+from tritonrag.deploy.spec import INGRESS, DeploymentSpec, SpecError, load_spec
 from tritonrag.settings import Settings, override
+from tritonrag.settings.sections import IngressSettings
 
 # Keys the spec sets at component level; ``engine`` may not set them behind its back (all but ``model`` are no
 # settings at all, but a clear pointer beats "unknown setting").
@@ -46,11 +49,25 @@ class ComponentPlan:
 
 
 @dataclass(frozen=True)
+class IngressPlan:
+    """The HTTP service in front of Triton (``tritonrag ingress``) as the spec sizes it: replicas of its own (not
+    Triton servers), each running ``settings.workers`` worker processes on ``settings.port``."""
+
+    replicas: int  # the starting count
+    replica_range: tuple[int, int | None]  # an autoscaler's bounds; None: no maximum
+    settings: IngressSettings  # [ingress] with the spec's workers and port over it
+    overrides: Mapping[str, Any]  # what the spec changes in [ingress]
+    cpu: float | None = None  # cores one replica requests; None: the spec says nothing
+    memory_gib: float | None = None
+
+
+@dataclass(frozen=True)
 class DeploymentPlan:
     spec: DeploymentSpec
     gpus: tuple[Gpu, ...]
     components: Mapping[str, ComponentPlan]
-    replicas: tuple[int, int | None]
+    replicas: tuple[int, int | None]  # of the Triton server (every component); the ingress has its own
+    ingress: IngressPlan
 
     def gpu_load(self) -> dict[int, tuple[float, float, list[str]]]:
         """Per GPU: shares taken, GiB capped, and which component instances run there."""
@@ -88,6 +105,23 @@ def _overrides(name: str, spec: DeploymentSpec, settings: Settings) -> dict[str,
     return overrides
 
 
+def _ingress(spec: DeploymentSpec, settings: Settings) -> IngressPlan:
+    """The spec's ingress block over the ``[ingress]`` settings; its port may not be one of Triton's."""
+    ingress = spec.ingress
+    overrides = ingress.overrides()
+    try:
+        applied = override(settings.ingress, overrides, INGRESS)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    triton = {"http_port": settings.server.http_port, "grpc_port": settings.server.grpc_port,
+              "metrics_port": settings.server.metrics_port}
+    for key, port in triton.items():
+        if ingress.port == port:
+            raise SpecError(f"{INGRESS}.port: {port} is Triton's {key.removesuffix('_port')} port ([server] {key}); "
+                            "give the ingress a port of its own (default 8080)")
+    return IngressPlan(ingress.count, ingress.replica_range(), applied, overrides, ingress.cpu, ingress.memory_gib)
+
+
 def plan_deployment(spec: DeploymentSpec, settings: Settings, gpus: Sequence[Gpu]) -> DeploymentPlan:
     """Apply ``spec`` to ``settings`` (the ``engine`` overrides) and place every instance on ``gpus``; instances and
     batching are the spec's (its defaults where it leaves them out). SpecError/PlacementError otherwise."""
@@ -99,7 +133,7 @@ def plan_deployment(spec: DeploymentSpec, settings: Settings, gpus: Sequence[Gpu
         components[name] = ComponentPlan(name, _overrides(name, spec, settings), mine,
                                          tuple(instance_groups(mine, name)), batching.max_batch_size or 0,
                                          batching.preferred_batch_sizes, batching.max_queue_delay_us, role)
-    return DeploymentPlan(spec, tuple(gpus), components, spec.replica_range())
+    return DeploymentPlan(spec, tuple(gpus), components, spec.replica_range(), _ingress(spec, settings))
 
 
 Runner = Callable[[list[str]], str]
@@ -142,7 +176,7 @@ def load_plan(spec_path: Path, settings: Settings, detect: Callable[[], tuple[Gp
 
 def plan_rows(plan: DeploymentPlan) -> list[tuple[str, ...]]:
     """One row per instance group: component (served model), instances, where, share of each GPU, memory cap, Triton's
-    instance_group, and the settings the spec overrides."""
+    instance_group, and the settings the spec overrides; then the ingress's row (``ingress_row``)."""
     rows = []
     for c in plan.components.values():
         settings = ", ".join(f"{k}={v}" for k, v in c.overrides.items()) or "-"
@@ -155,7 +189,23 @@ def plan_rows(plan: DeploymentPlan) -> list[tuple[str, ...]]:
             kind = f"{group['kind']} x{group['count']}" + (f" gpus {group['gpus']}" if "gpus" in group else "") + (
                 f" {group['name']}" if "name" in group else "")
             rows.append((c.name, str(len(mine)), where, share, cap, kind, settings))
+    rows.append(ingress_row(plan.ingress))
     return rows
+
+
+def ingress_row(ingress: IngressPlan) -> tuple[str, ...]:
+    """The ingress in plan_rows' columns: its replicas (and their autoscaling bounds), on the CPU in processes of its
+    own, no Triton instance group; its workers and port (the spec's or the [ingress] settings') and what one replica
+    requests."""
+    low, high = ingress.replica_range
+    count = str(ingress.replicas) if (low, high) == (ingress.replicas, ingress.replicas) else (
+        f"{ingress.replicas} ({low}..{high if high is not None else 'any'})")
+    details = [f"workers={ingress.settings.workers}", f"port={ingress.settings.port}"]
+    if ingress.cpu is not None:
+        details.append(f"cpu={ingress.cpu:g}")
+    if ingress.memory_gib is not None:
+        details.append(f"memory={ingress.memory_gib:g} GiB")
+    return (INGRESS, count, "CPU, own process", "-", "-", "none: not a Triton model", ", ".join(details))
 
 
 def _in_group(p: Placement, group: Mapping[str, Any]) -> bool:

@@ -7,14 +7,48 @@ import os
 import signal
 import socket
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonrag.deploy.processes import detach_and_die_with_parent, log_tail, wait_healthy
 from tritonrag.deploy.runtime import find_runtime, prepare_backend_dir, server_env
 
 log = logging.getLogger(__name__)
+# Triton's APIs that control or reveal the server rather than run inference: restricted to callers that send the
+# admin header whenever Triton listens beyond localhost (Triton 2.51's --http-restricted-api and
+# --grpc-restricted-protocol): HTTP callers send the header triton-admin-key, gRPC callers
+# triton-grpc-protocol-triton-admin-key (Triton prefixes gRPC's). model-config stays open: clients (the ingress) read
+# a model's max_batch_size. Health, metadata and inference stay open to every caller.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "statistics", "trace", "logging")
+ADMIN_HEADER = "triton-admin-key"
+ADMIN_KEY_ENV = "TRITONRAG_TRITON_ADMIN_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def admin_key(home: Path) -> str:
+    """The value of Triton's admin header: $TRITONRAG_TRITON_ADMIN_KEY, else a random one kept (mode 0600) in
+    $TRITONRAG_HOME/triton-admin-key for the operator's tools."""
+    if os.environ.get(ADMIN_KEY_ENV):
+        return os.environ[ADMIN_KEY_ENV]
+    path = home / "triton-admin-key"
+    if path.is_file():
+        return path.read_text().strip()
+    import secrets
+
+    key = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
+def restricted_args(address: str, home: Path) -> list[str]:
+    """The flags restricting Triton's admin and model-control APIs when it listens beyond localhost."""
+    if address in LOOPBACK:
+        return []
+    rule = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={admin_key(home)}"
+    return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
 
 def port_is_free(port: int) -> bool:
@@ -53,18 +87,6 @@ class Ports:
                 port = new
             chosen.append(port)
         return cls(*chosen)
-
-
-def _detach_and_die_with_parent() -> None:
-    """In the child: own process group (Ctrl-C goes to the launcher, which stops Triton in order), and
-    SIGTERM to Triton if the launcher dies without stopping it, so no server outlives its launcher."""
-    os.setsid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class TritonServer:
@@ -117,7 +139,7 @@ class TritonServer:
         ]
         if runtime.origin == "local":
             args.append(f"--backend-directory={prepare_backend_dir(runtime, self.home)}")
-        return [*args, *self.extra_args]
+        return [*args, *restricted_args(self.address, self.home), *self.extra_args]
 
     def start(self, timeout_s: float = 300.0) -> TritonServer:
         runtime = find_runtime(self.home)
@@ -126,35 +148,20 @@ class TritonServer:
         with open(self.log_file, "wb") as out:
             self.process = subprocess.Popen(
                 self.command(), stdout=out, stderr=subprocess.STDOUT, env=server_env(runtime, self.extra_env),
-                preexec_fn=_detach_and_die_with_parent,
+                preexec_fn=detach_and_die_with_parent,
             )
         self.wait_ready(timeout_s)
         return self
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_file, lines)
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
         url = f"http://{self.http_url}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
-                    f"tritonserver exited with code {self.process.returncode} while loading models; "
-                    f"last lines of {self.log_file}:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; see {self.log_file}:\n{self.log_tail()}")
+        if not wait_healthy(url, self.process, timeout_s, "tritonserver (while loading models)", self.log_file):
+            self.stop()
+            raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; see {self.log_file}:\n"
+                               f"{self.log_tail()}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGINT (Triton drains in-flight requests and unloads the models), then SIGKILL whatever is left of

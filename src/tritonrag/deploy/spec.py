@@ -26,6 +26,18 @@ as the generator's do. Its name (``^[a-z][a-z0-9_]{0,31}$``) is its Triton model
 ``served_models`` lists every model the repository serves with its role: those of ``contract.MODELS`` (their own
 role), the extra generators right after ``generator`` in file order.
 
+The ingress: a top-level ``ingress`` block (not a component: it is no Triton model and gets no config.pbtxt) sizes
+the OpenAI-compatible HTTP service in front of Triton (``tritonrag ingress``, tritonrag.ingress), a stateless process
+of its own that calls Triton over gRPC:
+
+    ingress: {min_replicas: 2, max_replicas: 8, workers: 2, cpu: 1, memory_gib: 1}
+
+``replicas`` is the starting (or, without ``min_replicas``/``max_replicas``, the fixed) count of ingress processes
+(pods), independent of how many Triton servers run; ``workers`` (uvicorn processes per replica) and ``port`` override
+the ``[ingress]`` settings; ``cpu`` (cores) and ``memory_gib`` are what one replica requests (deploy/k8s uses them,
+and its CPU autoscaler is relative to ``cpu``). A spec without the block runs one replica with the settings'
+workers and port (``IngressSpec``).
+
 Unknown keys and bad values are errors that name the component and key. ``demands`` turns the spec into the
 placement planner's input (tritonrag.deploy.placement).
 """
@@ -55,6 +67,10 @@ BATCHING_KEYS = {"max_batch_size", "preferred_batch_sizes", "max_queue_delay_us"
 
 DEFAULT_INSTANCES = 1  # per server
 DEFAULT_DEVICE = "cpu"
+
+INGRESS = "ingress"  # the top-level block (and the plan's row) of the HTTP service in front of Triton
+INGRESS_KEYS = {"replicas", "min_replicas", "max_replicas", "workers", "port", "cpu", "memory_gib"}
+MAX_PORT = 65535
 
 
 class SpecError(ValueError):
@@ -113,9 +129,44 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
+class IngressSpec:
+    """The OpenAI-compatible HTTP service in front of Triton (``tritonrag ingress``): processes of their own, scaled
+    apart from the Triton servers; None where the spec leaves a key out (the ``[ingress]`` settings decide workers
+    and port; nothing is requested)."""
+
+    replicas: int | None = None  # the starting count; None: min_replicas, else 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    workers: int | None = None  # uvicorn worker processes per replica; None: [ingress] workers
+    port: int | None = None  # None: [ingress] port
+    cpu: float | None = None  # cores one replica requests
+    memory_gib: float | None = None  # memory one replica requests
+
+    @property
+    def count(self) -> int:
+        """How many replicas run to start with: ``replicas``, else ``min_replicas``, else 1."""
+        if self.replicas is not None:
+            return self.replicas
+        return self.min_replicas if self.min_replicas is not None else 1
+
+    def replica_range(self) -> tuple[int, int | None]:
+        """The bounds an autoscaler keeps the ingress replicas in (None: no maximum); a fixed count without
+        ``min_replicas``/``max_replicas``."""
+        low = self.min_replicas if self.min_replicas is not None else self.count
+        if self.max_replicas is not None:
+            return low, self.max_replicas
+        return low, (None if self.min_replicas is not None else self.count)
+
+    def overrides(self) -> dict[str, int]:
+        """The ``[ingress]`` settings the spec sets."""
+        return {key: value for key, value in (("workers", self.workers), ("port", self.port)) if value is not None}
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     gpus: tuple[Gpu, ...] | None  # None: detect at render time
     components: tuple[ComponentSpec, ...]
+    ingress: IngressSpec = field(default_factory=IngressSpec)  # not a component: no Triton model, no config.pbtxt
 
     def component(self, name: str) -> ComponentSpec:
         """The named component's spec; one the file leaves out runs on the CPU with the defaults."""
@@ -309,15 +360,45 @@ def _gpus(raw: Any) -> tuple[Gpu, ...] | None:
     return tuple(Gpu(i, memory) for i in range(count))
 
 
+def _optional(where: str, raw: Mapping[str, Any], key: str, kind: Callable[[Any], Any], minimum: float) -> Any:
+    value = raw.get(key)
+    return None if value is None else _number(f"{where}.{key}", value, kind, minimum)
+
+
+def _ingress(raw: Any) -> IngressSpec:
+    where = INGRESS
+    if raw is not None and not isinstance(raw, Mapping):
+        raise SpecError(f"{where}: expected a mapping of {', '.join(sorted(INGRESS_KEYS))} (the HTTP service in front "
+                        f"of Triton; it is not a component), got {type(raw).__name__}")
+    raw = _keys(where, raw or {}, INGRESS_KEYS)
+    replicas = _optional(where, raw, "replicas", int, 1)
+    low, high = _optional(where, raw, "min_replicas", int, 1), _optional(where, raw, "max_replicas", int, 1)
+    if low is not None and high is not None:
+        _check(where, low <= high, f"min_replicas {low} is above max_replicas {high}")
+    if replicas is not None:
+        _check(f"{where}.replicas", low is None or replicas >= low, f"{replicas} is below min_replicas {low}")
+        _check(f"{where}.replicas", high is None or replicas <= high, f"{replicas} is above max_replicas {high}")
+    port = _optional(where, raw, "port", int, 1)
+    _check(f"{where}.port", port is None or port <= MAX_PORT, f"must be at most {MAX_PORT}, got {port}")
+    return IngressSpec(replicas=replicas, min_replicas=low, max_replicas=high,
+                       workers=_optional(where, raw, "workers", int, 1), port=port,
+                       cpu=_optional(where, raw, "cpu", float, 0.001),
+                       memory_gib=_optional(where, raw, "memory_gib", float, 0.01))
+
+
 def parse_spec(raw: Any) -> DeploymentSpec:
-    """A validated spec from parsed YAML (a mapping with ``cluster`` and ``components``: the standard ones and any
-    generators of its own, ``role: generator``)."""
-    raw = _keys("spec", raw, {"cluster", "components"})
+    """A validated spec from parsed YAML (a mapping with ``cluster``, ``components``: the standard ones and any
+    generators of its own, ``role: generator``, and ``ingress``, the HTTP service in front of Triton)."""
+    raw = _keys("spec", raw, {"cluster", "components", INGRESS})
     components = raw.get("components") or {}
     _check("components", isinstance(components, Mapping), f"expected a mapping, got {type(components).__name__}")
+    _check(f"components.{INGRESS}", INGRESS not in components,
+           f"the {INGRESS} is no Triton model: size it in a top-level `{INGRESS}:` block "
+           f"({', '.join(sorted(INGRESS_KEYS))}), not under components")
     for name, component in components.items():
         _role(name, component)  # unknown names first, before their keys
-    return DeploymentSpec(_gpus(raw.get("cluster")), tuple(_component(n, c) for n, c in components.items()))
+    return DeploymentSpec(_gpus(raw.get("cluster")), tuple(_component(n, c) for n, c in components.items()),
+                          _ingress(raw.get(INGRESS)))
 
 
 def load_spec(text: str) -> DeploymentSpec:

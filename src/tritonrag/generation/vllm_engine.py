@@ -104,7 +104,7 @@ class VllmEngine:
         tokens, prompt_tokens, reason = 0, 0, "stop"
         try:
             async for output in self.engine.generate(prompt, self._sampling(params), request_id):
-                prompt_tokens = len(output.prompt_token_ids or ())
+                prompt_tokens = len(output.prompt_token_ids or ()) or prompt_tokens
                 piece = output.outputs[0]
                 tokens += len(piece.token_ids)
                 if (piece.text or piece.token_ids) and not sink.on_text(piece.text, len(piece.token_ids)):

@@ -28,6 +28,7 @@ from tritonrag.kb.versions import (
     read_manifest,
 )
 
+STATS_DOCUMENTS = 1000  # documents listed by stats() (documents_list); more: documents_list_truncated
 
 @dataclass(frozen=True)
 class Hit:
@@ -210,9 +211,11 @@ class KnowledgeBase:
         return self.docstore.documents(limit)
 
     def stats(self) -> dict[str, Any]:
-        """Version, index type and size, vector count and dimension, docstore counts."""
+        """Version, index type and size, vector count and dimension, docstore counts, and the documents (source,
+        title, chunks; by source, the first STATS_DOCUMENTS of them) a client may offer as a filter."""
         m = self.manifest
         documents = self.docstore.document_count()
+        listed = self.docstore.documents(STATS_DOCUMENTS)
         return {
             "version": m.version,
             "parent": m.parent,
@@ -231,6 +234,9 @@ class KnowledgeBase:
             "embedder_model": m.embedder_model,
             "chunking": {"chunk_tokens": m.chunk_tokens, "overlap_tokens": m.overlap_tokens},
             "build": m.build,
+            "documents_list": [{"source": source, "title": title, "chunks": int(chunks)}
+                               for source, title, chunks in listed],
+            "documents_list_truncated": documents > len(listed),
         }
 
     def close(self) -> None:

@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tritonrag.pipeline.errors import RequestCancelled
 from tritonrag.pipeline.events import ABSTAINED, Event, FinalEvent, SourcesEvent, TextEvent
-from tritonrag.pipeline.stages import GenerateStage, PromptOptions, PromptStage, stopped_unless_read
-from tritonrag.pipeline.steps import RagState
+from tritonrag.pipeline.stages import GenerateStage, PromptOptions, PromptStage
+from tritonrag.pipeline.steps import RagState, read_text
 
 if TYPE_CHECKING:  # flow.py imports this module
     from tritonrag.pipeline.flow import CancelWatch
@@ -57,15 +56,10 @@ class AnswerCheck:
             state.query, state.passages, PromptOptions(CRITIC_TEMPLATE, generator=self.critic_generator,
                                                        answer=answer))
         sampling = {"max_tokens": self.max_tokens, "temperature": 0.0, "json_schema": SUPPORT_SCHEMA}
-        pieces = []
-        async with stopped_unless_read(await self.generator.start(prompt, sampling, False,
-                                                                  self.critic_generator)) as generation:
-            async for chunk in generation:
-                if watch.check():
-                    raise RequestCancelled
-                pieces.append(chunk.text)
-        supported = parse_verdict("".join(pieces))
-        log.debug("critic verdict %s for %r: %r", supported, answer[:80], "".join(pieces))
+        generation = await self.generator.start(prompt, sampling, False, self.critic_generator)
+        text = await read_text(generation, state, watch.check)
+        supported = parse_verdict(text)
+        log.debug("critic verdict %s for %r: %r", supported, answer[:80], text)
         return supported
 
     async def answer(self, state: RagState, watch: CancelWatch,

@@ -35,6 +35,10 @@ class FinalEvent:
     citations: str | None = None
     # JSON: milliseconds of each step (embed, retrieve, dense, sparse, rerank, ...); not part of equality
     timing: str | None = field(default=None, compare=False)
+    # JSON: tokens of every generation the request ran (tritonrag.pipeline.types.Usage); not part of equality
+    usage: str | None = field(default=None, compare=False)
+    # the question the flow searched with (rag-chat: the condensed one); not part of equality
+    query: str | None = field(default=None, compare=False)
 
 
 class ErrorCode(Enum):

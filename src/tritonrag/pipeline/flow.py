@@ -1,9 +1,11 @@
 """The RAG pipeline, framework-free: a flow's steps, then generation streamed as events.
 
-A flow is a named composition of steps (embed -> retrieve -> prompt for the standard one); generation ends every
-flow. ``RagPipeline.run`` turns one request into events: sources first when streaming, the answer's pieces, then
-exactly one terminal event (final answer, failure or cancellation). A cancelled client, or a stage failing
-mid-stream, stops the generator: the stream is cancelled and read to its end before the terminal event.
+A flow is a named composition of steps (embed -> retrieve -> prompt for the standard one; rag-chat condenses a
+conversation's question first; llm only builds a chat prompt); generation ends every flow. ``RagPipeline.run`` turns
+one request into events: sources first when streaming, the answer's pieces, then exactly one terminal event (final
+answer, failure or cancellation), which carries the tokens of every generation the request ran. A cancelled client,
+or a stage failing mid-stream, stops the generator: the stream is cancelled and read to its end before the terminal
+event.
 """
 
 from __future__ import annotations
@@ -18,11 +20,23 @@ from tritonrag.pipeline.critic import AnswerCheck
 from tritonrag.pipeline.errors import RequestCancelled, failure
 from tritonrag.pipeline.events import ABSTAINED, CancelledEvent, Event, FinalEvent, SourcesEvent, TextEvent
 from tritonrag.pipeline.stages import GenerateStage, Stages, stopped_unless_read
-from tritonrag.pipeline.steps import AbstainOnWeakEvidence, BuildPrompt, EmbedQuery, RagState, Rerank, Retrieve, Step
+from tritonrag.pipeline.steps import (
+    CHAT_TEMPLATE,
+    AbstainOnWeakEvidence,
+    BuildPrompt,
+    Condense,
+    EmbedQuery,
+    RagState,
+    Rerank,
+    Retrieve,
+    Step,
+)
 from tritonrag.pipeline.types import RagRequest
 
 DEFAULT_FLOW = "rag"
 CHECKED_FLOW = "qa-checked"
+CHAT_FLOW = "rag-chat"
+LLM_FLOW = "llm"
 # Asking whether the client went away may be a round trip to the server (Triton's is_cancelled): at most this often.
 CANCEL_CHECK_S = 0.05
 
@@ -30,24 +44,32 @@ CANCEL_CHECK_S = 0.05
 @dataclass(frozen=True)
 class Flow:
     """A named sequence of steps that prepare the prompt; the pipeline then generates, and with ``check``, has the
-    answer checked before anyone sees it."""
+    answer checked before anyone sees it. ``cite``: the answer cites the passages retrieved (its citations are
+    checked and listed); a flow without retrieval has none."""
 
     name: str
     steps: tuple[Step, ...]
     check: AnswerCheck | None = None
+    cite: bool = True
 
 
 def standard_flows(stages: Stages, critic_generator: str | None = None, critic_max_tokens: int = 12,
-                   rerank_fusion: str = "none", rerank_max_chars: int = 8000) -> dict[str, Flow]:
+                   rerank_fusion: str = "none", rerank_max_chars: int = 8000,
+                   condense_max_tokens: int = 64) -> dict[str, Flow]:
     """The flows every deployment serves: ``rag`` (embed the question, retrieve passages, rerank them when the
-    request says so, abstain when even the best is less similar than the request's min_score, build the prompt) and
+    request says so, abstain when even the best is less similar than the request's min_score, build the prompt),
     ``qa-checked`` (the same, then a critic pass on ``critic_generator`` asks whether the passages support the
-    answer: tritonrag.pipeline.critic)."""
+    answer: tritonrag.pipeline.critic), ``rag-chat`` (a conversation's question rewritten into a standalone one
+    first, in at most ``condense_max_tokens`` tokens, then ``rag``'s steps on it; without history: ``rag``) and
+    ``llm`` (no retrieval: the conversation and the question in the chat template). ``rag`` and ``qa-checked``
+    ignore the request's history."""
     steps = (EmbedQuery(stages.embedder), Retrieve(stages.retriever),
              Rerank(stages.reranker, rerank_fusion, rerank_max_chars), AbstainOnWeakEvidence(),
              BuildPrompt(stages.prompt_builder))
     check = AnswerCheck(stages.prompt_builder, stages.generator, critic_generator, critic_max_tokens)
-    flows = (Flow(DEFAULT_FLOW, steps), Flow(CHECKED_FLOW, steps, check))
+    condense = Condense(stages.prompt_builder, stages.generator, condense_max_tokens)
+    flows = (Flow(DEFAULT_FLOW, steps), Flow(CHECKED_FLOW, steps, check), Flow(CHAT_FLOW, (condense, *steps)),
+             Flow(LLM_FLOW, (BuildPrompt(stages.prompt_builder, CHAT_TEMPLATE, conversation=True),), cite=False))
     return {flow.name: flow for flow in flows}
 
 
@@ -82,8 +104,8 @@ class RagPipeline:
         """The events answering ``request``; never raises (a failure is the terminal event)."""
         watch = CancelWatch(is_cancelled, self.cancel_check_s)
         try:
-            state = RagState(request)
             chosen = self._flow(request.params.flow or flow)
+            state = RagState(request, cite=chosen.cite)
             for step in chosen.steps:
                 await step.run(state)
             if state.abstention:
@@ -94,7 +116,9 @@ class RagPipeline:
             else:
                 answer = generate(self.stages.generator, state, watch)
             async for event in answer:
-                yield replace(event, timing=state.timing_json()) if isinstance(event, FinalEvent) else event
+                if isinstance(event, FinalEvent):
+                    event = replace(event, timing=state.timing_json(), usage=state.usage.to_json(), query=state.query)
+                yield event
         except Exception as exc:
             yield CancelledEvent() if _client_gone(is_cancelled) else failure(exc)
 
@@ -125,7 +149,8 @@ async def abstain(state: RagState) -> AsyncIterator[Event]:
 async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch,
                    stream: bool | None = None) -> AsyncIterator[Event]:
     """Stream the answer to ``state.prompt``: sources first (streaming), text pieces, then the final event with the
-    passages cited (invalid citations dropped; none for a JSON answer). ``stream`` overrides the request's mode.
+    passages cited (invalid citations dropped; none for a JSON answer; [] for a flow without retrieval, whose answer
+    is not filtered). ``stream`` overrides the request's mode; the generation's tokens are counted in ``state``.
 
     Raises RequestCancelled when the client goes away, and whatever the generator raised; either way the
     generator is told to stop and its stream is read to its end first.
@@ -135,7 +160,7 @@ async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch
     sampling = params.sampling()
     if prompt.json_output and not params.structured:
         sampling["json_object"] = True  # a JSON template without a schema: any JSON object
-    citations = None if state.json_answer else CitationFilter(prompt.passages)
+    citations = None if state.json_answer or not state.cite else CitationFilter(prompt.passages)
     sources = state.sources
     if stream_mode:
         yield SourcesEvent(sources)
@@ -149,6 +174,7 @@ async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch
                 state.timed("first_token", started)
             if chunk.finish_reason:
                 finish_reason = chunk.finish_reason
+            state.count(chunk)
             text = citations.feed(chunk.text) if citations else chunk.text
             if stream_mode and text:
                 yield TextEvent(text)
@@ -158,6 +184,9 @@ async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch
     rest = citations.flush() if citations else ""
     if stream_mode and rest:
         yield TextEvent(rest)
-    cited = citations_json(citations.cited, state.passages) if citations else None
+    if citations:
+        cited = citations_json(citations.cited, state.passages)
+    else:
+        cited = None if state.json_answer else "[]"
     yield FinalEvent("" if stream_mode else "".join(pieces) + rest, finish_reason,
                      None if stream_mode else sources, cited)

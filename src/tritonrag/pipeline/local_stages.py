@@ -21,7 +21,7 @@ from tritonrag.kb.batched_search import parse_search, run_searches
 from tritonrag.kb.filters import Filter
 from tritonrag.kb.search import KnowledgeBase
 from tritonrag.pipeline.stages import PromptOptions, RetrievalOptions
-from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, Retrieval
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, Retrieval, Usage
 from tritonrag.prompts.builder import ContextDocument, PromptBuilder
 from tritonrag.reranking.rescorer import Rescorer
 from tritonrag.serving.contract import RETRIEVER
@@ -64,7 +64,7 @@ class LocalStages:
         documents = [ContextDocument.from_metadata(p.text, p.metadata) for p in passages]
         built = self._builder.build(options.template or self._template, query, documents, options.system_prompt,
                                     options.generator, json.dumps(options.schema) if options.schema else "",
-                                    options.answer or "")
+                                    options.answer or "", options.history)
         return Prompt(built.text, built.stop, built.passages, built.json_output)
 
     async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool,
@@ -94,7 +94,8 @@ class LocalGeneration:
         return not self._stopped
 
     def on_finish(self, completion: Completion) -> None:
-        self._put(GenerationChunk("", completion.finish_reason))
+        self._put(GenerationChunk("", completion.finish_reason,
+                                  Usage(completion.prompt_tokens, completion.completion_tokens)))
         self._put(None)
 
     def on_error(self, error: BaseException) -> None:

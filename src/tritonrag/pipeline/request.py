@@ -66,7 +66,7 @@ class RagParams:
             raise InvalidInput(f"system_prompt must be a string, got {system_prompt!r}")
         flow = raw.get(RAG.flow)
         if RAG.flow in raw and not isinstance(flow, str):
-            raise InvalidInput(f"flow must name a flow (rag, qa-checked), got {flow!r}")
+            raise InvalidInput(f"flow must name a flow (rag, qa-checked, rag-chat, llm), got {flow!r}")
 
         def optional(name: str, convert: Any) -> Any:  # absent: unset; present (even null): validated
             return convert(raw[name], name) if name in raw else None

@@ -13,6 +13,7 @@ import numpy as np
 
 from tritonrag.kb.filters import Filter
 from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, Retrieval
+from tritonrag.prompts.history import Turn
 
 
 class EmbedStage(Protocol):
@@ -50,6 +51,7 @@ class PromptOptions:
     generator: str | None = None  # the served generator the prompt is for (its chat template)
     schema: Mapping[str, Any] | None = None  # shown to the model by templates that ask for JSON
     answer: str | None = None  # the answer a critic template reviews
+    history: tuple[Turn, ...] = ()  # a conversation's earlier turns (the prompt builder bounds them by tokens)
 
 
 class PromptStage(Protocol):

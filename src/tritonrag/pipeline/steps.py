@@ -1,27 +1,34 @@
-"""The steps a flow runs before generation, each filling in part of the request's state. Later stages (rerank, an
-answer cache, question condensing) are more steps of this kind."""
+"""The steps a flow runs before generation, each filling in part of the request's state. Reranking and rag-chat's
+question condensing are steps of this kind; a later stage (an answer cache) would be one too."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
 from tritonrag.errors import InvalidInput
+from tritonrag.pipeline.errors import RequestCancelled
 from tritonrag.pipeline.sources import sources_json
 from tritonrag.pipeline.stages import (
     EmbedStage,
+    GenerateStage,
+    GenerationStream,
     PromptOptions,
     PromptStage,
     RerankStage,
     RetrievalOptions,
     RetrieveStage,
+    stopped_unless_read,
 )
-from tritonrag.pipeline.types import Passage, Prompt, RagRequest
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, RagRequest, Usage
+
+CONDENSE_TEMPLATE = "condense"
+CHAT_TEMPLATE = "chat"
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class RagState:
     passages: list[Passage] = field(default_factory=list)
     prompt: Prompt | None = None
     abstention: Abstention | None = None  # set: answer that, generate nothing
+    cite: bool = True  # the answer may cite passages (its citations are checked); False: a flow without retrieval
+    usage: Usage = field(default_factory=Usage)  # tokens of every generation so far (the response's `usage`)
     timing: dict[str, float] = field(default_factory=dict)  # milliseconds of each step (the response's `timing`)
     started: float = field(default_factory=time.perf_counter)
 
@@ -73,6 +82,25 @@ class RagState:
     def timed(self, name: str, since: float) -> None:
         """Record that step ``name`` ran from ``since`` (time.perf_counter) until now."""
         self.timing[f"{name}_ms"] = round(1000 * (time.perf_counter() - since), 3)
+
+    def count(self, chunk: GenerationChunk) -> None:
+        """Add the tokens a generation reports (on its last chunk) to the request's usage."""
+        if chunk.usage is not None:
+            self.usage += chunk.usage
+
+
+async def read_text(generation: GenerationStream, state: RagState,
+                    cancelled: Callable[[], bool] = lambda: False) -> str:
+    """The whole text of a generation that is not streamed to the client, its tokens counted in ``state``. Raises
+    RequestCancelled when ``cancelled()`` says the client went away (the generator is stopped first)."""
+    pieces = []
+    async with stopped_unless_read(generation) as chunks:
+        async for chunk in chunks:
+            if cancelled():
+                raise RequestCancelled
+            state.count(chunk)
+            pieces.append(chunk.text)
+    return "".join(pieces)
 
 
 def _retrieval(passage: Passage) -> dict[str, object]:
@@ -181,9 +209,59 @@ class AbstainOnWeakEvidence:
             state.abstention = Abstention(best, threshold)
 
 
+LABELS = ("standalone question:", "rewritten question:", "question:")  # what a model may put before its rewrite
+
+
+def standalone_question(rewrite: str, question: str, max_chars: int = 200) -> str:
+    """The question a condense generation gives: its first line, without a label or quotes. The original question
+    instead when the rewrite is empty, longer than ``max_chars`` or four times the question (absurd), or no question
+    where the original was one (a small model may answer instead of rewriting)."""
+    lines = [line.strip() for line in rewrite.strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    for label in LABELS:
+        if text.lower().startswith(label):
+            text = text[len(label):].strip()
+    text = text.strip().strip('"“”').strip()
+    original = question.strip()
+    if not text or len(text) > max(max_chars, 4 * len(original)):
+        return original
+    if original.endswith("?") and "?" not in text:
+        return original
+    return text
+
+
+@dataclass(frozen=True)
+class Condense:
+    """rag-chat's first step: when the request has earlier turns, the generator (greedy, at most ``max_tokens``)
+    rewrites the question into a standalone one from the conversation (the ``condense`` template), which the
+    following steps search and answer with; without history it does nothing."""
+
+    prompt_builder: PromptStage
+    generator: GenerateStage
+    max_tokens: int = 64
+    template: str = CONDENSE_TEMPLATE
+    name: str = "condense"
+
+    async def run(self, state: RagState) -> None:
+        history = state.request.history
+        if not history:
+            return
+        started = time.perf_counter()
+        prompt = await self.prompt_builder.build(state.query, [], PromptOptions(self.template, history=history))
+        sampling = {"max_tokens": self.max_tokens, "temperature": 0.0}
+        rewrite = await read_text(await self.generator.start(prompt, sampling, False), state)
+        state.query = standalone_question(rewrite, state.query)
+        state.timed(self.name, started)
+
+
 @dataclass(frozen=True)
 class BuildPrompt:
+    """Build the answer's prompt over the passages found, with the request's template (else ``template``, else the
+    prompt builder's default); with ``conversation``, the request's earlier turns go with it (the llm flow)."""
+
     prompt_builder: PromptStage
+    template: str | None = None
+    conversation: bool = False
     name: str = "prompt"
 
     async def run(self, state: RagState) -> None:
@@ -191,6 +269,7 @@ class BuildPrompt:
             return
         params = state.request.params
         started = time.perf_counter()
-        options = PromptOptions(params.template, params.system_prompt, schema=params.json_schema)
+        options = PromptOptions(params.template or self.template, params.system_prompt, schema=params.json_schema,
+                                history=state.request.history if self.conversation else ())
         state.prompt = await self.prompt_builder.build(state.query, state.passages, options)
         state.timed(self.name, started)

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tritonrag.errors import InvalidInput
 from tritonrag.pipeline.request import RagParams
+from tritonrag.prompts.history import Turn, parse_history
 from tritonrag.settings import RagSettings, RetrieverSettings
 
 
 @dataclass(frozen=True)
 class RagRequest:
-    """One question and its validated options."""
+    """One question, the conversation's earlier turns (oldest first; the flows rag-chat and llm read them) and its
+    validated options."""
 
     query: str
     params: RagParams = field(default_factory=RagParams)
+    history: tuple[Turn, ...] = ()
 
     @property
     def stream(self) -> bool:
@@ -24,14 +28,15 @@ class RagRequest:
 
     @classmethod
     def parse(cls, query: str, parameters: Mapping[str, Any], stream: bool | None, rag: RagSettings,
-              retriever: RetrieverSettings) -> RagRequest:
-        """Validate a request: its text, its parameters, and a `stream` input that overrides the parameter."""
+              retriever: RetrieverSettings, history: str | Sequence[Any] | None = None) -> RagRequest:
+        """Validate a request: its text, its parameters, a `stream` input that overrides the parameter, and the
+        `history` input (JSON: at most [rag] max_history_messages messages of role user or assistant)."""
         if not query.strip():
             raise InvalidInput("input 'text_input' is empty: send a question")
         params = RagParams.from_parameters(parameters, rag, retriever)
         if stream is not None and stream != params.stream:
             params = replace(params, stream=bool(stream))
-        return cls(query, params)
+        return cls(query, params, parse_history(history, rag.max_history_messages))
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,30 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Tokens a request cost: its prompts' and what was generated, summed over every generation it ran."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_json(self) -> str:
+        """The `usage` output: {"prompt_tokens", "completion_tokens", "total_tokens"}."""
+        return json.dumps({"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                           "total_tokens": self.total_tokens})
+
+
+@dataclass(frozen=True)
 class GenerationChunk:
-    """A piece of generated text; the last one of a generation carries its finish reason."""
+    """A piece of generated text; the last one of a generation carries its finish reason and, when the generator
+    reports it, the generation's tokens."""
 
     text: str
     finish_reason: str | None = None
+    usage: Usage | None = None

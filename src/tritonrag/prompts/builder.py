@@ -1,22 +1,27 @@
-"""Build a generator's prompt: a named template renders the task (question, numbered passages, schema), the target
-model's own chat template wraps it with the system prompt. Everything a user or a document supplies is data: it is
-neutralised (tritonrag.prompts.neutralise) and fills variables of templates rendered in Jinja2's sandbox."""
+"""Build a generator's prompt: a named template renders the task (question, numbered passages, schema, earlier turns
+of a conversation), the target model's own chat template wraps it with the system prompt and, for chat templates, the
+conversation's earlier turns (bounded by the model's tokens: tritonrag.prompts.history). Everything a user or a
+document supplies is data: it is neutralised (tritonrag.prompts.neutralise) and fills variables of templates
+rendered in Jinja2's sandbox."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jinja2 import StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tritonrag.errors import InvalidInput
 from tritonrag.prompts.chat_format import ChatFormat
+from tritonrag.prompts.history import TokenCounter, Turn, estimate_tokens, parse_history, recent_turns
 from tritonrag.prompts.registry import TemplateSpec, load_templates
 from tritonrag.serving.contract import GENERATOR
 from tritonrag.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,15 @@ class PromptBuilder:
 
     def __init__(self, max_query_chars: int, max_context_chars: int, max_system_chars: int = 4000,
                  template_dir: str | None = None,
-                 chat_format: Callable[[str | None], ChatFormat] = lambda _: ChatFormat.plain()) -> None:
+                 chat_format: Callable[[str | None], ChatFormat] = lambda _: ChatFormat.plain(),
+                 max_history_tokens: int = 1024,
+                 token_counter: Callable[[str | None], Callable[[str], int]] = lambda _: estimate_tokens) -> None:
         self.max_query_chars = max_query_chars
         self.max_context_chars = max_context_chars
         self.max_system_chars = max_system_chars
+        self.max_history_tokens = max_history_tokens
         self._chat_format = chat_format
+        self._token_counter = token_counter
         self._specs = load_templates(template_dir)
         env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
                                             trim_blocks=True)
@@ -73,11 +82,13 @@ class PromptBuilder:
 
     def build(self, name: str, query: str, documents: Sequence[ContextDocument | Mapping[str, str]],
               system_prompt: str | None = None, generator: str | None = None, schema: str = "",
-              answer: str = "") -> BuiltPrompt:
+              answer: str = "", history: Sequence[Turn | Mapping[str, str]] = ()) -> BuiltPrompt:
         """Render template ``name`` for the chat format of ``generator`` (None: the default generator's).
 
         Passages beyond ``max_context_chars`` are dropped whole, from the last; ``system_prompt`` (None: the
-        template's) replaces the template's system prompt.
+        template's) replaces the template's system prompt. ``history``, the conversation's earlier turns, keeps its
+        most recent turns that fit ``max_history_tokens`` of the generator's tokenizer; a chat template with history
+        "turns" gets them as chat turns before the user's message, every template as its ``history`` variable.
         """
         spec = self.spec(name)
         query = query.strip()
@@ -101,8 +112,12 @@ class PromptBuilder:
                 break
             kept.append(doc)
             used += len(doc.text)
+        as_turns = spec.history == "turns"
+        turns = self._history(parse_history(list(history)), generator, clean.text if as_turns else clean.inline)
         variables = {
             "query": clean.inline(query),
+            "message": clean.text(query),
+            "history": [t.to_dict() for t in turns],
             "documents": [{"n": i, "text": clean.inline(d.text), "title": clean.inline(d.title),
                            "source": clean.inline(d.source), "section": clean.inline(d.section)}
                           for i, d in enumerate(kept, 1)],
@@ -113,9 +128,17 @@ class PromptBuilder:
         if spec.kind == "completion":
             return BuiltPrompt(body, spec.stop, len(kept), spec.json_output)
         system = clean.text(system_prompt if system_prompt is not None else spec.system).strip()
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": body}]
+        messages = ([{"role": "system", "content": system}] if system else []) + \
+                   ([t.to_dict() for t in turns] if as_turns else []) + [{"role": "user", "content": body}]
         return BuiltPrompt(chat.render(messages), tuple(dict.fromkeys(spec.stop + chat.stop)), len(kept),
                            spec.json_output)
+
+    def _history(self, history: Sequence[Turn], generator: str | None, clean: Callable[[str], str]) -> list[Turn]:
+        """The turns of ``history`` neutralised by ``clean``, the most recent that fit the token budget."""
+        if not history:
+            return []
+        turns = [Turn(t.role, clean(t.content).strip()) for t in history]
+        return recent_turns(turns, self.max_history_tokens, self._token_counter(generator))
 
 
 def chat_formats(setting: str, default_model: str,
@@ -125,24 +148,40 @@ def chat_formats(setting: str, default_model: str,
     ``setting`` is [prompt_builder] chat_template: "auto" (each model's own), "plain", or a template file's path.
     ``generator_models`` maps the served generators' names to their models (None: ``default_model``).
     """
+
+    def make(model: str) -> ChatFormat:
+        if setting == "plain":
+            return ChatFormat.plain(model)
+        if setting == "auto":
+            return ChatFormat.for_model(model)
+        own = ChatFormat.for_model(model)
+        return ChatFormat(setting, Path(setting).expanduser().read_text(), own.special_tokens, own.bos_token,
+                          own.eos_token)
+
+    return _per_generator(make, default_model, generator_models)
+
+
+def token_counters(default_model: str,
+                   generator_models: Mapping[str, str | None] | None = None) -> Callable[[str | None], TokenCounter]:
+    """The token counter of each served generator, by name (None: the default one), its tokenizer loaded once per
+    model (tritonrag.prompts.history.TokenCounter)."""
+    return _per_generator(TokenCounter.for_model, default_model, generator_models)
+
+
+def _per_generator(make: Callable[[str], T], default_model: str,
+                   generator_models: Mapping[str, str | None] | None) -> Callable[[str | None], T]:
+    """A lookup by served generator name (None: ``generator``) of ``make(model)``, made once per model."""
     models = {GENERATOR.model: default_model}
     models.update({name: model or default_model for name, model in (generator_models or {}).items()})
-    cache: dict[str, ChatFormat] = {}
+    cache: dict[str, T] = {}
 
-    def lookup(generator: str | None) -> ChatFormat:
+    def lookup(generator: str | None) -> T:
         name = generator or GENERATOR.model
         if name not in models:
             raise InvalidInput(f"unknown generator {name!r}; this deployment serves: {', '.join(models)}")
         model = models[name]
         if model not in cache:
-            if setting == "plain":
-                cache[model] = ChatFormat.plain(model)
-            elif setting == "auto":
-                cache[model] = ChatFormat.for_model(model)
-            else:
-                own = ChatFormat.for_model(model)
-                cache[model] = ChatFormat(setting, Path(setting).expanduser().read_text(), own.special_tokens,
-                                          own.bos_token, own.eos_token)
+            cache[model] = make(model)
         return cache[model]
 
     return lookup
@@ -152,4 +191,5 @@ def prompt_builder(settings: Settings, generator_models: Mapping[str, str | None
     """The prompt builder the settings describe, for the generators served (default: the one ``generator``)."""
     p = settings.prompt_builder
     return PromptBuilder(p.max_query_chars, p.max_context_chars, p.max_system_chars, p.template_dir,
-                         chat_formats(p.chat_template, settings.generator.model, generator_models))
+                         chat_formats(p.chat_template, settings.generator.model, generator_models),
+                         p.max_history_tokens, token_counters(settings.generator.model, generator_models))

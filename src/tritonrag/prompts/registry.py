@@ -15,9 +15,10 @@ from typing import Any
 
 KINDS = ("chat", "completion")
 OUTPUTS = ("text", "json")
+HISTORY = ("turns", "data")  # how a template gets a conversation's earlier turns
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
 REGISTRY_FILE = "templates.toml"
-KEYS = {"description", "kind", "system", "output", "stop"}
+KEYS = {"description", "kind", "system", "output", "stop", "history"}
 
 
 class TemplateConfigError(ValueError):
@@ -36,6 +37,9 @@ class TemplateSpec:
     output: str = "text"
     stop: tuple[str, ...] = ()
     origin: str = "package"  # "package" or the folder it came from
+    # a conversation's earlier turns: "turns", chat turns before the user's message (chat templates' default);
+    # "data", only the template's `history` variable holds them (completion templates: always)
+    history: str = "turns"
 
     @property
     def json_output(self) -> bool:
@@ -59,6 +63,10 @@ def _spec(name: str, raw: Any, folder: Traversable, origin: str) -> TemplateSpec
     stop = raw.get("stop", [])
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise TemplateConfigError(f"{where}: stop must be a list of non-empty strings")
+    history = raw.get("history", "turns" if kind == "chat" else "data")
+    if history not in HISTORY or (history == "turns" and kind != "chat"):
+        raise TemplateConfigError(f"{where}: history must be one of {', '.join(HISTORY)} (turns: chat templates "
+                                  f"only), got {history!r}")
     description, system = raw.get("description", ""), raw.get("system", "")
     if not isinstance(description, str) or not description.strip():
         raise TemplateConfigError(f"{where}: give the template a description (what it is for)")
@@ -68,7 +76,7 @@ def _spec(name: str, raw: Any, folder: Traversable, origin: str) -> TemplateSpec
     if not source_file.is_file():
         raise TemplateConfigError(f"{where}: its template file {name}.j2 is missing")
     return TemplateSpec(name, " ".join(description.split()), source_file.read_text(), kind, system, output,
-                        tuple(stop), origin)
+                        tuple(stop), origin, history)
 
 
 def _load(folder: Traversable, origin: str) -> dict[str, TemplateSpec]:

@@ -20,7 +20,8 @@ from tritonrag.kb.filters import Filter
 from tritonrag.pipeline.errors import StageError
 from tritonrag.pipeline.events import ErrorCode
 from tritonrag.pipeline.stages import PromptOptions, RetrievalOptions
-from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, Retrieval
+from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, Retrieval, Usage
+from tritonrag.prompts.history import history_json
 from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RERANKER, RETRIEVER
 from tritonrag.serving.tensors import string_tensor
 
@@ -38,6 +39,15 @@ def stage_error(model: str, error: Any) -> StageError:
 def _first_string(response: Any, name: str) -> str | None:
     tensor = pb_utils.get_output_tensor_by_name(response, name)
     return None if tensor is None else tensor.as_numpy().reshape(-1)[0].decode("utf-8")
+
+
+def _usage(response: Any) -> Usage | None:
+    """The tokens a generator's final response reports (None on the others)."""
+    prompt = pb_utils.get_output_tensor_by_name(response, GENERATOR.num_input_tokens)
+    completion = pb_utils.get_output_tensor_by_name(response, GENERATOR.num_output_tokens)
+    if prompt is None or completion is None:
+        return None
+    return Usage(int(prompt.as_numpy().reshape(-1)[0]), int(completion.as_numpy().reshape(-1)[0]))
 
 
 class BlsStages:
@@ -95,7 +105,8 @@ class BlsStages:
         ]
         optional = {P.template: options.template, P.system_prompt: options.system_prompt,
                     P.generator: options.generator, P.answer: options.answer,
-                    P.json_schema: json.dumps(options.schema) if options.schema else None}
+                    P.json_schema: json.dumps(options.schema) if options.schema else None,
+                    P.history: history_json(options.history) if options.history else None}
         inputs += [string_tensor(name, [value]) for name, value in optional.items() if value is not None]
         prompt, stop, count, json_output = await self._infer(P.model, inputs,
                                                              [P.prompt, P.stop, P.passages, P.json_output])
@@ -114,7 +125,8 @@ class BlsStages:
                 string_tensor(GENERATOR.sampling_parameters, [json.dumps(dict(sampling))]),
                 pb_utils.Tensor(GENERATOR.stream, np.array([stream], bool)),
             ] + ([string_tensor(GENERATOR.stop, list(prompt.stop))] if prompt.stop else []),
-            requested_output_names=[GENERATOR.text_output, GENERATOR.finish_reason],
+            requested_output_names=[GENERATOR.text_output, GENERATOR.finish_reason, GENERATOR.num_input_tokens,
+                                    GENERATOR.num_output_tokens],
             timeout=self.timeout_us,
         )
         return BlsGeneration(self, await request.async_exec(decoupled=True), cancel_key, model)
@@ -135,7 +147,7 @@ class BlsGeneration:
             if response.has_error():
                 raise stage_error(self.model, response.error())
             yield GenerationChunk(_first_string(response, GENERATOR.text_output) or "",
-                                  _first_string(response, GENERATOR.finish_reason))
+                                  _first_string(response, GENERATOR.finish_reason), _usage(response))
 
     async def cancel(self) -> None:
         """Triton 2.51's BLS response iterator has no cancel() (later releases do, and it is used then), so the

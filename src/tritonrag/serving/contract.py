@@ -56,6 +56,7 @@ class PromptBuilderContract:
     generator: str = "generator"  # optional: the served generator the prompt is for (its chat template)
     json_schema: str = "json_schema"  # optional: the schema an extract template shows the model
     answer: str = "answer"  # optional: the answer a critic template reviews
+    history: str = "history"  # optional: JSON list of {"role": "user"|"assistant", "content"}, the earlier turns
     prompt: str = "prompt"
     stop: str = "stop"  # the template's and the chat format's stop strings
     passages: str = "passages"  # INT32: how many passages the prompt holds, numbered 1..passages (citable)
@@ -81,6 +82,8 @@ class GeneratorContract:
     stop: str = "stop"
     text_output: str = "text_output"
     finish_reason: str = "finish_reason"  # on the last response
+    num_input_tokens: str = "num_input_tokens"  # INT32 [1], on the last response: the prompt's tokens
+    num_output_tokens: str = "num_output_tokens"  # INT32 [1], on the last response: the tokens generated
     # request parameters: a stream a BLS caller may cancel by key, and the request that cancels it
     cancel_key: str = "cancel_key"
     cancel: str = "cancel"
@@ -89,8 +92,9 @@ class GeneratorContract:
 @dataclass(frozen=True)
 class RagContract:
     model: str = "rag"
-    text_input: str = "text_input"
+    text_input: str = "text_input"  # the question: the conversation's last user turn
     stream: str = "stream"
+    history: str = "history"  # optional input: JSON list of {"role": "user"|"assistant", "content"} before it
     text_output: str = "text_output"
     sources: str = "sources"  # JSON list, on the first response of a stream (or the only one)
     finish_reason: str = "finish_reason"
@@ -107,13 +111,15 @@ class RagContract:
     system_prompt: str = "system_prompt"
     json_schema: str = "json_schema"  # JSON string: the answer must be JSON following it
     json_object: str = "json_object"  # bool: the answer must be a JSON object
-    flow: str = "flow"  # "rag" (default) or "qa-checked"
+    flow: str = "flow"  # "rag" (default), "qa-checked", "rag-chat" or "llm"
     mode: str = "mode"  # retrieval: dense | sparse | hybrid
     candidates: str = "candidates"  # retrieval: hybrid depth
     fusion: str = "fusion"  # retrieval: rrf | weighted
     rerank: str = "rerank"  # bool: rerank the retrieved candidates
     rerank_candidates: str = "rerank_candidates"  # how many candidates the reranker scores
     timing: str = "timing"  # output: JSON, milliseconds of each step, on the final response
+    usage: str = "usage"  # output: JSON {"prompt_tokens", "completion_tokens", "total_tokens"}, final response
+    query: str = "query"  # output: the question the flow searched with (rag-chat: the condensed one), final response
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -176,7 +182,8 @@ MODEL_IO: tuple[ModelIO, ...] = (
     ModelIO(P.model, inputs=(_string(P.query), _string(P.context, (-1,), optional=True),
                              _string(P.metadata, (-1,), optional=True), _string(P.template, optional=True),
                              _string(P.system_prompt, optional=True), _string(P.generator, optional=True),
-                             _string(P.json_schema, optional=True), _string(P.answer, optional=True)),
+                             _string(P.json_schema, optional=True), _string(P.answer, optional=True),
+                             _string(P.history, optional=True)),
             outputs=(_string(P.prompt), _string(P.stop, (-1,)), TensorSpec(P.passages, "TYPE_INT32", (1,)),
                      TensorSpec(P.json_output, "TYPE_BOOL", (1,)))),
     ModelIO(RERANKER.model,
@@ -184,10 +191,14 @@ MODEL_IO: tuple[ModelIO, ...] = (
             outputs=(TensorSpec(RERANKER.scores, "TYPE_FP32", (-1,)),)),
     ModelIO(G.model, inputs=(_string(G.text_input), TensorSpec(G.stream, "TYPE_BOOL", (1,), optional=True),
                              _string(G.sampling_parameters, optional=True), _string(G.stop, (-1,), optional=True)),
-            outputs=(_string(G.text_output, (-1,)), _string(G.finish_reason, (-1,))), decoupled=True),
-    ModelIO(Q.model, inputs=(_string(Q.text_input), TensorSpec(Q.stream, "TYPE_BOOL", (1,), optional=True)),
+            outputs=(_string(G.text_output, (-1,)), _string(G.finish_reason, (-1,)),
+                     TensorSpec(G.num_input_tokens, "TYPE_INT32", (1,)),
+                     TensorSpec(G.num_output_tokens, "TYPE_INT32", (1,))), decoupled=True),
+    ModelIO(Q.model, inputs=(_string(Q.text_input), TensorSpec(Q.stream, "TYPE_BOOL", (1,), optional=True),
+                             _string(Q.history, optional=True)),
             outputs=(_string(Q.text_output, (-1,)), _string(Q.sources, (-1,)), _string(Q.finish_reason, (-1,)),
-                     _string(Q.citations, (-1,)), _string(Q.timing, (-1,))),
+                     _string(Q.citations, (-1,)), _string(Q.timing, (-1,)), _string(Q.usage, (-1,)),
+                     _string(Q.query, (-1,))),
             decoupled=True),
 )
 MODELS = tuple(m.name for m in MODEL_IO)

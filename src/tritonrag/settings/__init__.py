@@ -19,6 +19,7 @@ from tritonrag.settings.sections import (
     EmbedderSettings,
     GeneratorSettings,
     IndexSettings,
+    IngressSettings,
     PromptBuilderSettings,
     RagSettings,
     RerankerSettings,
@@ -29,6 +30,6 @@ from tritonrag.settings.sections import (
 
 __all__ = [
     "CONFIG_ENV", "GENERATOR_ENGINES", "HOME_ENV", "RERANKER_KINDS", "ChunkingSettings", "EmbedderSettings",
-    "GeneratorSettings", "IndexSettings", "PromptBuilderSettings", "RagSettings", "RerankerSettings",
+    "GeneratorSettings", "IndexSettings", "IngressSettings", "PromptBuilderSettings", "RagSettings", "RerankerSettings",
     "RetrieverSettings", "ServerSettings", "Settings", "default_home", "load_settings", "override", "resolve_model_ref",
 ]

@@ -16,6 +16,7 @@ from tritonrag.settings.sections import (
     EmbedderSettings,
     GeneratorSettings,
     IndexSettings,
+    IngressSettings,
     PromptBuilderSettings,
     RagSettings,
     RerankerSettings,
@@ -116,6 +117,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         generator=_build(GeneratorSettings, "generator", raw, home),
         rag=_build(RagSettings, "rag", raw, home),
         reranker=_build(RerankerSettings, "reranker", raw, home),
+        ingress=_build(IngressSettings, "ingress", raw, home),
     )
 
 

@@ -85,6 +85,12 @@ class PromptBuilderSettings:
     max_query_chars: int
     max_context_chars: int
     max_system_chars: int
+    max_history_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.max_history_tokens < 0:
+            raise ValueError(f"[prompt_builder] max_history_tokens must be 0 (no history) or more, "
+                             f"got {self.max_history_tokens}")
 
 
 @dataclass(frozen=True)
@@ -124,10 +130,15 @@ class RagSettings:
     rerank: bool
     rerank_candidates: int
     rerank_fusion: str
+    max_history_messages: int
+    condense_max_tokens: int
 
     def __post_init__(self) -> None:
         if self.rerank_fusion not in ("none", "rrf"):
             raise ValueError(f"[rag] rerank_fusion must be none or rrf, got {self.rerank_fusion!r}")
+        for name in ("max_history_messages", "condense_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"[rag] {name} must be at least 1, got {getattr(self, name)}")
 
 
 # [reranker] kind values ("auto": from the model's folder or name, tritonrag.reranking.loader)
@@ -158,6 +169,37 @@ class RerankerSettings:
 
 
 @dataclass(frozen=True)
+class IngressSettings:
+    """The OpenAI-compatible HTTP service in front of Triton (tritonrag.ingress)."""
+
+    host: str
+    port: int
+    workers: int
+    triton_grpc: str
+    request_timeout_s: float
+    max_body_bytes: int
+    max_messages: int
+    max_history_chars: int
+    api_keys_file: str
+    api_keys_env: str
+    allow_anonymous: bool
+    max_concurrency_per_key: int
+    rate_limit_rpm: float
+    rate_limit_burst: int
+    cors_origins: list[str]
+
+    def __post_init__(self) -> None:
+        for name in ("port", "workers", "max_body_bytes", "max_messages", "max_history_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"[ingress] {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_concurrency_per_key", "rate_limit_rpm", "rate_limit_burst"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"[ingress] {name} must be 0 (no limit) or more, got {getattr(self, name)}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"[ingress] request_timeout_s must be positive, got {self.request_timeout_s}")
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     server: ServerSettings
@@ -169,6 +211,7 @@ class Settings:
     generator: GeneratorSettings
     rag: RagSettings
     reranker: RerankerSettings
+    ingress: IngressSettings
 
     @property
     def index_dir(self) -> Path:

@@ -8,6 +8,7 @@ only validates and submits, so many requests are in flight at once. Inputs follo
 import os
 import time
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tritonrag.errors import InvalidInput
@@ -28,10 +29,14 @@ TOKEN_METRIC_S = 0.5
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 
-def _text_response(text, finish_reason=None):
+def _text_response(text, completion=None):
+    """A response of text; the final one (``completion``) also says how it ended and its prompt's and answer's
+    tokens."""
     outputs = [string_tensor(GENERATOR.text_output, [text])]
-    if finish_reason is not None:
-        outputs.append(string_tensor(GENERATOR.finish_reason, [finish_reason]))
+    if completion is not None:
+        outputs += [string_tensor(GENERATOR.finish_reason, [completion.finish_reason]),
+                    pb_utils.Tensor(GENERATOR.num_input_tokens, np.array([completion.prompt_tokens], np.int32)),
+                    pb_utils.Tensor(GENERATOR.num_output_tokens, np.array([completion.completion_tokens], np.int32))]
     return pb_utils.InferenceResponse(outputs)
 
 
@@ -109,7 +114,7 @@ class _RequestStream:
             self._close()
             return
         text = "" if self.stream else "".join(self.pieces)
-        self._close(_text_response(text, completion.finish_reason))
+        self._close(_text_response(text, completion))
 
     def on_error(self, error):
         self._report_tokens()

@@ -1,5 +1,6 @@
 """Triton adapter for the prompt builder: query + retrieved passages + template (and optionally a system prompt,
-the target generator, a JSON schema, an answer to review) in, the prompt and what the pipeline needs of it out."""
+the target generator, a JSON schema, an answer to review, a conversation's earlier turns) in, the prompt and what the
+pipeline needs of it out."""
 
 import json
 from dataclasses import replace
@@ -9,6 +10,7 @@ import triton_python_backend_utils as pb_utils
 
 from tritonrag.errors import InvalidInput
 from tritonrag.prompts.builder import ContextDocument, prompt_builder
+from tritonrag.prompts.history import parse_history
 from tritonrag.serving.contract import PROMPT_BUILDER
 from tritonrag.serving.instance import instance_config, served_generators
 from tritonrag.serving.tensors import error_response, read_string, read_strings, string_tensor
@@ -45,7 +47,8 @@ class TritonPythonModel:
                     for name in (P.template, P.system_prompt, P.generator, P.json_schema, P.answer)}
         built = self.builder.build(optional[P.template] or self.settings.template, read_string(request, P.query),
                                    self._documents(request), optional[P.system_prompt], optional[P.generator],
-                                   optional[P.json_schema] or "", optional[P.answer] or "")
+                                   optional[P.json_schema] or "", optional[P.answer] or "",
+                                   parse_history(read_string(request, P.history, required=False), name=P.history))
         return pb_utils.InferenceResponse([
             string_tensor(P.prompt, [built.text]), string_tensor(P.stop, list(built.stop)),
             pb_utils.Tensor(P.passages, np.array([built.passages], np.int32)),

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import triton_python_backend_utils as pb_utils
 
+from tritonrag.generation.sampling import SamplingParams
 from tritonrag.pipeline.errors import failure
 from tritonrag.pipeline.events import CancelledEvent, FailedEvent, FinalEvent, SourcesEvent, TextEvent
 from tritonrag.pipeline.flow import RagPipeline, standard_flows
@@ -37,8 +38,9 @@ def _response(event):
             outputs.append(string_tensor(RAG.sources, [event.sources]))
         if event.citations is not None:
             outputs.append(string_tensor(RAG.citations, [event.citations]))
-        if event.timing is not None:
-            outputs.append(string_tensor(RAG.timing, [event.timing]))
+        for name, value in ((RAG.timing, event.timing), (RAG.usage, event.usage), (RAG.query, event.query)):
+            if value is not None:
+                outputs.append(string_tensor(name, [value]))
         return pb_utils.InferenceResponse(outputs), True
     if isinstance(event, FailedEvent):
         error = pb_utils.TritonError(event.message, getattr(pb_utils.TritonError, event.code.name))
@@ -53,6 +55,7 @@ class TritonPythonModel:
         settings = load_settings()
         self.rag, _ = instance_config(args, settings, RAG.model)
         self.retriever = settings.retriever
+        self.generator = settings.generator
         generators = served_generators(args, settings)
         if self.rag.critic_generator not in generators:
             raise ValueError(f"[rag] critic_generator = {self.rag.critic_generator!r} is not served here; this "
@@ -63,12 +66,18 @@ class TritonPythonModel:
         stages = BlsStages(self.rag.bls_timeout_s, self.executor)
         self.pipeline = RagPipeline(stages, standard_flows(stages, self.rag.critic_generator,
                                                            self.rag.critic_max_tokens, self.rag.rerank_fusion,
-                                                           settings.reranker.max_passage_chars))
+                                                           settings.reranker.max_passage_chars,
+                                                           self.rag.condense_max_tokens))
         self._loop_ready = False
 
     def _parse(self, request):
-        return RagRequest.parse(read_string(request, RAG.text_input), request_parameters(request),
-                                read_scalar(request, RAG.stream), self.rag, self.retriever)
+        parsed = RagRequest.parse(read_string(request, RAG.text_input), request_parameters(request),
+                                  read_scalar(request, RAG.stream), self.rag, self.retriever,
+                                  read_string(request, RAG.history, required=False))
+        # The generator's own checks on the [generator] limits, before any stage runs: Triton 2.51's decoupled BLS
+        # responses lose an error's code, so a generator's INVALID_ARG would reach the client as INTERNAL.
+        SamplingParams.from_request(parsed.params.sampling(), self.generator)
+        return parsed
 
     async def _serve(self, request):
         sender = request.get_response_sender()

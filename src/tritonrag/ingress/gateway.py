@@ -1,0 +1,212 @@
+"""Triton over gRPC for the ingress (tritonclient.grpc.aio): the `rag` model streamed, the embedder, the retriever's
+statistics, readiness. One channel per worker process, shared by every request (HTTP/2 multiplexes them).
+
+Streams run in Triton's strict gRPC error mode (header ``triton_grpc_error``): a failed request ends its stream
+with a real gRPC status (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, ...), which the ingress turns into the HTTP status
+a client should see. Without it, Triton 2.51 sends only an error message on the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tritonrag.ingress.errors import ApiError
+from tritonrag.ingress.translate import RagCall, RagReply
+from tritonrag.serving.contract import EMBEDDER, RAG, RETRIEVER
+
+STRICT_ERRORS = {"triton_grpc_error": "true"}
+_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 400,  # Unsupported: the deployment does not do what the request asks
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+READY_CACHE_S = 1.0
+
+
+class ClientGone(Exception):
+    """The stream was cancelled (the HTTP client went away)."""
+
+
+def api_error(exc: BaseException, what: str = "Triton") -> ApiError:
+    """The ApiError of a failed gRPC call: the model's message, with the status its code maps to."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        status = _STATUS.get(exc.code(), 500)
+        message = exc.details() or f"{what} failed with {exc.code().name}"
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            message = f"{what} is not reachable or not ready ({message}); retry shortly"
+        code = {400: "invalid_request", 404: "not_found", 503: "triton_unavailable", 504: "timeout"}.get(status)
+        return ApiError(status, message, code=code or "server_error")
+    if isinstance(exc, InferenceServerException):
+        return ApiError(500, exc.message() or f"{what} failed", code="server_error")
+    return ApiError(500, f"{what} failed: {type(exc).__name__}: {exc}", code="server_error")
+
+
+def _bytes_input(name: str, values: Sequence[str], shape: Sequence[int]) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(shape), "BYTES")
+    tensor.set_data_from_numpy(np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(shape))
+    return tensor
+
+
+def _first(result: Any, name: str) -> str | None:
+    value = result.as_numpy(name)
+    if value is None or value.size == 0:
+        return None
+    item = value.reshape(-1)[0]
+    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
+
+
+@dataclass
+class RagPart:
+    """One response of the `rag` model: text, and whichever of the other outputs it carries."""
+
+    text: str
+    sources: list[dict[str, Any]] | None
+    final: bool
+    finish_reason: str | None = None
+    citations: list[dict[str, Any]] | None = None
+    usage: dict[str, int] | None = None
+    query: str | None = None
+    timing: dict[str, float] | None = None
+
+    def add_to(self, reply: RagReply) -> None:
+        reply.text += self.text
+        for name in ("sources", "citations", "finish_reason", "usage", "query", "timing"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(reply, name, value)
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+class TritonGateway:
+    """The Triton models the ingress calls, over one gRPC channel."""
+
+    def __init__(self, url: str, timeout_s: float = 600.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.client = grpcclient.InferenceServerClient(url)
+        self._ready: tuple[float, bool] = (0.0, False)
+        self._embed_batch: int | None = None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def ready(self) -> bool:
+        """Triton is ready and serves `rag` (cached for a second: load balancers poll often)."""
+        stamp, value = self._ready
+        if time.monotonic() - stamp < READY_CACHE_S:
+            return value
+        try:
+            value = bool(await self.client.is_server_ready(client_timeout=2)
+                         and await self.client.is_model_ready(RAG.model, client_timeout=2))
+        except Exception:
+            value = False
+        self._ready = (time.monotonic(), value)
+        return value
+
+    async def rag(self, call: RagCall) -> AsyncIterator[RagPart]:
+        """The `rag` model's responses to ``call``, the last one final. Raises ApiError for a failed request and
+        ClientGone when the stream is cancelled."""
+        inputs = [_bytes_input(RAG.text_input, [call.question], [1])]
+        flag = grpcclient.InferInput(RAG.stream, [1], "BOOL")
+        flag.set_data_from_numpy(np.array([call.stream], dtype=bool))
+        inputs.append(flag)
+        if call.history:
+            inputs.append(_bytes_input(RAG.history, [json.dumps(call.history, ensure_ascii=False)], [1]))
+        parameters = {**call.parameters, "triton_enable_empty_final_response": True}
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": RAG.model, "inputs": inputs, "parameters": parameters}
+
+        stream = self.client.stream_infer(requests(), stream_timeout=self.timeout_s, headers=STRICT_ERRORS)
+        try:
+            async for result, error in stream:
+                if error is not None:
+                    raise ApiError(500, error.message() or "the rag model failed without a message",
+                                   code="server_error")
+                response = result.get_response()
+                final = response.parameters["triton_final_response"].bool_param
+                names = {output.name for output in response.outputs}
+                part = RagPart(
+                    text=_first(result, RAG.text_output) or "" if RAG.text_output in names else "",
+                    sources=_json(_first(result, RAG.sources)) if RAG.sources in names else None,
+                    final=final,
+                    finish_reason=_first(result, RAG.finish_reason) if RAG.finish_reason in names else None,
+                    citations=_json(_first(result, RAG.citations)) if RAG.citations in names else None,
+                    usage=_json(_first(result, RAG.usage)) if RAG.usage in names else None,
+                    query=_first(result, RAG.query) if RAG.query in names else None,
+                    timing=_json(_first(result, RAG.timing)) if RAG.timing in names else None,
+                )
+                yield part
+                if final:
+                    return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                raise ClientGone from None
+            raise api_error(exc, "the rag model") from None
+        finally:
+            stream.cancel()
+
+    async def embed_batch_size(self) -> int:
+        """Rows per embedder request: its max_batch_size."""
+        if self._embed_batch is None:
+            try:
+                config = await self.client.get_model_config(EMBEDDER.model, as_json=True, client_timeout=10)
+            except Exception as exc:
+                raise api_error(exc, "the embedder") from None
+            self._embed_batch = max(1, int(config["config"].get("max_batch_size", 0)) or 1)
+        return self._embed_batch
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The embedder's vectors of ``texts``, [len(texts), dim], sent in batches of its max_batch_size."""
+        batch = await self.embed_batch_size()
+        parts = []
+        for start in range(0, len(texts), batch):
+            rows = list(texts[start:start + batch])
+            try:
+                result = await self.client.infer(EMBEDDER.model, [_bytes_input(EMBEDDER.text, rows, [len(rows), 1])],
+                                                 client_timeout=self.timeout_s, headers=STRICT_ERRORS)
+            except InferenceServerException as exc:
+                raise _exception_error(exc, "the embedder") from None
+            except grpc.aio.AioRpcError as exc:
+                raise api_error(exc, "the embedder") from None
+            parts.append(result.as_numpy(EMBEDDER.embedding))
+        return np.concatenate(parts).astype(np.float32)
+
+    async def stats(self) -> dict[str, Any]:
+        """The retriever's statistics (version, index, documents)."""
+        flag = grpcclient.InferInput(RETRIEVER.stats, [1, 1], "BOOL")
+        flag.set_data_from_numpy(np.array([[True]]))
+        try:
+            result = await self.client.infer(RETRIEVER.model, [flag], outputs=[grpcclient.InferRequestedOutput(
+                RETRIEVER.stats)], client_timeout=30)
+        except InferenceServerException as exc:
+            raise _exception_error(exc, "the retriever") from None
+        return json.loads(_first(result, RETRIEVER.stats) or "{}")
+
+
+def _exception_error(exc: InferenceServerException, what: str) -> ApiError:
+    """tritonclient wraps unary gRPC errors in InferenceServerException, keeping the status as text."""
+    status = str(exc.status() or "")
+    code = next((c for c in _STATUS if status.endswith(c.name)), None)
+    http = _STATUS.get(code, 500) if code else 500
+    message = exc.message() or f"{what} failed"
+    if http == 503:
+        message = f"{what} is not reachable or not ready ({message}); retry shortly"
+    return ApiError(http, message, code="invalid_request" if http == 400 else "server_error")
