@@ -268,11 +268,15 @@ def test_a_client_that_goes_away_mid_stream_leaves_the_service_serving(ingress, 
     assert ok.choices[0].message.content
 
 
+def metrics_of(ingress):
+    with urllib.request.urlopen(f"{ingress.url}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
 def test_health_and_metrics(ingress):
     status, body, _ = raw(ingress, "/health", key=None)
     assert status == 200 and body["status"] == "ok"
-    with urllib.request.urlopen(f"{ingress.url}/metrics", timeout=10) as response:
-        page = response.read().decode()
+    page = metrics_of(ingress)
     assert "tritonrag_ingress_requests_total" in page and "tritonrag_ingress_first_token_seconds" in page
 
 
@@ -293,7 +297,9 @@ def test_per_key_limits_answer_429_with_retry_after(server, settings, tmp_path):
 
         worker = threading.Thread(target=long_request)
         worker.start()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "tritonrag_ingress_requests_in_flight 1.0" not in metrics_of(limited):
+            time.sleep(0.05)  # until the long request is being answered
         status, body, _ = raw(limited, "/v1/chat/completions",
                               {"model": "rag", "messages": [{"role": "user", "content": "x"}]}, key="default")
         worker.join(300)
