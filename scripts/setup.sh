@@ -44,6 +44,13 @@ else
   step "Python dependencies up to date"
 fi
 
+if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  step "chromium and chromium-driver (a real browser for the chat page's test; from Debian)"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; then
+    echo "chromium not installed (no apt lists? run apt-get update): tests/integration/test_chat_page.py skips"
+  fi
+fi
+
 if [ ! -x "$VENV/bin/promtool" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
   step "promtool (checks docker/prometheus and the dashboard's queries; from Debian's prometheus package)"
   tmp=$(mktemp -d)
