@@ -41,17 +41,22 @@ class ClientGone(Exception):
     """The stream was cancelled (the HTTP client went away)."""
 
 
+def _status_error(code: grpc.StatusCode | None, message: str, what: str) -> ApiError:
+    status = _STATUS.get(code, 500)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        message = f"{what} is not reachable or not ready ({message}); retry shortly"
+    kind = {400: "invalid_request", 404: "not_found", 503: "triton_unavailable", 504: "timeout"}.get(status)
+    return ApiError(status, message or f"{what} failed", code=kind or "server_error")
+
+
 def api_error(exc: BaseException, what: str = "Triton") -> ApiError:
-    """The ApiError of a failed gRPC call: the model's message, with the status its code maps to."""
+    """The ApiError of a failed gRPC call: the model's message, with the status its code maps to. Streams raise
+    AioRpcError; unary calls come wrapped in tritonclient's InferenceServerException, the status kept as text."""
     if isinstance(exc, grpc.aio.AioRpcError):
-        status = _STATUS.get(exc.code(), 500)
-        message = exc.details() or f"{what} failed with {exc.code().name}"
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            message = f"{what} is not reachable or not ready ({message}); retry shortly"
-        code = {400: "invalid_request", 404: "not_found", 503: "triton_unavailable", 504: "timeout"}.get(status)
-        return ApiError(status, message, code=code or "server_error")
+        return _status_error(exc.code(), exc.details() or f"{what} failed with {exc.code().name}", what)
     if isinstance(exc, InferenceServerException):
-        return ApiError(500, exc.message() or f"{what} failed", code="server_error")
+        status = str(exc.status() or "")
+        return _status_error(next((c for c in _STATUS if status.endswith(c.name)), None), exc.message() or "", what)
     return ApiError(500, f"{what} failed: {type(exc).__name__}: {exc}", code="server_error")
 
 
@@ -182,9 +187,7 @@ class TritonGateway:
             try:
                 result = await self.client.infer(EMBEDDER.model, [_bytes_input(EMBEDDER.text, rows, [len(rows), 1])],
                                                  client_timeout=self.timeout_s, headers=STRICT_ERRORS)
-            except InferenceServerException as exc:
-                raise _exception_error(exc, "the embedder") from None
-            except grpc.aio.AioRpcError as exc:
+            except (InferenceServerException, grpc.aio.AioRpcError) as exc:
                 raise api_error(exc, "the embedder") from None
             parts.append(result.as_numpy(EMBEDDER.embedding))
         return np.concatenate(parts).astype(np.float32)
@@ -197,16 +200,5 @@ class TritonGateway:
             result = await self.client.infer(RETRIEVER.model, [flag], outputs=[grpcclient.InferRequestedOutput(
                 RETRIEVER.stats)], client_timeout=30)
         except InferenceServerException as exc:
-            raise _exception_error(exc, "the retriever") from None
+            raise api_error(exc, "the retriever") from None
         return json.loads(_first(result, RETRIEVER.stats) or "{}")
-
-
-def _exception_error(exc: InferenceServerException, what: str) -> ApiError:
-    """tritonclient wraps unary gRPC errors in InferenceServerException, keeping the status as text."""
-    status = str(exc.status() or "")
-    code = next((c for c in _STATUS if status.endswith(c.name)), None)
-    http = _STATUS.get(code, 500) if code else 500
-    message = exc.message() or f"{what} failed"
-    if http == 503:
-        message = f"{what} is not reachable or not ready ({message}); retry shortly"
-    return ApiError(http, message, code="invalid_request" if http == 400 else "server_error")
