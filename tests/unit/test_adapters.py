@@ -1,8 +1,10 @@
 """The Triton adapters without Triton: each imports against a minimal stand-in for triton_python_backend_utils,
 and the rag adapter turns each pipeline event into the right response (the integration tests run them for real)."""
 
+import collections
 import importlib
 import sys
+import threading
 import types
 
 import numpy as np
@@ -112,3 +114,65 @@ def test_bls_reads_the_generators_tokens_from_its_final_response(adapters, monke
     usage = bls._usage(final)
     assert (usage.prompt_tokens, usage.completion_tokens) == (42, 7)
     assert bls._usage(types.SimpleNamespace(tensors={})) is None
+
+
+class _Gauge:
+    def __init__(self):
+        self.value = None
+
+    def set(self, value):
+        self.value = value
+
+    def increment(self, value):
+        pass
+
+
+class _Sender:
+    """A client that goes away after ``cancel_after`` responses (None: stays)."""
+
+    def __init__(self, cancel_after=None):
+        self.cancel_after, self.sent, self.final = cancel_after, 0, threading.Event()
+
+    def is_cancelled(self):
+        return self.cancel_after is not None and self.sent >= self.cancel_after
+
+    def send(self, response=None, flags=0):
+        self.sent += 1
+        if flags:
+            self.final.set()
+
+
+def test_the_in_flight_gauge_returns_to_zero_after_cancelled_and_finished_streams(adapters):
+    """The gauge the HPA scales on: counted on one lock by the adapter, never set from a stale engine count (it
+    stayed at 3 after 96 client-cancelled streams when it was)."""
+    import dataclasses
+
+    from tritonrag.generation.sampling import SamplingParams
+    from tritonrag.generation.stand_in import StandInEngine
+    from tritonrag.settings import load_settings
+
+    module = adapters["generator"]
+    model = module.TritonPythonModel()
+    model.settings = load_settings().generator
+    model.engine = StandInEngine(model.settings)
+    gauge = _Gauge()
+    model.metrics = types.SimpleNamespace(in_flight=gauge, ttft=_Gauge(), tpot=types.SimpleNamespace(observe=id),
+                                          tokens=_Gauge(), finished=collections.defaultdict(_Gauge))
+    model.metrics.ttft.observe = id
+    model.by_cancel_key, model._count_lock, model._in_flight = {}, threading.Lock(), 0
+    params = dataclasses.replace(SamplingParams.from_request({}, model.settings), max_tokens=200)
+    senders = [_Sender(cancel_after=3 if i % 2 else None) for i in range(96)]
+
+    def submit(sender):
+        stream = module._RequestStream(model, sender, stream=True)
+        model._count(+1)
+        model.engine.submit("the robbery at the Bank of England", params, stream)
+
+    threads = [threading.Thread(target=submit, args=(s,)) for s in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(sender.final.wait(10) for sender in senders)
+    model.engine.shutdown()
+    assert gauge.value == 0 and model._in_flight == 0

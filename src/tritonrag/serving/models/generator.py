@@ -6,6 +6,7 @@ only validates and submits, so many requests are in flight at once. Inputs follo
 """
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -74,6 +75,7 @@ class _RequestStream:
         self.first_at = None
         self.pieces = []
         self.cancelled = False
+        self.done = False  # the model counted this stream's end (request_done)
         self.next_cancel_check = 0.0
         self.unreported_tokens = 0
         self.next_token_report = self.started + TOKEN_METRIC_S
@@ -141,6 +143,10 @@ class TritonPythonModel:
         self.metrics = Metrics({"model": args["model_name"], "version": args["model_version"],
                                 "engine": self.engine.name})
         self.by_cancel_key = {}  # streams a BLS caller may cancel by key (see rag's _cancel_generation)
+        # The in-flight gauge counts here, under one lock: +1 when a request is submitted, -1 when its stream ends
+        # (exactly once, whichever way), and the gauge is set inside the lock, so no late setter overwrites it.
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
 
     def _parse(self, request, parameters):
         prompt = read_string(request, GENERATOR.text_input)
@@ -157,10 +163,18 @@ class TritonPythonModel:
         stream = read_scalar(request, GENERATOR.stream)
         return prompt, SamplingParams.from_request(raw, self.settings), bool(stream_param if stream is None else stream)
 
+    def _count(self, change):
+        with self._count_lock:
+            self._in_flight = max(0, self._in_flight + change)
+            self.metrics.in_flight.set(self._in_flight)
+
     def request_done(self, reason, stream):
+        if stream.done:
+            return
+        stream.done = True
         self.by_cancel_key.pop(stream.cancel_key, None)
         self.metrics.finished[reason].increment(1)
-        self.metrics.in_flight.set(self.engine.in_flight - 1)
+        self._count(-1)
 
     def execute(self, requests):
         for request in requests:
@@ -178,8 +192,11 @@ class TritonPythonModel:
             request_stream = _RequestStream(self, sender, stream, keys.get(GENERATOR.cancel_key))
             if request_stream.cancel_key:
                 self.by_cancel_key[request_stream.cancel_key] = request_stream
-            self.engine.submit(prompt, params, request_stream)
-            self.metrics.in_flight.set(self.engine.in_flight)
+            self._count(+1)
+            try:
+                self.engine.submit(prompt, params, request_stream)
+            except Exception as exc:  # an engine that cannot take it (shut down, dead): end this stream
+                request_stream.on_error(exc)
         return None
 
     def _cancel(self, key):
