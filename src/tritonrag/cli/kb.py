@@ -27,7 +27,7 @@ Concurrency = Annotated[int, typer.Option(help="Concurrent embedding requests wi
 def _open_knowledge_base(index_dir: Path | None):
     from tritonrag.kb.search import KnowledgeBase
 
-    with exit_on(FileNotFoundError, ValueError):
+    with exit_on(FileNotFoundError, ValueError, RuntimeError):  # RuntimeError: tritonrag.kb.errors
         return KnowledgeBase(index_dir or load_settings().index_dir)
 
 
@@ -66,7 +66,7 @@ def _run_update(target: Path, settings, **kwargs) -> None:
     from tritonrag.kb.ingest import update_knowledge_base
 
     started = time.monotonic()
-    with exit_on(ValueError, RuntimeError, FileNotFoundError):
+    with exit_on(ValueError, RuntimeError, OSError):  # a full disk, a locked docstore, ...: tritonrag.kb.errors
         report = update_knowledge_base(target, settings, **kwargs)
     console.print(f"{report.summary()}\n  into {target} in {time.monotonic() - started:.0f}s")
 
@@ -99,7 +99,10 @@ def ingest(
     settings = load_settings()
     target = index_dir or settings.index_dir
     chunking = settings.chunking
-    if if_missing and is_current(target, settings.embedder.model, chunking.chunk_tokens, chunking.overlap_tokens):
+    with exit_on(RuntimeError):  # a pointer naming a missing version, an unreadable manifest
+        current = if_missing and is_current(target, settings.embedder.model, chunking.chunk_tokens,
+                                            chunking.overlap_tokens)
+    if current:
         console.print(f"knowledge base already in {target}")
         return
     if sample or not paths:
@@ -168,7 +171,7 @@ def kb_reindex(
 
     settings = load_settings()
     target = index_dir or settings.index_dir
-    with exit_on(FileNotFoundError, RuntimeError):
+    with exit_on(RuntimeError, ValueError, OSError):
         report = reindex(target, _index_spec(settings, index_type, nlist, m, ef_construction),
                          settings.index.keep_versions)
     console.print(f"{report.summary()}; index built in {report.seconds['index_s']:.1f}s")
@@ -221,16 +224,30 @@ def kb_versions(index_dir: IndexDir = None) -> None:
     """List the stored versions; the published one is marked."""
     from rich.table import Table
 
+    from tritonrag.kb.errors import MissingVersion
     from tritonrag.kb.versions import list_versions, published_version, read_manifest, versions_dir
 
     root = index_dir or load_settings().index_dir
-    published = published_version(root)
+    names = list_versions(root)
+    try:
+        published, problem = published_version(root), None
+    except MissingVersion as exc:
+        published, problem = None, str(exc)
+    if published is not None and published not in names:
+        problem = f"the pointer names version {published}, which is not stored"
     table = Table("", "version", "created", "index", "documents", "chunks", "parent")
-    for name in list_versions(root):
-        m = read_manifest(versions_dir(root) / name)
+    for name in names:
+        try:
+            m = read_manifest(versions_dir(root) / name)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            table.add_row("*" if name == published else "", name, f"unreadable manifest: {exc}", "", "", "", "")
+            continue
         table.add_row("*" if name == published else "", name, m.created_at, m.index_type, str(m.documents),
                       str(m.chunks), m.parent or "")
     console.print(table)
+    if problem:
+        console.print(f"{problem}: publish a stored version with `tritonrag kb rollback VERSION`", style="red",
+                      markup=False)
 
 
 @kb_app.command("rollback")
@@ -242,6 +259,6 @@ def kb_rollback(
     from tritonrag.kb.ingest import rollback
 
     root = index_dir or load_settings().index_dir
-    with exit_on(FileNotFoundError, RuntimeError):
+    with exit_on(RuntimeError, ValueError, OSError):  # a damaged version is refused (CorruptVersion)
         rollback(root, version)
     console.print(f"published {version} of {root}")

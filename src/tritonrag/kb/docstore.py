@@ -9,10 +9,12 @@ says how a question is searched).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,50 @@ from typing import Any
 import numpy as np
 
 from tritonrag.kb.chunking import Chunk
+from tritonrag.kb.errors import VERSIONS_HINT, CorruptVersion, DocstoreLocked, disk_full_as_error
 from tritonrag.kb.filters import Filter
 from tritonrag.kb.sparse import TOKENIZER
+
+BUSY_TIMEOUT_ENV = "TRITONRAG_DOCSTORE_BUSY_TIMEOUT_S"
+BUSY_TIMEOUT_S = 10.0  # how long a build waits for a docstore another process holds a write transaction on
+
+
+def busy_timeout_s() -> float:
+    """Seconds a build waits for a docstore locked by another writer before failing (DocstoreLocked)."""
+    try:
+        return max(float(os.environ.get(BUSY_TIMEOUT_ENV, BUSY_TIMEOUT_S)), 0.0)
+    except ValueError:
+        return BUSY_TIMEOUT_S
+
+
+def _uri(path: Path, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{urllib.parse.quote(str(Path(path).resolve()))}?{query}"
+
+
+@contextmanager
+def _locked_as_error(path: Path, timeout_s: float) -> Iterator[None]:
+    """Turn SQLite's "database is locked" (after the busy timeout) into DocstoreLocked, a full disk into
+    NoSpaceLeft."""
+    try:
+        with disk_full_as_error(path):
+            yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc):
+            raise DocstoreLocked(path, timeout_s) from exc
+        raise
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the docstore at ``path`` that waits (a bounded time) for another writer's lock."""
+    timeout = busy_timeout_s()
+    with _locked_as_error(path, timeout):
+        db = sqlite3.connect(_uri(path, mode="ro"), uri=True, timeout=timeout)
+        try:
+            yield db
+        finally:
+            db.close()
 
 SCHEMA = """
 CREATE TABLE documents (
@@ -109,10 +153,30 @@ class DocstoreWrite:
 
 def has_sparse_index(path: Path) -> bool:
     """True when the docstore at ``path`` holds the chunks' FTS5 index (docstores before format 3 do not)."""
-    with sqlite3.connect(f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro", uri=True) as db:
+    with _reading(path) as db:
         found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks_fts'").fetchone()
-    db.close()
     return found is not None
+
+
+def count_chunks(path: Path) -> int:
+    """How many chunks the docstore at ``path`` holds (CorruptVersion when it is not a readable docstore)."""
+    try:
+        with _reading(path) as db:
+            return int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        raise CorruptVersion(f"version {Path(path).parent.name} is damaged: {path} does not load ({exc}): "
+                             f"{VERSIONS_HINT}, or rebuild with `tritonrag ingest`") from None
+
+
+def copy_docstore(base: Path, path: Path) -> None:
+    """Copy the docstore ``base`` to ``path`` holding a read lock on it, so no writer changes it midway (another
+    process's write transaction is waited for, a bounded time, then DocstoreLocked)."""
+    with _reading(base) as db:
+        db.execute("BEGIN")
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # takes the shared lock
+        with disk_full_as_error(path):
+            shutil.copyfile(base, path)
+        db.rollback()
 
 
 def write_docstore(path: Path, contents: VersionContents, base: Path | None = None) -> DocstoreWrite:
@@ -121,8 +185,9 @@ def write_docstore(path: Path, contents: VersionContents, base: Path | None = No
     gone and insert the new ones: the FTS5 index of unchanged chunks is not rebuilt."""
     incremental = base is not None and has_sparse_index(base)
     if incremental:
-        shutil.copyfile(base, path)
-    with sqlite3.connect(path) as db:
+        copy_docstore(base, path)
+    timeout = busy_timeout_s()
+    with _locked_as_error(path, timeout), sqlite3.connect(path, timeout=timeout) as db:
         if not incremental:
             db.executescript(SCHEMA)
         old_ids = {row[0] for row in db.execute("SELECT id FROM chunks")}
@@ -145,25 +210,28 @@ def write_docstore(path: Path, contents: VersionContents, base: Path | None = No
 
 def read_contents(path: Path) -> tuple[dict[str, DocumentRecord], np.ndarray, list[Chunk]]:
     """Everything a docstore holds: its documents by source, and its chunk ids (ascending) with their chunks."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with _reading(path) as db:
         documents = {
             row[0]: DocumentRecord(row[0], row[1], row[2], json.loads(row[3]), row[4])
             for row in db.execute("SELECT source, title, content_hash, metadata, n_chunks FROM documents")
         }
         rows = db.execute(
             "SELECT id, source, title, section, position, n_tokens, text FROM chunks ORDER BY id").fetchall()
-    db.close()
     chunk_ids = np.array([r[0] for r in rows], np.int64)
     chunks = [Chunk(source=r[1], title=r[2], section=r[3], position=r[4], n_tokens=r[5], text=r[6]) for r in rows]
     return documents, chunk_ids, chunks
 
 
 class DocstoreReader:
-    """Read-only queries of one docstore, safe to call from any thread."""
+    """Read-only queries of one docstore, safe to call from any thread.
+
+    A published version never changes, so the docstore is opened ``immutable``: SQLite takes no locks on it, and a
+    process holding a write transaction on the file (an sqlite3 shell's BEGIN EXCLUSIVE) cannot stall or fail the
+    searches of a served version.
+    """
 
     def __init__(self, path: Path) -> None:
-        uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro"
-        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._db = sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True, check_same_thread=False)
 
     def chunk_ids(self) -> np.ndarray:
         """Every chunk id, ascending (row ``i`` of the version's vectors is chunk ``chunk_ids()[i]``)."""

@@ -2,6 +2,10 @@
 
 Every operation writes a new version from the published one: chunks of unchanged documents keep their ids and
 vectors (no re-embedding), and embeddings made so far are journalled, so an interrupted build resumes.
+
+A failed operation (a full disk, a docstore locked by another writer, a damaged published version, a pointer naming
+a missing version) raises a tritonrag.kb.errors.KnowledgeBaseError saying what to do, removes what it wrote of the
+new version and leaves the published one as it was; once the cause is fixed, a rerun succeeds (and resumes).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from tritonrag.kb.chunking import Chunk, Document, chunk_document
 from tritonrag.kb.docstore import DocumentRecord, VersionContents, read_contents
 from tritonrag.kb.embedding_journal import JOURNAL_FILE, Embedder, EmbeddingJournal, embed_chunks, progress_bar
+from tritonrag.kb.errors import disk_full_as_error
 from tritonrag.kb.faiss_index import IndexSpec, build_index
 from tritonrag.kb.loaders import content_hash
 from tritonrag.kb.versions import (
@@ -24,11 +29,13 @@ from tritonrag.kb.versions import (
     VECTORS_FILE,
     Manifest,
     build_lock,
+    check_files,
     current_manifest,
     prune_versions,
     publish,
     published_path,
     remove_stale_builds,
+    remove_version,
     write_version,
 )
 from tritonrag.settings import Settings
@@ -81,6 +88,9 @@ class _OldVersion:
 
 
 def _load_version(path: Path, manifest: Manifest) -> _OldVersion:
+    """The contents of a stored version, which a new one reuses: its vectors and docstore must match its manifest
+    (CorruptVersion), its docstore must not be held by another writer (DocstoreLocked)."""
+    check_files(path, manifest, (VECTORS_FILE, DOCSTORE_FILE))
     documents, chunk_ids, chunks = read_contents(path / DOCSTORE_FILE)
     vectors = np.load(path / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
     return _OldVersion(manifest, documents, chunk_ids, chunks, vectors)
@@ -117,7 +127,7 @@ def update_knowledge_base(
     """
     root = Path(root)
     timings: dict[str, float] = {}
-    with build_lock(root):
+    with disk_full_as_error(root), build_lock(root):
         remove_stale_builds(root)
         manifest = current_manifest(root)
         if spec is None:
@@ -132,12 +142,13 @@ def update_knowledge_base(
         new_records, new_chunks = _chunk_documents(changes, embedder, settings, progress)
         timings["chunk_s"] = time.monotonic() - started
         started = time.monotonic()
-        journal = EmbeddingJournal(root / JOURNAL_FILE)
-        new_vectors, resumed = None, 0
-        if new_chunks:
-            new_vectors, resumed = embed_chunks([c.text for c in new_chunks], embedder,
-                                                settings.embedder.document_instruction, journal,
-                                                settings.index.embed_batch_size, progress)
+        with disk_full_as_error(root / JOURNAL_FILE):
+            journal = EmbeddingJournal(root / JOURNAL_FILE)
+            new_vectors, resumed = None, 0
+            if new_chunks:
+                new_vectors, resumed = embed_chunks([c.text for c in new_chunks], embedder,
+                                                    settings.embedder.document_instruction, journal,
+                                                    settings.index.embed_batch_size, progress)
         timings["embed_s"] = time.monotonic() - started
 
         # chunk ids continue from the published version's, even when its chunks are not reused
@@ -281,7 +292,11 @@ def _write_and_publish(root: Path, contents: VersionContents, spec: IndexSpec, p
         "build": {k: round(v, 3) for k, v in timings.items()},
         **built_with,
     }, base_docstore)
-    publish(root, manifest.version)
+    try:
+        publish(root, manifest.version, verify=False)  # write_version verified it
+    except BaseException:
+        remove_version(root, manifest.version)  # the pointer still names the old version
+        raise
     prune_versions(root, keep_versions)
     timings["write_s"] = time.monotonic() - started
     return BuildReport(manifest, seconds=dict(timings))
@@ -290,7 +305,7 @@ def _write_and_publish(root: Path, contents: VersionContents, spec: IndexSpec, p
 def reindex(root: Path, spec: IndexSpec, keep_versions: int = 3) -> BuildReport:
     """Publish the current contents again with another index type or parameters, from the stored vectors."""
     root = Path(root)
-    with build_lock(root):
+    with disk_full_as_error(root), build_lock(root):
         remove_stale_builds(root)
         manifest = current_manifest(root)
         if manifest is None:
@@ -309,6 +324,6 @@ def reindex(root: Path, spec: IndexSpec, keep_versions: int = 3) -> BuildReport:
 
 
 def rollback(root: Path, version: str) -> None:
-    """Publish an older (still stored) version again."""
-    with build_lock(Path(root)):
+    """Publish an older (still stored) version again, once it is checked to load (CorruptVersion if not)."""
+    with disk_full_as_error(root), build_lock(Path(root)):
         publish(Path(root), version)

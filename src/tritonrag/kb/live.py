@@ -3,6 +3,10 @@
 A watcher thread polls the pointer. A new version is loaded completely beside the old one, then swapped in
 under a lock that searches hold only while they run, so no request fails or waits for a load; the old
 version is closed (its memory released) right after the swap.
+
+A pointer that is unreadable or names a version that is not on disk, or a version that does not load (a file not
+matching its manifest, a corrupt index), is never swapped in: the served version keeps serving, the problem is
+logged once and reported by ``stats()`` (``reload_error``) until the pointer names a version that loads.
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tritonrag.kb.errors import MissingVersion
 from tritonrag.kb.search import KnowledgeBase
-from tritonrag.kb.versions import published_version, versions_dir
+from tritonrag.kb.versions import MANIFEST_FILE, missing_version_error, published_version, versions_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,8 @@ class LiveKnowledgeBase:
                 on_swap(self._current)
         self.reloads = 0
         self.last_error: str | None = None
-        self._failed: str | None = None
+        self._error: dict[str, Any] | None = None  # the pointer's problem: version, error, since
+        self._failed: str | None = None  # a version that did not load, not retried until the pointer moves
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if interval_s > 0:
@@ -66,16 +73,44 @@ class LiveKnowledgeBase:
     def version(self) -> str | None:
         return self._current.version if self._current else None
 
+    def _report(self, version: str | None, error: str) -> None:
+        """Record why the published pointer is not served (logged once per problem)."""
+        if self._error is None or (self._error["version"], self._error["error"]) != (version, error):
+            log.error("knowledge base %s: not switching to %s, still serving %s: %s", self.root, version or "?",
+                      self.version, error)
+            self._error = {"version": version, "error": error, "serving": self.version,
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.last_error = f"{version}: {error}" if version else error
+
+    def _clear(self) -> None:
+        if self._error is not None:
+            log.info("knowledge base %s: the pointer names the served version %s again", self.root, self.version)
+        self._error = self._failed = self.last_error = None
+
     def check(self) -> bool:
-        """Load and swap in the published version if it changed; True when a new one is now served."""
-        name = published_version(self.root)
-        if name is None or name == self.version or name == self._failed:
+        """Load and swap in the published version if it changed; True when a new one is now served. A version that
+        is missing or does not load is not swapped in (see ``stats()["reload_error"]``)."""
+        try:
+            name = published_version(self.root)
+        except MissingVersion as exc:  # an unreadable pointer: keep serving, look again next time
+            self._report(None, str(exc))
+            return False
+        if name is None:
+            return False
+        if name == self.version:
+            self._clear()
+            return False
+        if name == self._failed:
+            return False
+        path = versions_dir(self.root) / name
+        if not (path / MANIFEST_FILE).exists():  # looked for again next time: it may be restored
+            self._report(name, str(missing_version_error(self.root, name)))
             return False
         try:
-            new = self._loader(versions_dir(self.root) / name)
+            new = self._loader(path)
         except Exception as exc:  # keep serving the old version; retry only when the pointer moves again
-            self._failed, self.last_error = name, f"{name}: {exc}"
-            log.error("could not load knowledge base version %s, still serving %s: %s", name, self.version, exc)
+            self._failed = name
+            self._report(name, str(exc))
             return False
         with self._lock:
             old, self._current = self._current, new
@@ -84,7 +119,7 @@ class LiveKnowledgeBase:
             del old
             gc.collect()
         self.reloads += 1
-        self._failed = self.last_error = None
+        self._clear()
         if self._on_swap:
             self._on_swap(new)
         log.info("knowledge base %s now serves version %s", self.root, name)
@@ -101,8 +136,9 @@ class LiveKnowledgeBase:
         with self.use() as kb:
             stats = kb.stats()
         stats["reloads"] = self.reloads
-        if self.last_error:
+        if self._error is not None:
             stats["last_reload_error"] = self.last_error
+            stats["reload_error"] = dict(self._error)
         return stats
 
     def close(self) -> None:

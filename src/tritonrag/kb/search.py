@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tritonrag.kb.docstore import DocstoreReader
+from tritonrag.kb.errors import CorruptVersion
 from tritonrag.kb.faiss_index import index_type_of, on_gpu, place_index, search_parameters
 from tritonrag.kb.filters import Filter
 from tritonrag.kb.fusion import Found
@@ -23,6 +24,7 @@ from tritonrag.kb.versions import (
     POINTER_FILE,
     VECTORS_FILE,
     Manifest,
+    check_files,
     current_manifest,
     published_path,
     read_manifest,
@@ -97,13 +99,24 @@ class KnowledgeBase:
         self.path = resolve(path)
         self.manifest: Manifest = read_manifest(self.path)
         self.nprobe, self.ef_search, self.filter_exact_max = nprobe, ef_search, filter_exact_max
-        cpu_index = faiss.read_index(str(self.path / INDEX_FILE))
+        check_files(self.path, self.manifest)  # a damaged file is reported, never handed to faiss or served
+        try:
+            cpu_index = faiss.read_index(str(self.path / INDEX_FILE))
+        except RuntimeError as exc:
+            raise CorruptVersion(f"version {self.version} is damaged: {self.path / INDEX_FILE} does not load "
+                                 f"({str(exc).splitlines()[-1]}): `tritonrag kb reindex` rebuilds it from the "
+                                 "stored vectors, or `tritonrag kb rollback VERSION` publishes another "
+                                 "(`tritonrag kb versions` lists them)") from None
         if cpu_index.d != self.manifest.dimension:
             raise ValueError(f"{self.path}: index dimension {cpu_index.d} != manifest {self.manifest.dimension}")
         self.index = place_index(cpu_index, device, gpu, memory_cap_gib)
         self.vectors = np.load(self.path / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
         self.docstore = DocstoreReader(self.path / DOCSTORE_FILE)
-        self.ids = self.docstore.chunk_ids()
+        try:
+            self.ids = self.docstore.chunk_ids()
+        except Exception:
+            self.docstore.close()
+            raise
         if not (len(self.ids) == len(self.vectors) == self.index.ntotal):
             raise ValueError(f"{self.path}: {len(self.ids)} chunks, {len(self.vectors)} vectors and "
                              f"{self.index.ntotal} indexed vectors differ; rebuild it")
