@@ -113,8 +113,7 @@ def start_server(config: Path, work: Path, name: str) -> Any:
     settings = load_settings()
     server = TritonServer(ROOT / "model_repository", settings.home, Ports.choose(0, 0, 0),
                           env={"TRITONRAG_CONFIG": str(config)}, log_file=work / f"{name}.log",
-                          extra_args=("--model-control-mode=explicit", f"--load-model={EMBEDDER.model}",
-                                      f"--load-model={RETRIEVER.model}", f"--load-model={RERANKER.model}"))
+                          models=(EMBEDDER.model, RETRIEVER.model, RERANKER.model))
     return server.start(settings.server.startup_timeout_s)
 
 

@@ -140,8 +140,7 @@ def bench_mode(mode: str, folder: Path, work: Path, types: list[str], queries: d
     settings = load_settings()
     server = TritonServer(ROOT / "model_repository", settings.home, Ports.choose(0, 0, 0),
                           env={"TRITONRAG_CONFIG": os.environ["TRITONRAG_CONFIG"]}, log_file=work / f"{mode}.log",
-                          extra_args=("--model-control-mode=explicit", f"--load-model={EMBEDDER.model}",
-                                      f"--load-model={RETRIEVER.model}"))
+                          models=(EMBEDDER.model, RETRIEVER.model))
     server.start(settings.server.startup_timeout_s)
     rows = []
     try:

@@ -53,7 +53,7 @@ def triton(env, settings):
     server = TritonServer(
         REPOSITORY, settings.home, Ports.choose(0, 0, 0), env={"TRITONRAG_CONFIG": env["environ"]["TRITONRAG_CONFIG"]},
         log_file=env["root"] / "triton.log",
-        extra_args=("--model-control-mode=explicit", "--load-model=embedder", "--load-model=retriever"),
+        models=("embedder", "retriever"),
     )
     server.start(settings.server.startup_timeout_s)
     yield server

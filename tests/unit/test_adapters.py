@@ -82,6 +82,18 @@ def test_a_models_error_code_survives_the_bls_hop(adapters):
     assert str(stage_error("generator", TritonError(""))) == "generator: failed without a message"
 
 
+def test_a_stage_whose_stub_died_or_is_unloaded_is_unavailable_not_a_bug(adapters):
+    """Triton 2.51's words for a dead stub or an unloaded model: a 503 a client may retry (the supervisor is
+    restoring the model), not a 400 or 500."""
+    stage_error = adapters["bls_stages"].stage_error
+    dead = stage_error("embedder", TritonError("Stub process 'embedder_0_0' is not healthy."))
+    unloaded = stage_error("embedder", TritonError("Failed for execute the inference request. Model 'embedder' is "
+                                                   "not ready."))
+    assert dead.code is ErrorCode.UNAVAILABLE and unloaded.code is ErrorCode.UNAVAILABLE
+    assert stage_error("retriever", TritonError("index is not ready", TritonError.INVALID_ARG)).code \
+        is ErrorCode.INVALID_ARG
+
+
 def test_rags_final_response_carries_usage_and_the_question_searched(adapters):
     usage = '{"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35}'
     final = FinalEvent("", "stop", citations="[]", timing="{}", usage=usage, query="Where was Phileas Fogg born?")

@@ -169,8 +169,14 @@ def serve(
         "--ingress/--no-ingress", help="Also run the OpenAI-compatible ingress (\\[ingress] settings).")] = True,
     ingress_host: Annotated[str | None, typer.Option(help="The ingress's address (default: \\[ingress] host).")] = None,
     ingress_port: Annotated[int | None, typer.Option(help="The ingress's port (default: \\[ingress] port).")] = None,
+    health_port: Annotated[int | None, typer.Option(
+        help="The supervisor's readiness port, /health/ready (default: \\[server] health_port).")] = None,
 ) -> None:
     """Run Triton on the model repository, and the ingress in front of it, until Ctrl-C.
+
+    A supervisor keeps them whole (\\[server] supervise): a model whose stub died is unloaded and loaded again, a
+    dead tritonserver or ingress is restarted, with backoff; its readiness for load balancers and probes is
+    http://HOST:8003/health/ready (\\[server] health_port).
 
     Examples:
       tritonrag serve, then: tritonrag ask "Who is Passepartout?"  or  http://127.0.0.1:8080/ (the chat page)
@@ -182,10 +188,55 @@ def serve(
             raise typer.BadParameter("give --spec or --model-repository, not both")
         model_repository = _render_spec(spec, detect_gpus)
     server = _start_server(model_repository, http_port, grpc_port, metrics_port, host)
-    front = None
+    front = health = None
     try:
+        supervisor, health = _supervisor(server, health_port)
         if with_ingress:
-            front = _start_ingress(server, ingress_host, ingress_port)
+            front = _start_ingress(server, ingress_host, ingress_port,
+                                   health and f"http://127.0.0.1:{health.port}/health/ready")
+        _supervise(server, front, supervisor)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        if health is not None:
+            health.stop()
+        if front is not None:
+            front.stop()
+        server.stop()
+
+
+def _supervisor(server, health_port: int | None):
+    """The supervisor of ``server`` and its readiness endpoint (None, None when [server] supervise is off)."""
+    from tritonrag.deploy.server import LOOPBACK, admin_key, free_port, port_is_free
+    from tritonrag.deploy.supervisor import Backoff, HealthServer, ModelControl, Supervisor
+
+    config = load_settings().server
+    if not config.supervise:
+        return None, None
+
+    def report(event) -> None:
+        colour = "green" if event.what.endswith(("restored", "restarted")) else "red"
+        console.print(f"[{colour}]{event.what}[/{colour}] {event.target}: {event.detail}", highlight=False)
+
+    key = None if server.address in LOOPBACK else admin_key(server.home)
+    supervisor = Supervisor(server, ModelControl(server.http_url, key),
+                            startup_timeout_s=config.startup_timeout_s, on_event=report,
+                            backoff=lambda: Backoff(config.restart_backoff_s, config.restart_backoff_max_s))
+    port = health_port or config.health_port
+    if not port_is_free(port):
+        new = free_port()
+        console.print(f"[yellow]health port {port} is busy; using {new}[/yellow]")
+        port = new
+    health = HealthServer(supervisor, port, server.address).start()
+    console.print(f"supervising: readiness at http://{server.http_url.split(':')[0]}:{health.port}/health/ready",
+                  highlight=False)
+    return supervisor, health
+
+
+def _supervise(server, front, supervisor) -> None:
+    """Until Ctrl-C: restore what breaks (``supervisor``), or, without one, exit when a process dies."""
+    config = load_settings().server
+    if supervisor is None:
         while server.process is not None and server.process.poll() is None:
             if front is not None and front.process is not None and front.process.poll() is not None:
                 console.print(f"[red]the ingress exited[/red]; see {front.log_file}")
@@ -193,15 +244,11 @@ def serve(
             time.sleep(1)
         console.print(f"[red]tritonserver exited[/red]; see {server.log_file}")
         raise typer.Exit(1)
-    except KeyboardInterrupt:
-        console.print("stopping...")
-    finally:
-        if front is not None:
-            front.stop()
-        server.stop()
+    supervisor.ingress = front
+    supervisor.run(config.health_interval_s)
 
 
-def _start_ingress(server, host: str | None, port: int | None):
+def _start_ingress(server, host: str | None, port: int | None, triton_health: str | None = None):
     """The ingress on the Triton just started; a busy port is replaced by a free one (logged)."""
     from tritonrag.deploy.ingress_process import IngressProcess
     from tritonrag.deploy.server import free_port, port_is_free
@@ -213,6 +260,7 @@ def _start_ingress(server, host: str | None, port: int | None):
         console.print(f"[yellow]ingress port {port} is busy; using {new}[/yellow]")
         port = new
     front = IngressProcess(server.grpc_url, port, load_settings().home, host or config.host, config.workers,
+                           extra_args=("--triton-health", triton_health) if triton_health else (),
                            log_file=load_settings().home / "logs" / f"ingress-{port}.log")
     with console.status(f"starting the ingress (log: {front.log_file})..."):
         front.start()

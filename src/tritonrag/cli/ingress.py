@@ -20,6 +20,9 @@ def ingress(
     host: Annotated[str | None, typer.Option(help="Address to serve (default: \\[ingress] host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to serve (default: \\[ingress] port, 8080).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: \\[ingress] workers).")] = None,
+    triton_health: Annotated[str | None, typer.Option(
+        "--triton-health",
+        help="The supervisor's readiness URL of that Triton (default: \\[ingress] triton_health).")] = None,
     api_keys_file: Annotated[Path | None, typer.Option(
         "--api-keys-file", help="API keys, one per line (`tritonrag ingress-key` writes them).")] = None,
     allow_anonymous: Annotated[bool, typer.Option(
@@ -38,7 +41,7 @@ def ingress(
 
     settings = load_settings()
     defaults = settings.ingress
-    options = {"triton_grpc": triton, "host": host, "port": port, "workers": workers,
+    options = {"triton_grpc": triton, "triton_health": triton_health, "host": host, "port": port, "workers": workers,
                "api_keys_file": str(api_keys_file) if api_keys_file else None,
                "allow_anonymous": True if allow_anonymous else None}
     with exit_on(ValueError, KeyFileError):

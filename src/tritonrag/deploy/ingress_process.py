@@ -29,7 +29,7 @@ class IngressProcess:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104  (compared, not bound)
         return f"http://{host}:{self.port}"
 
     def command(self) -> list[str]:
@@ -54,7 +54,13 @@ class IngressProcess:
                                f"{self.log_tail()}")
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
+            return
+        if self.process.poll() is not None:  # it died: its workers (own process group) may not have
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:

@@ -101,6 +101,7 @@ class TritonServer:
         env: dict[str, str] | None = None,
         extra_args: tuple[str, ...] = (),
         address: str = "127.0.0.1",
+        models: tuple[str, ...] = ("*",),
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.home = home
@@ -109,6 +110,7 @@ class TritonServer:
         self.extra_env = env or {}
         self.extra_args = extra_args
         self.address = address
+        self.models = models
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -136,6 +138,9 @@ class TritonServer:
             "--exit-on-error=true",
             "--strict-readiness=true",
             "--exit-timeout-secs=20",
+            # explicit model control: a model whose stub died can be unloaded and loaded again (the supervisor)
+            "--model-control-mode=explicit",
+            *(f"--load-model={model}" for model in self.models),
         ]
         if runtime.origin == "local":
             args.append(f"--backend-directory={prepare_backend_dir(runtime, self.home)}")

@@ -88,7 +88,7 @@ class Ingress:
         self.limits = Limits(int(per_worker(config.max_concurrency_per_key, config.workers)),
                              per_worker(config.rate_limit_rpm, config.workers),
                              int(per_worker(config.rate_limit_burst, config.workers)))
-        self.gateway = gateway or TritonGateway(config.triton_grpc, config.request_timeout_s)
+        self.gateway = gateway or TritonGateway(config.triton_grpc, config.request_timeout_s, config.triton_health)
 
     def caller(self, request: Request) -> str:
         """Who is calling: the name of a valid API key (401 otherwise), or the client's address when the API is

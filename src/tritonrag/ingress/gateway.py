@@ -8,8 +8,11 @@ a client should see. Without it, Triton 2.51 sends only an error message on the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,38 @@ _STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 READY_CACHE_S = 1.0
+# Triton 2.51 fails a request to a model whose Python stub died, or that is unloaded to be loaded again, with
+# INTERNAL and these words; the supervisor is restoring it, so it is a 503 to retry, not a server bug.
+RESTORING = ("is not healthy", "has no available versions", "is not ready")
+# Triton 2.51 never ends a decoupled request whose stub died mid-answer: the stream would hang until
+# request_timeout_s. With the supervisor's readiness URL known, a stream waiting longer than this for its next
+# response asks it whether a process died since the request began, and ends with a 503 if one did.
+DEATH_CHECK_S = 1.0
+STRANDED = ("a process serving this request died (the supervisor is restoring it; it was not this request's "
+            "fault): retry")
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310  (an operator-set http URL)
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _deaths(url: str) -> int | None:
+    """The supervisor's count of processes that died, from its readiness JSON (None if it cannot say)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310  (an operator-set http URL)
+            body = response.read()
+    except urllib.error.HTTPError as exc:  # 503 while something is broken: the body still counts
+        body = exc.read()
+    except OSError:
+        return None
+    try:
+        return int(json.loads(body)["deaths"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class ClientGone(Exception):
@@ -42,6 +77,8 @@ class ClientGone(Exception):
 
 
 def _status_error(code: grpc.StatusCode | None, message: str, what: str) -> ApiError:
+    if code == grpc.StatusCode.INTERNAL and any(words in message for words in RESTORING):
+        code = grpc.StatusCode.UNAVAILABLE
     status = _STATUS.get(code, 500)
     if code == grpc.StatusCode.UNAVAILABLE:
         message = f"{what} is not reachable or not ready ({message}); retry shortly"
@@ -102,18 +139,21 @@ def _json(text: str | None) -> Any:
 class TritonGateway:
     """The Triton models the ingress calls, over one gRPC channel."""
 
-    def __init__(self, url: str, timeout_s: float = 600.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 600.0, health_url: str = "") -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.health_url = health_url  # the supervisor's readiness of that Triton ([ingress] triton_health), if any
         self.client = grpcclient.InferenceServerClient(url)
         self._ready: tuple[float, bool] = (0.0, False)
+        self._deaths: tuple[float, int | None] = (-DEATH_CHECK_S, None)
         self._embed_batch: int | None = None
 
     async def close(self) -> None:
         await self.client.close()
 
     async def ready(self) -> bool:
-        """Triton is ready and serves `rag` (cached for a second: load balancers poll often)."""
+        """Triton is ready and serves `rag`, and its supervisor (when ``health_url`` names one) sees nothing broken
+        (cached for a second: load balancers poll often)."""
         stamp, value = self._ready
         if time.monotonic() - stamp < READY_CACHE_S:
             return value
@@ -122,8 +162,39 @@ class TritonGateway:
                          and await self.client.is_model_ready(RAG.model, client_timeout=2))
         except Exception:
             value = False
+        if value and self.health_url:
+            value = await asyncio.to_thread(_answers_200, self.health_url)
         self._ready = (time.monotonic(), value)
         return value
+
+    async def deaths(self) -> int | None:
+        """The supervisor's death count (cached for DEATH_CHECK_S; None without a supervisor or an answer)."""
+        if not self.health_url:
+            return None
+        stamp, value = self._deaths
+        if time.monotonic() - stamp >= DEATH_CHECK_S:
+            value = await asyncio.to_thread(_deaths, self.health_url)
+            self._deaths = (time.monotonic(), value)
+        return value
+
+    async def _results(self, stream: Any) -> AsyncIterator[tuple[Any, Any]]:
+        """``stream``'s items; ends with ApiError 503 when a process died while it waited (never cancels the
+        read it waits on: that would end the gRPC call)."""
+        before = await self.deaths()
+        iterator = stream.__aiter__()
+        while True:
+            pending = asyncio.ensure_future(iterator.__anext__())
+            while not (await asyncio.wait({pending}, timeout=DEATH_CHECK_S))[0]:
+                now = await self.deaths()
+                if before is None:
+                    before = now
+                elif now is not None and now != before:
+                    pending.cancel()
+                    raise ApiError(503, STRANDED, code="triton_unavailable", headers={"Retry-After": "5"})
+            try:
+                yield pending.result()
+            except StopAsyncIteration:
+                return
 
     async def rag(self, call: RagCall) -> AsyncIterator[RagPart]:
         """The `rag` model's responses to ``call``, the last one final. Raises ApiError for a failed request and
@@ -141,10 +212,9 @@ class TritonGateway:
 
         stream = self.client.stream_infer(requests(), stream_timeout=self.timeout_s, headers=STRICT_ERRORS)
         try:
-            async for result, error in stream:
+            async for result, error in self._results(stream):
                 if error is not None:
-                    raise ApiError(500, error.message() or "the rag model failed without a message",
-                                   code="server_error")
+                    raise _status_error(grpc.StatusCode.INTERNAL, error.message(), "the rag model")
                 response = result.get_response()
                 final = response.parameters["triton_final_response"].bool_param
                 names = {output.name for output in response.outputs}

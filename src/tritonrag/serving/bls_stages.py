@@ -28,12 +28,20 @@ from tritonrag.serving.tensors import string_tensor
 DRAIN_TIMEOUT_S = 30.0  # how long a cancelled generator stream may take to close
 
 
+# How Triton 2.51 words a stage that cannot answer now: its stub died (the supervisor is restoring it), or it is
+# unloaded or loading. A client may retry these elsewhere (503), unlike a fault of the request or a bug.
+UNAVAILABLE_SIGNS = ("is not healthy", "is not ready", "Model version not ready")
+
+
 def stage_error(model: str, error: Any) -> StageError:
     """The StageError of a model's error response, with its code (pb_utils.TritonError exists only once the stub
     runs, not while Triton imports the model for auto-complete: look it up here)."""
     codes = {getattr(pb_utils.TritonError, code.name): code for code in ErrorCode}
     code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
-    return StageError(model, error.message(), codes.get(code, ErrorCode.INTERNAL))
+    message, mapped = error.message(), codes.get(code, ErrorCode.INTERNAL)
+    if mapped is ErrorCode.INTERNAL and any(sign in message for sign in UNAVAILABLE_SIGNS):
+        mapped = ErrorCode.UNAVAILABLE
+    return StageError(model, message, mapped)
 
 
 def _first_string(response: Any, name: str) -> str | None:

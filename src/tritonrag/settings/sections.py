@@ -16,6 +16,11 @@ class ServerSettings:
     grpc_port: int
     metrics_port: int
     startup_timeout_s: float
+    supervise: bool
+    health_port: int
+    health_interval_s: float
+    restart_backoff_s: float
+    restart_backoff_max_s: float
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,7 @@ class IngressSettings:
     port: int
     workers: int
     triton_grpc: str
+    triton_health: str
     request_timeout_s: float
     max_body_bytes: int
     max_messages: int
