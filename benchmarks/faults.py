@@ -3,7 +3,8 @@ then tritonserver itself, while clients keep asking; count the failed requests p
 `tritonrag serve`'s supervisor has the service answering again. Writes a fault table.
 
     .venv/bin/python benchmarks/faults.py                                   # stand-in models (~3 min)
-    .venv/bin/python benchmarks/faults.py --config tests/integration/settings.toml   # vLLM (SmolLM2-135M)
+    .venv/bin/python benchmarks/faults.py --config tests/integration/settings.toml \\
+        --faults embedder,retriever,prompt_builder,generator,vllm-engine,rag,tritonserver   # vLLM (SmolLM2-135M)
     .venv/bin/python benchmarks/faults.py --faults embedder,tritonserver --concurrency 8
 
 tests/integration/test_faults.py runs the same faults on the stand-ins in CI.
@@ -31,6 +32,7 @@ from tritonrag.deploy.server import free_port  # noqa: E402
 from tritonrag.deploy.supervisor import kill_all, model_processes, process_table  # noqa: E402
 
 FAULTS = ("embedder", "retriever", "prompt_builder", "generator", "rag", "tritonserver")
+ENGINE = "vllm-engine"  # the generator's vLLM engine processes alone, its stub left alive (vLLM settings only)
 QUESTIONS = ("Describe the body of water in Utah", "Tell me as much as you can about the robbery",
              "Did Phileas Fogg really rob the bank?")
 OUT = ROOT / "benchmarks" / "results" / "faults"
@@ -100,8 +102,10 @@ class ServeProcess:
         if fault == "tritonserver":
             os.kill(pid, signal.SIGKILL)
             return 1
-        processes = model_processes(process_table(), pid, ROOT / "model_repository")[fault]
-        return kill_all(processes.stubs | processes.spawned)
+        models = model_processes(process_table(), pid, ROOT / "model_repository")
+        if fault == ENGINE:
+            return kill_all(models["generator"].spawned)
+        return kill_all(models[fault].stubs | models[fault].spawned)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -262,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "benchmarks" / "stand_in.toml"),
                         help="settings to serve with (TRITONRAG_CONFIG); default: the stand-in models")
-    parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, from {', '.join(FAULTS)}")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help=f"comma-separated, from {', '.join((*FAULTS, ENGINE))}")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--via", choices=("ingress", "triton"), default="ingress",
@@ -270,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
-    unknown = sorted(set(faults) - set(FAULTS))
+    unknown = sorted(set(faults) - {*FAULTS, ENGINE})
     if unknown:
-        parser.error(f"unknown fault(s) {', '.join(unknown)}: choose from {', '.join(FAULTS)}")
+        parser.error(f"unknown fault(s) {', '.join(unknown)}: choose from {', '.join((*FAULTS, ENGINE))}")
     args.out.mkdir(parents=True, exist_ok=True)
     serve = ServeProcess(args.config, args.out / "serve.log", ingress=True)
     print(f"starting tritonrag serve ({args.config}); log {serve.log_file}", flush=True)

@@ -1,4 +1,5 @@
-"""Errors the core raises for bad user input; adapters map them to INVALID_ARG (UNSUPPORTED for Unsupported)."""
+"""Errors the core raises for bad user input; adapters map them to INVALID_ARG (UNSUPPORTED for Unsupported);
+Unavailable (a part that cannot answer now, being restored) to UNAVAILABLE."""
 
 
 class InvalidInput(ValueError):
@@ -8,3 +9,8 @@ class InvalidInput(ValueError):
 class Unsupported(InvalidInput):
     """A well-formed request asks for something this deployment does not do (e.g. structured output from the
     transformers engine); the message says which setting or option would do it."""
+
+
+class Unavailable(RuntimeError):
+    """A part cannot answer now through no fault of the request (its engine died and is being restarted); the
+    message says to retry."""

@@ -6,11 +6,12 @@ import asyncio
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
 
-from tritonrag.errors import InvalidInput
+from tritonrag.errors import InvalidInput, Unavailable
 from tritonrag.generation.engine import GenerationSink
 from tritonrag.generation.sampling import Completion, SamplingParams
 from tritonrag.settings import GeneratorSettings
@@ -34,6 +35,7 @@ class VllmEngine:
         self.settings = settings
         self._ids = itertools.count()
         self._tasks: dict[str, asyncio.Future[Any]] = {}
+        self._ending = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
         self._thread.start()
@@ -123,10 +125,24 @@ class VllmEngine:
             sink.on_finish(Completion("cancelled", prompt_tokens, tokens))
             raise
         except Exception as exc:
+            if getattr(self.engine, "errored", False):  # vLLM's engine process died: it never recovers
+                sink.on_error(Unavailable(f"the generator's vLLM engine died ({type(exc).__name__}); the "
+                                          "supervisor is restarting it: retry"))
+                self._end_process()
+                return
             sink.on_error(exc)
             return
         reason = reason if reason in ("stop", "length", "cancelled") else "stop"
         sink.on_finish(Completion(reason, prompt_tokens, tokens))
+
+    def _end_process(self) -> None:
+        """End this process once the errors of its requests are sent (a moment): a dead engine leaves the
+        generator's stub alive but useless, and a dead stub is what `tritonrag serve`'s supervisor restores."""
+        if self._ending:
+            return
+        self._ending = True
+        log.error("vLLM's engine is dead; ending this process so that the generator is loaded again")
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
     def shutdown(self, drain_s: float = 10.0) -> None:
         """Let in-flight requests finish for up to ``drain_s`` seconds, abort the rest, stop the engine."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tritonrag.errors import InvalidInput, Unsupported
+from tritonrag.errors import InvalidInput, Unavailable, Unsupported
 from tritonrag.pipeline.events import ErrorCode, FailedEvent
 
 
@@ -28,4 +28,6 @@ def failure(exc: BaseException) -> FailedEvent:
         return FailedEvent(ErrorCode.INVALID_ARG, str(exc))
     if isinstance(exc, StageError):
         return FailedEvent(exc.code, str(exc))
+    if isinstance(exc, Unavailable):
+        return FailedEvent(ErrorCode.UNAVAILABLE, str(exc))
     return FailedEvent(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")

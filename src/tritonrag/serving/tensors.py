@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrag.errors import InvalidInput, Unsupported
+from tritonrag.errors import InvalidInput, Unavailable, Unsupported
 from tritonrag.validation import parse_json_object
 
 try:
@@ -98,6 +98,8 @@ def error_for(exc: BaseException) -> Any:
         return pb_utils.TritonError(str(exc), pb_utils.TritonError.UNSUPPORTED)
     if isinstance(exc, InvalidInput):
         return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+    if isinstance(exc, Unavailable):
+        return pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
     return pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
 
 
