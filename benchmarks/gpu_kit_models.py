@@ -102,7 +102,7 @@ def restore_embedder(folder: Path) -> Path:
     from safetensors.numpy import save_file
 
     if not (folder / WEIGHTS).exists():
-        with np.load(folder / QUANTIZED) as packed:
+        with np.load(folder / QUANTIZED, allow_pickle=False) as packed:
             tensors = dequantize({name: packed[name] for name in packed.files})
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / WEIGHTS))
     return folder

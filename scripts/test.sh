@@ -10,4 +10,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$VENV/bin/ruff" check .
 # the layers ([tool.importlinter] in pyproject.toml); --no-cache: nothing written into the checkout
 "$VENV/bin/lint-imports" --no-cache --no-logo
+# security lint of the package ([tool.bandit] in pyproject.toml: what is skipped and why); fails on medium or worse
+"$VENV/bin/bandit" -c pyproject.toml -r src client -q --severity-level medium
 exec "$VENV/bin/python" -m pytest "$@"

@@ -138,6 +138,27 @@ def test_dockerfile_environment_volume_ports_health_user():
     assert any("tritonrag prepare-models" in r for r in _all("RUN"))
 
 
+def test_dockerfile_runs_as_non_root_and_on_a_read_only_root_filesystem():
+    # a numeric, non-root user: Kubernetes' runAsNonRoot can check it without /etc/passwd
+    user, _, group = _all("USER")[-1].partition(":")
+    assert user.isdigit() and int(user) != 0 and group.isdigit() and int(group) != 0
+    # every cache and temporary file goes under $HOME or /tmp, which the deployments mount writable
+    env = dict(kv.split("=", 1) for e in _all("ENV") for kv in shlex.split(e))
+    home = env["HOME"]
+    assert env["TMPDIR"] == "/tmp"
+    for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "HF_HOME", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR",
+                "TRITON_CACHE_DIR", "NUMBA_CACHE_DIR", "MPLCONFIGDIR"):
+        assert env[var].startswith(home + "/"), f"{var}={env[var]} is not under HOME={home}"
+    # the user owns what it writes in the image: $HOME, the logs, the rendered repositories, the index
+    home_dir = env["TRITONRAG_HOME"]
+    (owning,) = [r for r in _all("RUN") if "chown" in r]
+    owned = owning.split("chown", 1)[1].split()
+    assert owned[0] == f"{user}:{group}"
+    for path in (home, f"{home_dir}/logs", f"{home_dir}/repositories", f"{home_dir}/index"):
+        assert path in owned, f"{path} is not owned by the image's user"
+    assert all(c.startswith(f"--chown={user}:{group} ") for c in _all("COPY") if " src " in f" {c} ")
+
+
 def test_dockerfile_keeps_the_images_torch_and_vllm():
     installs = [r for r in _all("RUN") if "pip install" in r]
     assert installs

@@ -125,7 +125,7 @@ def test_deployment_runs_the_spec_on_one_gpu_with_triton_ports():
     resources = c["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == 1
     assert resources["requests"].get("nvidia.com/gpu", 1) == 1
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["TRITONRAG_HOME"] == "/opt/tritonrag"
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/opt/tritonrag/spec.yaml"]["subPath"] == "spec.yaml"
@@ -463,3 +463,70 @@ def test_kustomize_builds_the_listed_objects():
     built = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out.stdout) if d}
     listed = documents("kustomization.yaml")[0]["resources"]
     assert built == {(d["kind"], d["metadata"]["name"]) for name in listed for d in documents(name)}
+
+
+# --- the hardened pods: non-root, read-only root filesystem, writable emptyDirs only where the image writes ---------
+
+IMAGE_UID = 1000  # docker/Dockerfile's USER 1000:1000 (triton-server)
+IMAGE_HOME = "/home/triton-server"  # the Dockerfile's HOME, where its caches point (XDG_CACHE_HOME, VLLM_CACHE_ROOT)
+PODS = [("Deployment", "tritonrag"), ("Deployment", INGRESS), ("Job", "tritonrag-ingest")]
+
+
+def writable_mounts(kind: str, name: str) -> dict[str, dict]:
+    """mountPath -> volume of every mount that is not read-only."""
+    volumes = {v["name"]: v for v in pod_spec(kind, name)["volumes"]}
+    return {m["mountPath"]: volumes[m["name"]] for m in container(kind, name)["volumeMounts"] if not m.get("readOnly")}
+
+
+@pytest.mark.parametrize("kind, name", PODS)
+def test_every_pod_runs_as_the_images_user_with_no_privileges(kind, name):
+    pod, c = pod_spec(kind, name), container(kind, name)
+    context = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+    assert context["runAsNonRoot"] is True
+    assert context["runAsUser"] == context["runAsGroup"] == IMAGE_UID
+    assert pod["securityContext"]["fsGroup"] == IMAGE_UID  # may read and write its volumes
+    assert context["seccompProfile"]["type"] == "RuntimeDefault"
+    assert context["allowPrivilegeEscalation"] is False and not context.get("privileged")
+    assert context["capabilities"]["drop"] == ["ALL"] and not context["capabilities"].get("add")
+    assert context["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    # the writable places are volumes: emptyDirs (sized), or the index claim the ingestion Job writes
+    for path, volume in writable_mounts(kind, name).items():
+        if "emptyDir" in volume:
+            assert volume["emptyDir"].get("sizeLimit"), f"{name}: {path} has no sizeLimit"
+        else:
+            assert (kind, path) == ("Job", INDEX_MOUNT), f"{name}: {path} is writable and not an emptyDir"
+    assert "emptyDir" in writable_mounts(kind, name)["/tmp"]
+
+
+def test_dockerfile_user_and_home_are_the_manifests():
+    dockerfile = (K8S.parents[1] / "docker" / "Dockerfile").read_text()
+    assert re.search(rf"^USER {IMAGE_UID}:{IMAGE_UID}$", dockerfile, re.M)
+    assert re.search(rf"^\s+HOME={IMAGE_HOME} \\$", dockerfile, re.M)
+
+
+def test_triton_has_room_to_write_where_it_writes():
+    writable = writable_mounts("Deployment", "tritonrag")
+    # temporary files, $HOME's caches (vLLM, Hugging Face, torch.compile), the log and the rendered repository
+    for path in ("/tmp", IMAGE_HOME, "/opt/tritonrag/logs", "/opt/tritonrag/repositories"):
+        assert "emptyDir" in writable[path], path
+    # the Python backend's shared memory: in RAM, bigger than a container's 64 MiB /dev/shm
+    shm = writable["/dev/shm"]["emptyDir"]
+    assert shm["medium"] == "Memory" and gib(shm["sizeLimit"]) >= 1
+    # the index and the settings stay read-only
+    assert INDEX_MOUNT not in writable and "/opt/tritonrag/spec.yaml" not in writable
+    job = writable_mounts("Job", "tritonrag-ingest")
+    assert "emptyDir" in job["/tmp"] and "emptyDir" in job[IMAGE_HOME]
+
+
+def test_triton_bound_beyond_localhost_restricts_its_admin_apis_with_a_key_from_a_secret():
+    c = container("Deployment", "tritonrag")
+    assert option(c["args"], "--host") == "0.0.0.0"  # so `serve` adds restricted_args (deploy/server.py)
+    env = {e["name"]: e for e in c["env"]}
+    # from a Secret: with a read-only root filesystem tritonrag cannot keep a generated key in $TRITONRAG_HOME
+    ref = env["TRITONRAG_TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] and ref["key"] and not ref.get("optional")
+    from tritonrag.deploy.server import ADMIN_KEY_ENV
+
+    assert ADMIN_KEY_ENV == "TRITONRAG_TRITON_ADMIN_KEY"

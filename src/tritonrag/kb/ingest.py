@@ -218,7 +218,8 @@ def _chunk_documents(changes: _Changes, embedder: Embedder | None, settings: Set
     chunks: list[Chunk] = []
     if not changes.changed:
         return records, chunks
-    assert embedder is not None, "documents to chunk need an embedder (its tokenizer)"
+    if embedder is None:
+        raise ValueError("documents to chunk need an embedder (its tokenizer)")
     for doc in _iterprogress_bar(changes.changed, "chunking", "doc", progress):
         pieces = chunk_document(doc, embedder.token_spans, settings.chunking.chunk_tokens,
                                 settings.chunking.overlap_tokens)
