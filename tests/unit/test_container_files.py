@@ -132,8 +132,9 @@ def test_dockerfile_environment_volume_ports_health_user():
     assert env["TRITONRAG_HOME"] == "/opt/tritonrag"
     assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
     assert json.loads(_all("VOLUME")[-1]) == ["/opt/tritonrag/index"]
-    assert _all("EXPOSE")[-1].split() == ["8000", "8001", "8002", "8080"]  # Triton's, then the ingress's
-    assert "/v2/health/ready" in _all("HEALTHCHECK")[-1]
+    # Triton's, the supervisor's readiness, then the ingress's
+    assert _all("EXPOSE")[-1].split() == ["8000", "8001", "8002", "8003", "8080"]
+    assert "8003/health/ready" in _all("HEALTHCHECK")[-1]
     assert _all("USER")[-1].split(":")[0] not in ("root", "0")
     assert any("tritonrag prepare-models" in r for r in _all("RUN"))
 

@@ -121,7 +121,8 @@ def test_deployment_runs_the_spec_on_one_gpu_with_triton_ports():
     assert c["args"][:2] == ["tritonrag", "serve"] and "--spec" in c["args"]
     assert c["args"][c["args"].index("--spec") + 1] == "/opt/tritonrag/spec.yaml"
     assert "--no-ingress" in c["args"]  # the ingress has pods of its own (ingress-deployment.yaml)
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002,
+                                                               "health": 8003}
     resources = c["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == 1
     assert resources["requests"].get("nvidia.com/gpu", 1) == 1
@@ -136,12 +137,17 @@ def test_deployment_runs_the_spec_on_one_gpu_with_triton_ports():
     assert spec["nodeSelector"] and spec["tolerations"]
 
 
-def test_probes_use_triton_health_endpoints_and_allow_for_model_loading():
+def test_probes_use_the_supervisors_health_endpoints_and_allow_for_model_loading():
+    """Triton's own readiness is 200 again while a model whose stub died is being restored: the probes ask the
+    supervisor ([server] health_port)."""
+    from tritonrag.settings import load_settings
+
     c = container("Deployment", "tritonrag")
     ready, live, startup = c["readinessProbe"]["httpGet"], c["livenessProbe"]["httpGet"], c["startupProbe"]
-    assert ready["path"] == "/v2/health/ready" and port_number(c, ready["port"]) == 8000
-    assert live["path"] == "/v2/health/live" and port_number(c, live["port"]) == 8000
-    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    health_port = load_settings().server.health_port
+    assert ready["path"] == "/health/ready" and port_number(c, ready["port"]) == health_port
+    assert live["path"] == "/health/live" and port_number(c, live["port"]) == health_port
+    assert startup["httpGet"]["path"] == "/health/ready"
     startup_budget_s = startup["periodSeconds"] * startup["failureThreshold"]
     assert startup_budget_s >= 600, "model loading takes minutes"
 
