@@ -51,6 +51,13 @@ if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v
   fi
 fi
 
+if ! command -v haproxy >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  step "haproxy (the load balancer in front of two replicas: tests/integration/test_replicas.py; from Debian)"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy >/dev/null 2>&1; then
+    echo "haproxy not installed (no apt lists? run apt-get update): tests/integration/test_replicas.py skips"
+  fi
+fi
+
 if [ ! -x "$VENV/bin/promtool" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
   step "promtool (checks docker/prometheus and the dashboard's queries; from Debian's prometheus package)"
   tmp=$(mktemp -d)

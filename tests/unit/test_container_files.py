@@ -261,21 +261,31 @@ def _compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def test_compose_triton_service():
+REPLICAS = (1, 2)
+
+
+def test_compose_runs_two_triton_replicas_and_their_ingresses_behind_haproxy():
     compose = _compose()
-    assert set(compose["services"]) == {"triton", "ingress", "prometheus", "grafana"}
-    triton = compose["services"]["triton"]
-    assert triton["build"]["context"] == ".." and triton["build"]["dockerfile"] == "docker/Dockerfile"
-    (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-    assert {p.rsplit(":", 1)[-1] for p in triton["ports"]} == {"8000", "8001", "8002"}
-    # Triton has no authentication: published on this host's loopback only, the ingress is the way in
-    assert all(p.startswith("127.0.0.1:") for p in triton["ports"]), triton["ports"]
-    mounts = dict(v.split(":")[:2] for v in triton["volumes"])
-    assert mounts["../deploy/specs/gpu-1.yaml"] == "/opt/tritonrag/spec.yaml"
-    index_volume = next(src for src, dst in mounts.items() if dst == "/opt/tritonrag/index")
-    assert index_volume in compose["volumes"], "the index lives in a named volume"
-    assert triton["build"]["args"]["TRITON_VERSION"] in DOCKERFILE.read_text()
+    assert set(compose["services"]) == {"triton-1", "triton-2", "ingress-1", "ingress-2", "haproxy", "prometheus",
+                                        "grafana"}
+    first = compose["services"]["triton-1"]
+    assert first["build"]["context"] == ".." and first["build"]["dockerfile"] == "docker/Dockerfile"
+    assert first["build"]["args"]["TRITON_VERSION"] in DOCKERFILE.read_text()
+    for i in REPLICAS:
+        triton = compose["services"][f"triton-{i}"]
+        (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        # Triton has no authentication: nothing published; haproxy reaches it on the compose network
+        assert "ports" not in triton and {"8000", "8001", "8002", "8003"} <= set(triton["expose"])
+        mounts = dict(v.split(":")[:2] for v in triton["volumes"])
+        assert mounts["../deploy/specs/gpu-1.yaml"] == "/opt/tritonrag/spec.yaml"
+        index_volume = next(src for src, dst in mounts.items() if dst == "/opt/tritonrag/index")
+        assert index_volume in compose["volumes"], "the index lives in a named volume"
+        # the supervisor's readiness, false while a broken model is restored (Triton's own is not)
+        assert "8003/health/ready" in " ".join(triton["healthcheck"]["test"])
+        assert triton["read_only"] is True and {"/tmp", "/home/triton-server"} <= set(triton["tmpfs"])
+        assert triton["cap_drop"] == ["ALL"] and "no-new-privileges:true" in triton["security_opt"]
+        assert triton["user"] == "1000:1000"
 
 
 def _command(service: dict) -> list[str]:
@@ -287,31 +297,36 @@ def _flag(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
-def test_compose_ingress_service_fronts_triton():
+def test_compose_each_ingress_fronts_its_own_triton():
     services = _compose()["services"]
-    ingress, triton = services["ingress"], services["triton"]
-    # the image the triton service builds, never pulled from a registry under that name
-    assert ingress["image"] == triton["image"] and "build" not in ingress and ingress["pull_policy"] == "never"
-    assert "deploy" not in ingress, "the ingress needs no GPU"
-    command = _command(ingress)
-    assert command[:2] == ["tritonrag", "ingress"]
-    host, _, port = _flag(command, "--triton").rpartition(":")
-    assert host == "triton" and port in {p.rsplit(":", 1)[-1] for p in triton["ports"]} and port == "8001"
-    assert _flag(command, "--host") == "0.0.0.0"
-    listen = _flag(command, "--port")
-    assert int(_flag(command, "--workers")) >= 1
-    # the one port published on every interface
-    assert ingress["ports"] == [f"{listen}:{listen}"] and listen == "8080"
-    assert ingress["depends_on"]["triton"]["condition"] == "service_healthy"
-    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
-    check = " ".join(ingress["healthcheck"]["test"])
-    assert f"http://127.0.0.1:{listen}/health'" in check
-    # API keys from the host's environment ([ingress] api_keys_env); never a key written into this file
-    assert ingress["environment"] == {"TRITONRAG_API_KEYS": "${TRITONRAG_API_KEYS:-}"}
-    assert ingress["read_only"] is True and "/tmp" in ingress["tmpfs"]
-    assert ingress["cap_drop"] == ["ALL"] and "no-new-privileges:true" in ingress["security_opt"]
-    assert "user" not in ingress and _all("USER")[-1].split(":")[0] not in ("root", "0")  # the image's non-root
-    assert "ingress" in services["prometheus"]["depends_on"]
+    for i in REPLICAS:
+        ingress, triton = services[f"ingress-{i}"], services[f"triton-{i}"]
+        # the image triton-1 builds, never pulled from a registry under that name
+        assert ingress["image"] == triton["image"] and "build" not in ingress and ingress["pull_policy"] == "never"
+        assert "deploy" not in ingress, "the ingress needs no GPU"
+        command = _command(ingress)
+        assert command[:2] == ["tritonrag", "ingress"]
+        assert _flag(command, "--triton") == f"triton-{i}:8001"
+        assert _flag(command, "--triton-health") == f"http://triton-{i}:8003/health/ready"
+        assert _flag(command, "--host") == "0.0.0.0"
+        listen = _flag(command, "--port")
+        assert listen == "8080" and int(_flag(command, "--workers")) >= 1
+        assert "ports" not in ingress, "haproxy publishes the API"
+        assert ingress["depends_on"][f"triton-{i}"]["condition"] == "service_healthy"
+        assert f"http://127.0.0.1:{listen}/health'" in " ".join(ingress["healthcheck"]["test"])
+        # API keys from the host's environment ([ingress] api_keys_env); never a key written into this file
+        assert ingress["environment"] == {"TRITONRAG_API_KEYS": "${TRITONRAG_API_KEYS:-}"}
+        assert ingress["read_only"] is True and "/tmp" in ingress["tmpfs"]
+        assert ingress["cap_drop"] == ["ALL"] and "no-new-privileges:true" in ingress["security_opt"]
+        assert ingress["user"] == "1000:1000" and _all("USER")[-1].split(":")[0] not in ("root", "0")
+        assert f"ingress-{i}" in services["prometheus"]["depends_on"]
+
+
+def test_compose_haproxy_publishes_only_the_api_beyond_loopback():
+    haproxy = _compose()["services"]["haproxy"]
+    assert "../deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in haproxy["volumes"]
+    public = [p for p in haproxy["ports"] if not p.startswith("127.0.0.1:")]
+    assert public == ["8080:8080"]
 
 
 def test_compose_images_are_pinned_and_bind_mounts_exist():
@@ -329,7 +344,8 @@ def test_compose_images_are_pinned_and_bind_mounts_exist():
 def test_prometheus_scrapes_triton_every_5s():
     config = yaml.safe_load(PROMETHEUS.read_text())
     jobs = [job for job in config["scrape_configs"]
-            if any("triton:8002" in s.get("targets", []) for s in job.get("static_configs", []))]
+            if any("triton-1:8002" in s.get("targets", []) and "triton-2:8002" in s.get("targets", [])
+                   for s in job.get("static_configs", []))]
     assert len(jobs) == 1
     assert jobs[0].get("scrape_interval", config["global"]["scrape_interval"]) == "5s"
     assert jobs[0].get("metrics_path", "/metrics") == "/metrics"
@@ -337,9 +353,10 @@ def test_prometheus_scrapes_triton_every_5s():
 
 def test_prometheus_scrapes_the_ingress():
     config = yaml.safe_load(PROMETHEUS.read_text())
-    listen = _flag(_command(_compose()["services"]["ingress"]), "--port")
+    listen = _flag(_command(_compose()["services"]["ingress-1"]), "--port")
     jobs = [job for job in config["scrape_configs"]
-            if any(f"ingress:{listen}" in s.get("targets", []) for s in job.get("static_configs", []))]
+            if any({f"ingress-{i}:{listen}" for i in REPLICAS} <= set(s.get("targets", []))
+                   for s in job.get("static_configs", []))]
     assert len(jobs) == 1 and jobs[0].get("metrics_path", "/metrics") == "/metrics"
     assert jobs[0].get("scrape_interval", config["global"]["scrape_interval"]) == "5s"
     assert len({job["job_name"] for job in config["scrape_configs"]}) == len(config["scrape_configs"])
