@@ -185,3 +185,28 @@ def test_nan_never_gets_through(settings):
 def test_non_list_stop_is_invalid_input(settings):
     with pytest.raises(InvalidInput, match="stop"):
         SamplingParams.from_request({"stop": 5}, settings)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"seed": 2**70},
+     "seed must be an integer between 0 and 9223372036854775807 (2**63 - 1), got 1180591620717411303424"),
+    ({"seed": -1}, "seed must be an integer between 0 and"),
+    ({"seed": 10**400}, "seed is far out of range: got an integer of about 401 digits"),
+    ({"seed": 1e300}, "seed is far out of range"),
+    ({"top_k": 2**40}, "top_k must be >= 0 (0 disables it) and at most 2147483647"),
+    ({"json_object": "[" * 3000}, "json_object must be true or false"),
+    ({"json_schema": "[" * 5000 + "]" * 5000}, "json_schema nests arrays and objects more than 64 levels deep"),
+    ({"json_schema": '{"maxLength": ' + "1" * 5000 + "}"}, "more than 4300 digits"),
+    ({"stop": ["\ud800"]}, "stop holds a lone surrogate"),
+    ({"x" * 5000: 1}, "unknown sampling parameter(s) 'xxxx"),
+])
+def test_absurd_sampling_values_are_refused_clearly(settings, raw, message):
+    with pytest.raises(InvalidInput) as caught:
+        SamplingParams.from_request(raw, settings)
+    assert message in str(caught.value) and len(str(caught.value)) < 600
+
+
+def test_a_seed_keeps_its_exact_value(settings):
+    assert SamplingParams.from_request({"seed": 2**63 - 1}, settings).seed == 2**63 - 1
+    assert SamplingParams.from_request({"seed": str(2**62 + 1)}, settings).seed == 2**62 + 1
+    assert SamplingParams.from_request({"seed": 0}, settings).seed == 0

@@ -173,3 +173,18 @@ def test_triton_bound_beyond_localhost_restricts_its_admin_apis(tmp_path, monkey
     assert restricted_args("0.0.0.0", tmp_path) == [http, grpc]  # the same key on the next start
     monkeypatch.setenv(ADMIN_KEY_ENV, "from-the-environment")
     assert restricted_args("10.0.0.5", tmp_path)[0].endswith("=from-the-environment")
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    (b'{"model": "rag", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, "nests arrays and objects more than 64"),
+    (b'{"model": "rag", "seed": ' + b"1" * 5000 + b"}", 400, "thousands of digits"),
+    (chat(seed=-1), 422, "seed"),
+    (chat(seed=2**63), 422, "seed"),
+])
+def test_hostile_bodies_get_a_4xx_not_a_crash(body, status, says):
+    error = error_of(body)
+    assert error.status == status and says in error.message, error.message
+
+
+def test_a_seed_up_to_63_bits_reaches_rag():
+    assert call(chat(seed=2**63 - 1)).parameters["seed"] == 2**63 - 1

@@ -189,3 +189,27 @@ def test_reranking_retrieves_its_candidates_and_keeps_top_k(settings):
     assert params({"rerank": False, "top_k": 3}, settings).retrieved == 3
     with pytest.raises(InvalidInput, match=r"rerank_candidates \(2\) must be at least top_k \(3\)"):
         params({"rerank": True, "top_k": 3, "rerank_candidates": 2}, settings)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"seed": 2**70}, "seed must be an integer between 0 and 9223372036854775807"),
+    ({"seed": 1.2e21}, "seed must be an integer between 0 and"),
+    ({"seed": -3}, "seed must be an integer between 0 and"),
+    ({"filter": "[" * 5000 + "]" * 5000}, "filter nests arrays and objects more than 2 levels deep"),
+    ({"json_schema": "[" * 5000 + "]" * 5000}, "json_schema nests arrays and objects"),
+    ({"json_schema": '{"a": ' + "1" * 5000 + "}"}, "more than 4300 digits"),
+    ({"top_k": 10**400}, "top_k is far out of range"),
+    ({"system_prompt": ["x" * 10000]}, "system_prompt must be a string"),
+    ({"template": "x" * 10000}, "template must name a template"),
+])
+def test_absurd_values_are_refused_with_short_clear_messages(settings, raw, message):
+    with pytest.raises(InvalidInput) as caught:
+        params(raw, settings)
+    assert message in str(caught.value) and len(str(caught.value)) < 600
+
+
+def test_request_parameters_json_is_bounded():
+    for raw, message in (("[" * 100000, "nests arrays and objects"), ('{"a": ' + "1" * 5000 + "}", "digits"),
+                         ('{"a": "\\udfff"}', "lone surrogate"), ("[1]", "must be a JSON object, got an array")):
+        with pytest.raises(InvalidInput, match=message):
+            parse_json_object(raw, "request parameters")

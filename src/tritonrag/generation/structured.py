@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from tritonrag.errors import InvalidInput, Unsupported
+from tritonrag.validation import load_json
 
 # The longest JSON Schema a request may send, counted as compact JSON text (json.dumps with "," and ":" as
 # separators, so indentation in a schema sent as a string does not count). A module constant, not a setting: the
@@ -62,12 +63,7 @@ def parse_structured(raw_schema: Any, raw_object: Any, max_chars: int = MAX_SCHE
         raise InvalidInput("send either json_schema (answer follows the schema) or json_object (any JSON object), "
                            "not both")
     if isinstance(raw_schema, str):
-        try:
-            raw_schema = json.loads(raw_schema)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"json_schema is not valid JSON ({exc}); send a JSON Schema object") from None
-        except RecursionError:
-            raise InvalidInput(f"json_schema nests too deeply; at most {MAX_SCHEMA_DEPTH} levels") from None
+        raw_schema = load_json(raw_schema, "json_schema", "; send a JSON Schema object")
     if not isinstance(raw_schema, dict):
         raise InvalidInput(f"json_schema must be a JSON object (a JSON Schema such as "
                            f'{{"type": "object", "properties": {{...}}}}), got {_json_type(raw_schema)}')
@@ -98,8 +94,8 @@ def check_answer(text: str, structured: StructuredOutput) -> str | None:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"not valid JSON: {exc}"
-    except RecursionError:
-        return "not usable JSON: nested too deeply"
+    except (RecursionError, ValueError) as exc:  # nested too deeply; an integer past int's digit limit
+        return f"not usable JSON: {str(exc) or type(exc).__name__}"
     if structured.schema is None:
         return None if isinstance(value, dict) else f"not a JSON object: got {_json_type(value)}"
     from jsonschema.exceptions import best_match

@@ -50,6 +50,7 @@ class ResponseFormat(_Strict):
 
 
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]  # what a Triton request parameter can carry
+Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]  # the generator's range (tritonrag.validation.as_seed)
 Tokens = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
 
 
@@ -64,7 +65,7 @@ class ChatCompletionRequest(_Strict):
     max_completion_tokens: Tokens | None = None
     temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
     top_p: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
-    seed: Int64 | None = None
+    seed: Seed | None = None
     n: Annotated[StrictInt, Field(ge=1, le=1)] | None = None  # one choice per request
     stop: None = None  # the flow's templates own their stop strings
     presence_penalty: Annotated[StrictFloat, Field(ge=0, le=0)] | None = None

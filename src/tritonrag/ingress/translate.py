@@ -15,6 +15,11 @@ from pydantic import ValidationError
 from tritonrag.ingress.errors import ApiError, bad_request
 from tritonrag.ingress.schema import ChatCompletionRequest
 from tritonrag.serving.contract import RAG
+from tritonrag.validation import json_depth
+
+# The deepest nesting a chat request body may have: messages' content parts take 5 levels, a response_format's
+# schema up to 32 more (tritonrag.generation.structured's bound)
+MAX_BODY_DEPTH = 64
 
 # Each model the ingress lists is a flow of the `rag` model.
 FLOWS: dict[str, str] = {
@@ -74,9 +79,23 @@ def validation_error(exc: ValidationError) -> ApiError:
 def parse_chat(body: bytes) -> ChatCompletionRequest:
     """The validated chat request of a raw body."""
     try:
-        raw = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the request body is not valid JSON (not UTF-8: {exc.reason} at byte {exc.start}); "
+                       "send a JSON object in UTF-8", code="invalid_json") from None
+    if json_depth(text, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
+        raise ApiError(400, f"the request body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep; "
+                       "send a flatter body", code="invalid_json")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc}); send a JSON object",
+                       code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the request body nests arrays and objects too deeply; send a flatter body",
+                       code="invalid_json") from None
+    except ValueError:  # an integer past Python's digit limit
+        raise ApiError(400, "the request body holds an integer with thousands of digits; send smaller numbers",
                        code="invalid_json") from None
     if not isinstance(raw, dict):
         raise ApiError(400, f"the request body must be a JSON object, got a JSON {type(raw).__name__}",

@@ -8,7 +8,6 @@ json_object asks for structured output: the generator constrains decoding and ch
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from tritonrag.kb.fusion import FUSIONS
 from tritonrag.prompts.registry import NAME as TEMPLATE_NAME
 from tritonrag.serving.contract import RAG
 from tritonrag.settings import RagSettings, RetrieverSettings
-from tritonrag.validation import as_choice, as_float, as_int
+from tritonrag.validation import as_choice, as_float, as_int, as_seed, load_json, names, shown
 
 
 @dataclass(frozen=True)
@@ -56,17 +55,18 @@ class RagParams:
     def from_parameters(cls, raw: Mapping[str, Any], rag: RagSettings, retriever: RetrieverSettings) -> RagParams:
         unknown = sorted(set(raw) - set(RAG.parameters))
         if unknown:
-            raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(RAG.parameters))}")
+            raise InvalidInput(f"unknown parameter(s) {names(unknown)}; known: {', '.join(sorted(RAG.parameters))}")
         template = raw.get(RAG.template)
         if RAG.template in raw and (not isinstance(template, str) or not TEMPLATE_NAME.match(template)):
-            raise InvalidInput(f"template must name a template (`tritonrag templates` lists them), got {template!r}")
+            raise InvalidInput(f"template must name a template (`tritonrag templates` lists them), "
+                               f"got {shown(template)}")
         stream = _flag(raw, RAG.stream, rag.stream_default)
         system_prompt = raw.get(RAG.system_prompt)
         if RAG.system_prompt in raw and not isinstance(system_prompt, str):
-            raise InvalidInput(f"system_prompt must be a string, got {system_prompt!r}")
+            raise InvalidInput(f"system_prompt must be a string, got {shown(system_prompt)}")
         flow = raw.get(RAG.flow)
         if RAG.flow in raw and not isinstance(flow, str):
-            raise InvalidInput(f"flow must name a flow (rag, qa-checked, rag-chat, llm), got {flow!r}")
+            raise InvalidInput(f"flow must name a flow (rag, qa-checked, rag-chat, llm), got {shown(flow)}")
 
         def optional(name: str, convert: Any) -> Any:  # absent: unset; present (even null): validated
             return convert(raw[name], name) if name in raw else None
@@ -88,7 +88,7 @@ class RagParams:
             max_tokens=optional(RAG.max_tokens, as_int),
             temperature=optional(RAG.temperature, as_float),
             top_p=optional(RAG.top_p, as_float),
-            seed=optional(RAG.seed, as_int),
+            seed=optional(RAG.seed, as_seed),
             filter=parse_filter(raw.get(RAG.filter)),
             min_score=_min_score(raw.get(RAG.min_score, rag.abstain_below_score)),
             system_prompt=system_prompt,
@@ -118,7 +118,7 @@ class RagParams:
 def _flag(raw: Mapping[str, Any], name: str, default: bool) -> bool:
     value = raw.get(name, default)
     if not isinstance(value, bool):
-        raise InvalidInput(f"{name} must be true or false, got {value!r}")
+        raise InvalidInput(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
@@ -127,11 +127,7 @@ def _schema(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"json_schema is not valid JSON ({exc}); send a JSON schema object as a string") \
-                from None
+        value = load_json(value, "json_schema", "; send a JSON schema object as a string")
     if not isinstance(value, Mapping):
         raise InvalidInput("json_schema must be a JSON object (a JSON schema), e.g. "
                            '\'{"type": "object", "properties": {"name": {"type": "string"}}}\'')

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tritonrag.errors import InvalidInput
+from tritonrag.validation import check_unicode, load_json, shown
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,9 @@ def parse_history(value: str | Sequence[Any] | None, max_messages: int | None = 
     if value is None or (isinstance(value, str) and not value.strip()):
         return ()
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"input '{name}' is not valid JSON ({exc}); send {FORMAT}") from None
+        value = load_json(value, f"input '{name}'", f"; send {FORMAT}", max_depth=2)
+    else:
+        check_unicode(value, f"input '{name}'")
     if not isinstance(value, (list, tuple)):
         raise InvalidInput(f"input '{name}' must be {FORMAT}; got {_kind(value)}")
     if max_messages is not None and len(value) > max_messages:
@@ -63,19 +63,25 @@ def parse_history(value: str | Sequence[Any] | None, max_messages: int | None = 
     return tuple(_turn(item, f"{name}[{i}]") for i, item in enumerate(value))
 
 
+def _name(key: Any) -> str:
+    text = key if isinstance(key, str) else shown(key)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _turn(item: Any, where: str) -> Turn:
     if isinstance(item, Turn):
         return item
     if not isinstance(item, dict):
         raise InvalidInput(f'{where} must be an object {{"role": ..., "content": ...}}, got {_kind(item)}')
     if set(item) != KEYS:
-        missing, unknown = sorted(KEYS - set(item)), sorted(set(item) - KEYS)
+        missing, unknown = sorted(KEYS - set(item)), sorted(_name(key) for key in set(item) - KEYS)
         problems = ([f"lacks {', '.join(missing)}"] if missing else []) + \
-                   ([f"has unknown key(s) {', '.join(map(str, unknown))}"] if unknown else [])
+                   ([f"has unknown key(s) {', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}"]
+                    if unknown else [])
         raise InvalidInput(f"{where} {' and '.join(problems)}; a message has exactly the keys role and content")
     role, content = item["role"], item["content"]
     if not isinstance(role, str) or role not in ROLES:
-        raise InvalidInput(f"{where}.role must be user or assistant, got {role!r}")
+        raise InvalidInput(f"{where}.role must be user or assistant, got {shown(role)}")
     if not isinstance(content, str):
         raise InvalidInput(f"{where}.content must be a string, got {_kind(content)}")
     return Turn(role, content)

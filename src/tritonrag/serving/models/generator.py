@@ -20,7 +20,7 @@ from tritonrag.serving.contract import GENERATOR
 from tritonrag.serving.instance import instance_config
 from tritonrag.serving.tensors import error_response, read_scalar, read_string, request_parameters, string_tensor
 from tritonrag.settings import load_settings
-from tritonrag.validation import parse_json_object
+from tritonrag.validation import parse_json_object, shown
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # Asking Triton whether a client cancelled, and updating a metric, are round trips to the server process; per
@@ -155,6 +155,8 @@ class TritonPythonModel:
         raw = dict(parameters)
         raw.pop(GENERATOR.cancel_key, None)
         stream_param = raw.pop(GENERATOR.stream, False)
+        if not isinstance(stream_param, bool):
+            raise InvalidInput(f"parameter '{GENERATOR.stream}' must be true or false, got {shown(stream_param)}")
         sampling = read_string(request, GENERATOR.sampling_parameters, required=False)
         raw.update(parse_json_object(sampling, f"input '{GENERATOR.sampling_parameters}'"))
         stop = pb_utils.get_input_tensor_by_name(request, GENERATOR.stop)

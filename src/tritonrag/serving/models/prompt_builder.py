@@ -2,7 +2,6 @@
 the target generator, a JSON schema, an answer to review, a conversation's earlier turns) in, the prompt and what the
 pipeline needs of it out."""
 
-import json
 from dataclasses import replace
 
 import numpy as np
@@ -15,6 +14,7 @@ from tritonrag.serving.contract import PROMPT_BUILDER
 from tritonrag.serving.instance import instance_config, served_generators
 from tritonrag.serving.tensors import error_response, read_string, read_strings, string_tensor
 from tritonrag.settings import load_settings
+from tritonrag.validation import load_json
 
 P = PROMPT_BUILDER
 
@@ -33,10 +33,7 @@ class TritonPythonModel:
             raise InvalidInput(f"'{P.metadata}' has {len(metadata)} rows but '{P.context}' has {len(texts)}")
         documents = []
         for i, (text, meta) in enumerate(zip(texts, metadata)):
-            try:
-                fields = json.loads(meta)
-            except json.JSONDecodeError:
-                raise InvalidInput(f"'{P.metadata}' row {i} is not valid JSON") from None
+            fields = load_json(meta, f"'{P.metadata}' row {i}", "; send a JSON object such as the retriever's")
             if not isinstance(fields, dict):
                 raise InvalidInput(f"'{P.metadata}' row {i} must be a JSON object")
             documents.append(ContextDocument.from_metadata(text, fields))
