@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown fault(s) {', '.join(unknown)}: choose from {', '.join((*FAULTS, ENGINE))}")
     args.out.mkdir(parents=True, exist_ok=True)
-    serve = ServeProcess(args.config, args.out / "serve.log", ingress=True)
+    work = Path(tempfile.mkdtemp(prefix="tritonrag-faults-"))  # the served settings and serve's log
+    serve = ServeProcess(args.config, work / "serve.log", ingress=True)
     print(f"starting tritonrag serve ({args.config}); log {serve.log_file}", flush=True)
     serve.start()
     results = []

@@ -100,12 +100,16 @@ def test_a_dead_stub_gets_its_model_unloaded_its_leftovers_killed_and_the_model_
     supervisor.check()
     assert control.calls == []
     tables["table"] = {10: server, 11: stub(11, 10, "embedder"), 13: Proc(13, 1, 7, ("python", "engine"))}
-    supervisor.check()  # the generator's stub is gone; its engine process was left behind
+    supervisor.check()  # the generator's stub is gone; its engine process was left behind; a load starts
+    supervisor.wait_idle()
     assert control.calls == [("unload", "generator"), ("load", "generator")]
     assert (13, 7) in tables["killed"]
+    supervisor.check()  # the load failed: reported, retried after the backoff (0 here: at once)
     assert [e.what for e in supervisor.events] == ["model-died", "model-restore-failed"]
     tables["table"] = {10: server, 11: stub(11, 10, "embedder"), 30: stub(30, 10, "generator", start=9)}
-    supervisor.check()  # the retry after the backoff succeeds; the new stub is watched
+    supervisor.check()
+    supervisor.wait_idle()
+    supervisor.check()  # the retry succeeded; the new stub is watched
     assert supervisor.events[-1].what == "model-restored" and supervisor.watched["generator"].stubs == {(30, 9)}
     supervisor.check()
     assert control.calls.count(("load", "generator")) == 2

@@ -204,6 +204,28 @@ class Event:
     detail: str = ""
 
 
+class _Load:
+    """A model load on a daemon thread: Triton's load call blocks until the model is ready (minutes for vLLM), and
+    the supervisor must keep watching the server meanwhile (Triton 2.51 once segfaulted during such a load)."""
+
+    def __init__(self, control: ModelControl, model: str, timeout_s: float) -> None:
+        self.error: str | None = None
+        self.seconds = 0.0
+        self.done = threading.Event()
+        started = time.monotonic()
+
+        def run() -> None:
+            try:
+                control.load(model, timeout_s)
+            except Exception as exc:  # reported as the load's failure, retried with backoff
+                self.error = str(exc) or type(exc).__name__
+            finally:
+                self.seconds = time.monotonic() - started
+                self.done.set()
+
+        threading.Thread(target=run, name=f"supervisor-load-{model}", daemon=True).start()
+
+
 class Supervisor:
     """Watches a tritonserver (and optionally the ingress) and restores what breaks; call ``check`` every
     ``interval_s`` (``run`` does)."""
@@ -219,6 +241,7 @@ class Supervisor:
         self._retry_at: dict[str, float] = {}
         self._broken: set[str] = set()  # models unloaded and waiting to be loaded again
         self.restarting: str | None = None  # the service being restarted now ("tritonserver", "ingress")
+        self._loading: dict[str, _Load] = {}  # models being loaded again, each on a thread of its own
         self.watched: dict[str, ModelProcesses] = {}
         self.events: list[Event] = []
         self.deaths = 0  # processes seen dead (a model's stubs, tritonserver): requests in flight then are lost
@@ -268,27 +291,37 @@ class Supervisor:
             except (OSError, RuntimeError) as exc:
                 self._event("model-unload-failed", model, str(exc))
         for model in sorted(self._broken):
-            if self._due(model):
-                self._restore(model)
+            loading = self._loading.get(model)
+            if loading is not None:
+                if not loading.done.is_set():
+                    continue  # still loading; the server is watched meanwhile (it may die during a load)
+                del self._loading[model]
+                self._restored(model, loading)
+            elif self._due(model):
+                self._loading[model] = _Load(self.control, model, self.startup_timeout_s)
 
-    def _restore(self, model: str) -> None:
-        started = time.monotonic()
-        try:
-            self.control.load(model, self.startup_timeout_s)
-        except (OSError, RuntimeError) as exc:
+    def _restored(self, model: str, loading: _Load) -> None:
+        if loading.error is not None:
             delay = self._failed(model)
-            self._event("model-restore-failed", model, f"{exc}; retrying in {delay:.0f}s")
+            self._event("model-restore-failed", model, f"{loading.error}; retrying in {delay:.0f}s")
             return
         self._broken.discard(model)
         self.watched.pop(model, None)
         self.rescan()
-        self._event("model-restored", model, f"loaded again in {time.monotonic() - started:.1f}s")
+        self._event("model-restored", model, f"loaded again in {loading.seconds:.1f}s")
+
+    def wait_idle(self, timeout_s: float = 60.0) -> None:
+        """Wait until no model load runs (tests)."""
+        deadline = time.monotonic() + timeout_s
+        for loading in list(self._loading.values()):
+            loading.done.wait(max(0.0, deadline - time.monotonic()))
 
     def _restart_server(self) -> None:
         if not self._due("tritonserver"):
             return
         code = self.server.process.returncode if self.server.process is not None else None
         self.deaths += 1
+        self._loading.clear()  # loads in flight on the dead server: their threads end on their own
         self._event("server-died", "tritonserver", f"exit code {code}; restarting")
         self.watched.clear()
         self._broken.clear()

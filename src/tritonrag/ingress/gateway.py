@@ -72,6 +72,33 @@ def _deaths(url: str) -> int | None:
         return None
 
 
+_CODES = {"invalid_arg": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
+          "unsupported": grpc.StatusCode.UNIMPLEMENTED, "unavailable": grpc.StatusCode.UNAVAILABLE,
+          "internal": grpc.StatusCode.INTERNAL}
+
+
+def _coded_error(message: str) -> ApiError:
+    """The ApiError of a rag error streamed as "[code] message" (RAG.coded_errors); an error without a code (from
+    Triton itself: a model not loaded, a stub that died) is INTERNAL, or UNAVAILABLE by its words."""
+    code, _, rest = message.partition("] ")
+    if message.startswith("[") and code[1:] in _CODES:
+        return _status_error(_CODES[code[1:]], rest, "the rag model")
+    return _status_error(grpc.StatusCode.INTERNAL, message, "the rag model")
+
+
+async def _finish(stream: Any, timeout_s: float = 5.0) -> bool:
+    """Wait for the gRPC call that just sent its final response to end (Triton closes it right after); True when
+    it did. Cancelling a call Triton considers complete makes Triton 2.51 log "HandleCancellation called even when
+    the context was not cancelled" and, under load, segfault: only a call still answering is cancelled."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for _ in stream:  # nothing more is expected but the end of the call
+                pass
+    except (TimeoutError, grpc.aio.AioRpcError):
+        return False
+    return True
+
+
 class ClientGone(Exception):
     """The stream was cancelled (the HTTP client went away)."""
 
@@ -205,16 +232,21 @@ class TritonGateway:
         inputs.append(flag)
         if call.history:
             inputs.append(_bytes_input(RAG.history, [json.dumps(call.history, ensure_ascii=False)], [1]))
-        parameters = {**call.parameters, "triton_enable_empty_final_response": True}
+        parameters = {**call.parameters, "triton_enable_empty_final_response": True, RAG.coded_errors: True}
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield {"model_name": RAG.model, "inputs": inputs, "parameters": parameters}
 
-        stream = self.client.stream_infer(requests(), stream_timeout=self.timeout_s, headers=STRICT_ERRORS)
+        # Not Triton's strict error mode on streams: with it, every failed stream makes Triton 2.51 log
+        # "HandleCancellation called even when the context was not cancelled", and a few hundred of them crash it
+        # (Signal 11; reproduced with bad requests and with a dead stage). rag prefixes its errors' codes instead.
+        stream = self.client.stream_infer(requests(), stream_timeout=self.timeout_s)
+        ended = False  # the call is over (or about to be): cancelling it now would crash Triton (see _finish)
         try:
             async for result, error in self._results(stream):
                 if error is not None:
-                    raise _status_error(grpc.StatusCode.INTERNAL, error.message(), "the rag model")
+                    ended = await _finish(stream)
+                    raise _coded_error(error.message() or "")
                 response = result.get_response()
                 final = response.parameters["triton_final_response"].bool_param
                 names = {output.name for output in response.outputs}
@@ -228,15 +260,19 @@ class TritonGateway:
                     query=_first(result, RAG.query) if RAG.query in names else None,
                     timing=_json(_first(result, RAG.timing)) if RAG.timing in names else None,
                 )
-                yield part
                 if final:
+                    ended = await _finish(stream)
+                    yield part
                     return
+                yield part
         except grpc.aio.AioRpcError as exc:
+            ended = True  # the call ended with this status
             if exc.code() == grpc.StatusCode.CANCELLED:
                 raise ClientGone from None
             raise api_error(exc, "the rag model") from None
         finally:
-            stream.cancel()
+            if not ended:  # the client went away mid-answer: stop the work on Triton
+                stream.cancel()
 
     async def embed_batch_size(self) -> int:
         """Rows per embedder request: its max_batch_size."""

@@ -92,6 +92,10 @@ class GeneratorContract:
 @dataclass(frozen=True)
 class RagContract:
     model: str = "rag"
+    # request parameter (bool): prefix each error's message with its code, "[invalid_arg] ...", for gRPC stream
+    # clients that cannot use Triton's strict error mode (the ingress; see its gateway: Triton 2.51 crashes under
+    # many failed streams in that mode)
+    coded_errors: str = "tritonrag_coded_errors"
     text_input: str = "text_input"  # the question: the conversation's last user turn
     stream: str = "stream"
     history: str = "history"  # optional input: JSON list of {"role": "user"|"assistant", "content"} before it

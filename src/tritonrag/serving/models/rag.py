@@ -24,7 +24,7 @@ from tritonrag.settings import load_settings
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-def _response(event):
+def _response(event, coded_errors=False):
     """The Triton response of a pipeline event, and whether it is the last one (None: send only the final flag)."""
     if isinstance(event, SourcesEvent):
         return pb_utils.InferenceResponse([string_tensor(RAG.text_output, [""]),
@@ -43,7 +43,8 @@ def _response(event):
                 outputs.append(string_tensor(name, [value]))
         return pb_utils.InferenceResponse(outputs), True
     if isinstance(event, FailedEvent):
-        error = pb_utils.TritonError(event.message, getattr(pb_utils.TritonError, event.code.name))
+        message = f"[{event.code.value}] {event.message}" if coded_errors else event.message
+        error = pb_utils.TritonError(message, getattr(pb_utils.TritonError, event.code.name))
         return pb_utils.InferenceResponse(output_tensors=[], error=error), True
     if isinstance(event, CancelledEvent):
         return None, True
@@ -70,8 +71,8 @@ class TritonPythonModel:
                                                            self.rag.condense_max_tokens))
         self._loop_ready = False
 
-    def _parse(self, request):
-        parsed = RagRequest.parse(read_string(request, RAG.text_input), request_parameters(request),
+    def _parse(self, request, parameters):
+        parsed = RagRequest.parse(read_string(request, RAG.text_input), parameters,
                                   read_scalar(request, RAG.stream), self.rag, self.retriever,
                                   read_string(request, RAG.history, required=False))
         # The generator's own checks on the [generator] limits, before any stage runs: Triton 2.51's decoupled BLS
@@ -81,12 +82,15 @@ class TritonPythonModel:
 
     async def _serve(self, request):
         sender = request.get_response_sender()
+        coded = False
         try:
-            events = self.pipeline.run(self._parse(request), request.is_cancelled)
+            parameters = request_parameters(request)
+            coded = parameters.pop(RAG.coded_errors, False) is True
+            events = self.pipeline.run(self._parse(request, parameters), request.is_cancelled)
         except Exception as exc:  # bad input: nothing ran yet
             events = _single(failure(exc))
         async for event in events:
-            response, last = _response(event)
+            response, last = _response(event, coded)
             try:
                 if response is None:
                     sender.send(flags=FINAL)
