@@ -4,8 +4,8 @@ succeeds and the served version stays the same, the CLI command fails with a mes
 rerun (after the fix the message names) succeeds.
 
 The server runs the stand-in settings (benchmarks/stand_in.toml: stand-in embedder, real retriever) over a
-knowledge base of the sample book built with the stand-in embedder in a temp dir: on a tmpfs of its own when it
-can be mounted (root), so the disk can be filled; the disk-full test skips otherwise."""
+knowledge base of twelve generated chapters built with the stand-in embedder in a temp dir: on a tmpfs of its own
+when it can be mounted (root), so the disk can be filled; the disk-full test skips otherwise."""
 
 import json
 import os
@@ -64,13 +64,18 @@ def env(tmp_path_factory):
     docs.mkdir()
     for i in range(4):
         (docs / f"note{i}.md").write_text(f"# Note {i}\n\nThe lighthouse keeper number {i} counts {i * 7} gulls.")
+    first = base / "first"  # the first version: its own text, so it needs no shared data folder
+    first.mkdir()
+    for i in range(12):
+        (first / f"chapter{i}.md").write_text(f"# Chapter {i}\n\n" + " ".join(
+            f"Phileas Fogg crossed the bridge number {j} of chapter {i} and counted the lamps." for j in range(40)))
     config = base / "config.toml"
     config.write_text(f'{STAND_IN.read_text()}\n[retriever]\nindex_dir = "{kb}"\nreload_interval_s = {RELOAD_S}\n')
     environ = {**os.environ, CONFIG_ENV: str(config), BUSY_TIMEOUT_ENV: "1", "COLUMNS": "1000"}
     state = {"base": base, "disk": disk, "kb": kb, "docs": docs, "config": config, "environ": environ,
              "tmpfs_skip": tmpfs}
     try:
-        run_cli(state, "ingest", "--sample")  # the sample book, embedded by the stand-in
+        run_cli(state, "ingest", first)  # a book of its own (no sample corpus needed), embedded by the stand-in
         yield state
     finally:
         if tmpfs is None:
