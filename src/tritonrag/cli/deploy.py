@@ -205,9 +205,20 @@ def serve(
         server.stop()
 
 
+def _port_or_free(port: int, what: str) -> int:
+    """``port`` if free, else a free one (said on the console)."""
+    from tritonrag.deploy.server import free_port, port_is_free
+
+    if port_is_free(port):
+        return port
+    new = free_port()
+    console.print(f"[yellow]{what} port {port} is busy; using {new}[/yellow]")
+    return new
+
+
 def _supervisor(server, health_port: int | None):
     """The supervisor of ``server`` and its readiness endpoint (None, None when [server] supervise is off)."""
-    from tritonrag.deploy.server import LOOPBACK, admin_key, free_port, port_is_free
+    from tritonrag.deploy.server import LOOPBACK, admin_key
     from tritonrag.deploy.supervisor import Backoff, HealthServer, ModelControl, Supervisor
 
     config = load_settings().server
@@ -222,12 +233,8 @@ def _supervisor(server, health_port: int | None):
     supervisor = Supervisor(server, ModelControl(server.http_url, key),
                             startup_timeout_s=config.startup_timeout_s, on_event=report,
                             backoff=lambda: Backoff(config.restart_backoff_s, config.restart_backoff_max_s))
-    port = health_port or config.health_port
-    if not port_is_free(port):
-        new = free_port()
-        console.print(f"[yellow]health port {port} is busy; using {new}[/yellow]")
-        port = new
-    health = HealthServer(supervisor, port, server.address).start()
+    health = HealthServer(supervisor, _port_or_free(health_port or config.health_port, "health"),
+                          server.address).start()
     console.print(f"supervising: readiness at http://{server.http_url.split(':')[0]}:{health.port}/health/ready",
                   highlight=False)
     return supervisor, health
@@ -251,14 +258,9 @@ def _supervise(server, front, supervisor) -> None:
 def _start_ingress(server, host: str | None, port: int | None, triton_health: str | None = None):
     """The ingress on the Triton just started; a busy port is replaced by a free one (logged)."""
     from tritonrag.deploy.ingress_process import IngressProcess
-    from tritonrag.deploy.server import free_port, port_is_free
 
     config = load_settings().ingress
-    port = port or config.port
-    if not port_is_free(port):
-        new = free_port()
-        console.print(f"[yellow]ingress port {port} is busy; using {new}[/yellow]")
-        port = new
+    port = _port_or_free(port or config.port, "ingress")
     front = IngressProcess(server.grpc_url, port, load_settings().home, host or config.host, config.workers,
                            extra_args=("--triton-health", triton_health) if triton_health else (),
                            log_file=load_settings().home / "logs" / f"ingress-{port}.log")

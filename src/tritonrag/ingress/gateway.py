@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from tritonrag.ingress.errors import ApiError
 from tritonrag.ingress.translate import RagCall, RagReply
-from tritonrag.serving.contract import EMBEDDER, RAG, RETRIEVER
+from tritonrag.serving.contract import EMBEDDER, RAG, RETRIEVER, TRITON_UNAVAILABLE_WORDS
 
 STRICT_ERRORS = {"triton_grpc_error": "true"}
 _STATUS = {
@@ -38,9 +38,6 @@ _STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 READY_CACHE_S = 1.0
-# Triton 2.51 fails a request to a model whose Python stub died, or that is unloaded to be loaded again, with
-# INTERNAL and these words; the supervisor is restoring it, so it is a 503 to retry, not a server bug.
-RESTORING = ("is not healthy", "has no available versions", "is not ready")
 # Triton 2.51 never ends a decoupled request whose stub died mid-answer: the stream would hang until
 # request_timeout_s. With the supervisor's readiness URL known, a stream waiting longer than this for its next
 # response asks it whether a process died since the request began, and ends with a 503 if one did.
@@ -104,7 +101,7 @@ class ClientGone(Exception):
 
 
 def _status_error(code: grpc.StatusCode | None, message: str, what: str) -> ApiError:
-    if code == grpc.StatusCode.INTERNAL and any(words in message for words in RESTORING):
+    if code == grpc.StatusCode.INTERNAL and any(words in message for words in TRITON_UNAVAILABLE_WORDS):
         code = grpc.StatusCode.UNAVAILABLE
     status = _STATUS.get(code, 500)
     if code == grpc.StatusCode.UNAVAILABLE:

@@ -22,15 +22,17 @@ from tritonrag.pipeline.events import ErrorCode
 from tritonrag.pipeline.stages import PromptOptions, RetrievalOptions
 from tritonrag.pipeline.types import GenerationChunk, Passage, Prompt, Retrieval, Usage
 from tritonrag.prompts.history import history_json
-from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RERANKER, RETRIEVER
+from tritonrag.serving.contract import (
+    EMBEDDER,
+    GENERATOR,
+    PROMPT_BUILDER,
+    RERANKER,
+    RETRIEVER,
+    TRITON_UNAVAILABLE_WORDS,
+)
 from tritonrag.serving.tensors import string_tensor
 
 DRAIN_TIMEOUT_S = 30.0  # how long a cancelled generator stream may take to close
-
-
-# How Triton 2.51 words a stage that cannot answer now: its stub died (the supervisor is restoring it), or it is
-# unloaded or loading. A client may retry these elsewhere (503), unlike a fault of the request or a bug.
-UNAVAILABLE_SIGNS = ("is not healthy", "is not ready", "Model version not ready")
 
 
 def stage_error(model: str, error: Any) -> StageError:
@@ -39,7 +41,7 @@ def stage_error(model: str, error: Any) -> StageError:
     codes = {getattr(pb_utils.TritonError, code.name): code for code in ErrorCode}
     code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
     message, mapped = error.message(), codes.get(code, ErrorCode.INTERNAL)
-    if mapped is ErrorCode.INTERNAL and any(sign in message for sign in UNAVAILABLE_SIGNS):
+    if mapped is ErrorCode.INTERNAL and any(words in message for words in TRITON_UNAVAILABLE_WORDS):
         mapped = ErrorCode.UNAVAILABLE
     return StageError(model, message, mapped)
 
