@@ -76,7 +76,7 @@ def test_front_ends_default_to_the_settings_ports():
 def test_retries_and_timeouts_never_hang_and_come_from_the_settings():
     settings = load_defaults()
     defaults = _sections(render_haproxy(REPLICAS, settings))["defaults"]
-    assert "retry-on conn-failure empty-response response-timeout 503" in defaults
+    assert "retry-on conn-failure empty-response junk-response response-timeout 503" in defaults
     assert "option redispatch 1" in defaults and "retries 2" in defaults
     silence = round(stream_timeout_s(settings) * 1000)
     assert silence == round((max(settings.ingress.request_timeout_s, settings.rag.bls_timeout_s) + 30) * 1000)
