@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,104 @@ QUESTIONS = [
 def questions(n: int, offset: int = 0) -> list[str]:
     """``n`` questions cycling through the mix, starting at ``offset``."""
     return [QUESTIONS[(offset + i) % len(QUESTIONS)] for i in range(n)]
+
+
+REPEAT_QUESTIONS = BENCHMARKS / "repeat_questions.yaml"
+REPEAT_SHARES = (0.0, 0.3, 0.5, 0.7)
+FRESH, REPEAT, PARAPHRASE = "fresh", "repeat", "paraphrase"
+
+
+@dataclass(frozen=True)
+class PoolQuestion:
+    """One unique question of the repeat pool and its hand-written paraphrases."""
+
+    question: str
+    paraphrases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request of a question mix: its text, what it is (fresh, repeat, paraphrase) and, for a repeat or a
+    paraphrase, the position in its level of the fresh question it repeats."""
+
+    question: str
+    kind: str = FRESH
+    source: int | None = None
+
+
+def load_repeat_pool(path: Path = REPEAT_QUESTIONS) -> list[PoolQuestion]:
+    """The unique questions of benchmarks/repeat_questions.yaml, each with at least one paraphrase."""
+    import yaml
+
+    pool = []
+    for raw in yaml.safe_load(path.read_text())["questions"]:
+        paraphrases = tuple(raw.get("paraphrases") or ())
+        if not paraphrases:
+            raise ValueError(f"{path}: {raw['question']!r} has no paraphrase")
+        pool.append(PoolQuestion(str(raw["question"]), tuple(str(p) for p in paraphrases)))
+    texts = [t for q in pool for t in (q.question, *q.paraphrases)]
+    if len(set(texts)) != len(texts):
+        raise ValueError(f"{path}: a question or paraphrase appears twice")
+    return pool
+
+
+def repeat_mix(pool: Sequence[PoolQuestion], shares: Sequence[float], requests: int, seed: int = 0,
+               gap: int = 0) -> dict[float, list[Ask]]:
+    """The requests of each share level, in order: ``round(share * requests)`` of them repeat or paraphrase (half
+    each, an odd one a repeat) a question asked earlier in the same level, the rest are fresh questions no other
+    level uses. Repeats and paraphrases take seeded random positions after the first ``gap`` where they fit (a closed
+    loop of ``gap`` clients sends its first ``gap`` requests at once: a repeat among them would find its question
+    still being answered), never the first. A repeat's source is a fresh question at least ``gap`` positions
+    earlier when there is one (most likely answered by then), else any earlier one; a paraphrase is one not yet
+    sent in the level, of a source that has one left (none has: a repeat).
+
+    The same arguments give the same requests, so every system gets the same sequence."""
+    import random
+
+    unused = iter(pool)
+    out: dict[float, list[Ask]] = {}
+    for level, share in enumerate(shares):
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"share {share} is not in [0, 1)")
+        rng = random.Random(seed * 1000 + level)
+        repeats = min(round(share * requests), requests - 1)
+        # after the first `gap` positions where they fit, in random order (the first half of them repeat)
+        late, early = list(range(max(1, gap), requests)), list(range(1, min(gap, requests)))
+        if repeats <= len(late):
+            chosen = rng.sample(late, repeats)
+        else:
+            chosen = late + rng.sample(early, repeats - len(late))
+            rng.shuffle(chosen)
+        slots = set(chosen)
+        kinds = {p: REPEAT if i < (repeats + 1) // 2 else PARAPHRASE for i, p in enumerate(chosen)}
+        asks: list[Ask] = []
+        fresh: list[tuple[int, PoolQuestion]] = []  # (position, question) of this level's fresh questions
+        sent: set[str] = set()
+        for position in range(requests):
+            if position not in slots:
+                question = next(unused, None)
+                if question is None:
+                    raise ValueError(f"{len(pool)} unique questions are too few for {requests} requests at shares "
+                                     f"{', '.join(f'{s:.0%}' for s in shares)}")
+                fresh.append((position, question))
+                asks.append(Ask(question.question))
+                sent.add(question.question)
+                continue
+            kind = kinds[position]
+            candidates = fresh
+            if kind == PARAPHRASE:  # sources with a paraphrase left; none: a repeat
+                candidates = [f for f in fresh if any(p not in sent for p in f[1].paraphrases)] or fresh
+                kind = PARAPHRASE if candidates is not fresh else REPEAT
+            settled = [f for f in candidates if f[0] <= position - gap]
+            source, question = rng.choice(settled or candidates)
+            if kind == PARAPHRASE:
+                text = rng.choice([p for p in question.paraphrases if p not in sent])
+            else:
+                text = question.question
+            asks.append(Ask(text, kind, source))
+            sent.add(text)
+        out[share] = asks
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -7,7 +7,9 @@ the whole request as `generate_stream` and the time to the first token as a sepa
     .venv/bin/locust -f benchmarks/locustfile.py --headless -u 8 -r 8 -t 60s \\
         --host http://127.0.0.1:8000 --csv /tmp/locust/rag --only-summary
 
-Environment: RAG_MAX_TOKENS overrides the answer length (default: the server's [generator] max_tokens_default).
+Environment: RAG_MAX_TOKENS overrides the answer length (default: the server's [generator] max_tokens_default);
+RAG_PARAMETERS, a JSON object, adds request parameters to every request (benchmarks/suite.py sends
+'{"cache": false}': the answer cache bypassed, so the pipeline itself is measured).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from tritonrag.serving.contract import RAG
 
 GENERATE, GENERATE_STREAM = f"/v2/models/{RAG.model}/generate", f"/v2/models/{RAG.model}/generate_stream"
 MAX_TOKENS = int(os.environ.get("RAG_MAX_TOKENS", "0"))
+EXTRA_PARAMETERS = json.loads(os.environ.get("RAG_PARAMETERS") or "{}")
 _offsets = itertools.count()
 
 
-def _parameters() -> dict[str, int]:
-    return {RAG.max_tokens: MAX_TOKENS} if MAX_TOKENS else {}
+def _parameters() -> dict[str, object]:
+    return {**EXTRA_PARAMETERS, **({RAG.max_tokens: MAX_TOKENS} if MAX_TOKENS else {})}
 
 
 class RagUser(HttpUser):

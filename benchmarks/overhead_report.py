@@ -60,8 +60,10 @@ def report(result: dict[str, Any]) -> str:
     rows = result["overhead"]
     lines = [
         "Per-request latency, concurrency 1 (ms). Served = Triton `rag` (BLS: embedder -> retriever -> "
-        "prompt_builder -> generator) with stand-in embedder and generator; in-process = the same functions in "
-        f"one process. Overhead = served - in-process; target <= {TARGET_P50_MS:g} ms at p50.",
+        "generator; the prompt built in rag's process unless [rag] build_prompt_in_process = false, then BLS to "
+        "prompt_builder) with stand-in embedder and generator; in-process = the same functions in one process. "
+        f"Overhead = served - in-process; target <= {TARGET_P50_MS:g} ms at p50. Pieces = responses a client "
+        "received per request (the text of tokens already queued travels in one response).",
         "",
         markdown_table(rows, ["variant", "config", "inproc_p50_ms", "served_p50_ms", "overhead_p50_ms",
                               "inproc_p99_ms", "served_p99_ms", "overhead_p99_ms", "overhead_mean_ms",

@@ -3,7 +3,10 @@
 Each file is ``{"data": [{input: {"content": [...], "shape": [...]}, ...}, ...]}``; perf_analyzer sends the
 entries round-robin. Shapes exclude the batch dimension for the batched models (embedder, retriever: perf_analyzer
 adds it with ``-b``) and are full shapes for the others. The data is what the ``rag`` model itself sends each stage
-for the question mix (``common.QUESTIONS``): the same embeddings, retrieved passages, prompts and sampling.
+for the question mix (``common.QUESTIONS``): the same embeddings, retrieved passages, prompts and sampling, computed
+by the pipeline the served ``rag`` runs (tritonrag.pipeline.RagPipeline with the standard flows, over the in-process
+stages of tritonrag.pipeline.local_stages) with a generator that records what it is asked instead of generating
+(``pipeline_requests``; benchmarks/engine_limit.py sends those very prompts and sampling to vLLM).
 
     .venv/bin/python benchmarks/perf_inputs.py --out /tmp/perf-inputs          # quick (max_tokens 32)
     .venv/bin/python benchmarks/perf_inputs.py --out /tmp/perf-inputs --full   # [generator] max_tokens_default
@@ -29,7 +32,7 @@ QUICK_MAX_TOKENS = 32
 
 @dataclass(frozen=True)
 class Retrieved:
-    """One question with what the pipeline computes for it."""
+    """One question with what the pipeline computes for it (an abstention: no prompt, no sampling)."""
 
     question: str
     embedding: list[float]
@@ -37,6 +40,57 @@ class Retrieved:
     metadata: list[str]  # JSON per passage, as the retriever's `metadata` output
     prompt: str
     stop: list[str]
+    sampling: Any = None  # tritonrag.generation.sampling.SamplingParams the generator is asked with
+
+
+class _RecordingEngine:
+    """An engine that records each prompt and sampling it is given and ends the generation at once, empty."""
+
+    name = "record"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    @property
+    def in_flight(self) -> int:
+        return 0
+
+    def submit(self, prompt: str, params: Any, sink: Any) -> str:
+        from tritonrag.generation.sampling import Completion
+
+        self.calls.append((prompt, params))
+        sink.on_finish(Completion("stop", 0, 0))
+        return f"record-{len(self.calls)}"
+
+    def shutdown(self) -> None:
+        pass
+
+
+class _RecordingStages:
+    """The in-process stages, remembering the last embedding, retrieval and prompt of a request."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.last: dict[str, Any] = {}
+        self.embedder = self.retriever = self.reranker = self.prompt_builder = self.generator = self
+
+    async def embed(self, text: str) -> Any:
+        self.last["embedding"] = await self.inner.embed(text)
+        return self.last["embedding"]
+
+    async def retrieve(self, *args: Any) -> Any:
+        self.last["retrieval"] = await self.inner.retrieve(*args)
+        return self.last["retrieval"]
+
+    async def rerank(self, *args: Any) -> Any:
+        return await self.inner.rerank(*args)
+
+    async def build(self, *args: Any) -> Any:
+        self.last["prompt"] = await self.inner.build(*args)
+        return self.last["prompt"]
+
+    async def start(self, *args: Any) -> Any:
+        return await self.inner.start(*args)
 
 
 def tensor(content: list[Any], shape: list[int] | None = None) -> dict[str, Any]:
@@ -50,30 +104,62 @@ def passages(kb: Any, n: int) -> list[str]:
     return [hit.text for hit in kb.fetch(ids.tolist(), [0.0] * len(ids))]
 
 
-def retrieve_all(settings: Any, kb: Any, questions: list[str]) -> list[Retrieved]:
-    """Embed, retrieve and build the prompt for each question, in-process, as the `rag` model would (with the
-    stages' defaults: [retriever] top_k_default, [prompt_builder] template)."""
+def pipeline_requests(settings: Any, kb: Any, questions: list[str],
+                      parameters: dict[str, Any] | None = None) -> list[Retrieved]:
+    """Each question through the served `rag` model's pipeline in this process (its flows, built as rag builds
+    them; the request as a streamed HTTP request with ``parameters`` would be parsed), up to the generator, which
+    records the prompt and sampling it is asked for instead of generating. An abstention (the best passage under
+    [rag] abstain_below_score) has no prompt."""
+    import asyncio
+
+    import numpy as np
+
     from tritonrag.embedding.encoder import TextEmbedder
+    from tritonrag.pipeline.events import FailedEvent
+    from tritonrag.pipeline.flow import RagPipeline, standard_flows
+    from tritonrag.pipeline.local_stages import LocalStages
+    from tritonrag.pipeline.types import RagRequest
     from tritonrag.prompts.builder import prompt_builder
 
-    embedder = TextEmbedder(settings.embedder, "cpu")
-    builder = prompt_builder(settings)
-    vectors = embedder.encode(questions)
-    template = settings.prompt_builder.template
-    scores, ids = kb.search(vectors, settings.retriever.top_k_default)
-    out = []
-    for question, vector, row_ids, row_scores in zip(questions, vectors, ids, scores):
-        hits = kb.fetch(row_ids, row_scores)
-        docs = [{"text": h.text, "title": h.title, "source": h.source, "section": h.section} for h in hits]
-        out.append(Retrieved(
+    engine = _RecordingEngine()
+    local = LocalStages(TextEmbedder(settings.embedder, "cpu"), kb, settings.retriever, prompt_builder(settings),
+                        settings.prompt_builder.template, engine, settings.generator)
+    stages = _RecordingStages(local)
+    rag = settings.rag
+    pipeline = RagPipeline(stages, standard_flows(stages, rag.critic_generator, rag.critic_max_tokens,
+                                                  rag.rerank_fusion, settings.reranker.max_passage_chars,
+                                                  rag.condense_max_tokens))
+
+    async def one(question: str) -> Retrieved:
+        stages.last.clear()
+        before = len(engine.calls)
+        request = RagRequest.parse(question, dict(parameters or {}), True, settings.rag, settings.retriever)
+        async for event in pipeline.run(request):
+            if isinstance(event, FailedEvent):
+                raise RuntimeError(f"the pipeline failed on {question!r}: {event.message}")
+        passages = stages.last["retrieval"].passages
+        prompt, sampling = engine.calls[before] if len(engine.calls) > before else ("", None)
+        built = stages.last.get("prompt")
+        return Retrieved(
             question=question,
-            embedding=[float(x) for x in vector],
-            texts=[h.text for h in hits],
-            metadata=[json.dumps(h.metadata()) for h in hits],
-            prompt=(built := builder.build(template, question, docs)).text,
-            stop=list(built.stop),
-        ))
-    return out
+            embedding=[float(x) for x in np.asarray(stages.last["embedding"], dtype=np.float32).reshape(-1)],
+            texts=[p.text for p in passages],
+            metadata=[json.dumps(dict(p.metadata)) for p in passages],
+            prompt=prompt,
+            stop=list(built.stop) if built is not None and prompt else [],
+            sampling=sampling,
+        )
+
+    async def every() -> list[Retrieved]:
+        return [await one(q) for q in questions]
+
+    return asyncio.run(every())
+
+
+def retrieve_all(settings: Any, kb: Any, questions: list[str]) -> list[Retrieved]:
+    """Embed, retrieve and build the prompt for each question, in-process, as the `rag` model does (with the
+    stages' defaults: [retriever] mode, top_k_default, [prompt_builder] template): ``pipeline_requests``."""
+    return pipeline_requests(settings, kb, questions)
 
 
 def embedder_data(questions: list[str], chunks: list[str]) -> list[dict[str, Any]]:
@@ -101,7 +187,7 @@ def generator_data(rows: list[Retrieved], max_tokens: int, temperature: float) -
     return [
         {g.text_input: tensor([r.prompt], [1]), g.sampling_parameters: tensor([sampling], [1]),
          g.stream: tensor([True], [1]), **({g.stop: tensor(r.stop)} if r.stop else {})}  # chat prompts: no stop
-        for r in rows
+        for r in rows if r.prompt  # an abstention asks the generator nothing
     ]
 
 

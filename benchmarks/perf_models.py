@@ -265,9 +265,11 @@ def perf_analyzer_version(binary: Path, env: dict[str, str]) -> str:
     return (done.stdout + done.stderr).strip()
 
 
-def run(out_dir: Path, http_url: str, grpc_url: str, quick: bool, models: list[str] | None = None) -> list[dict]:
+def run(out_dir: Path, http_url: str, grpc_url: str, quick: bool, models: list[str] | None = None,
+        levels: tuple[int, ...] | None = None, only_protocols: tuple[str, ...] | None = None) -> list[dict]:
     """Profile ``models`` (default: all) on a running server; writes inputs/, raw/, commands.txt, perf_models.csv,
-    perf_models.json and perf_models.md into ``out_dir`` and returns the rows."""
+    perf_models.json and perf_models.md into ``out_dir`` and returns the rows. ``levels`` and ``only_protocols``
+    replace the plans' concurrencies and narrow the protocols."""
     from tritonrag.deploy.runtime import find_perf_analyzer, perf_analyzer_env
     from tritonrag.settings import load_settings
 
@@ -286,9 +288,11 @@ def run(out_dir: Path, http_url: str, grpc_url: str, quick: bool, models: list[s
     for model in models:
         plan = PLANS[model]
         for protocol in protocols(model):
+            if only_protocols and protocol not in only_protocols:
+                continue
             url = http_url if protocol == "http" else grpc_url
-            levels = plan.levels_quick if quick else plan.levels_full
-            jobs = [Job(model, protocol, c, url, inputs[model], max_tokens) for c in levels]
+            chosen = levels or (plan.levels_quick if quick else plan.levels_full)
+            jobs = [Job(model, protocol, c, url, inputs[model], max_tokens) for c in chosen]
             profiler.warm_up(jobs[0])
             for job in jobs:
                 rows.append(profiler.measure(job))
@@ -379,6 +383,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few requests per level, levels 1 and 8 (~2-3 min)")
     parser.add_argument("--models", help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
+    parser.add_argument("--levels", help="comma-separated concurrencies, instead of each model's plan (e.g. 4,16)")
+    parser.add_argument("--protocols", help="comma-separated subset of http,grpc,grpc-stream (default: each model's)")
     parser.add_argument("--http-url", help="a running server's HTTP host:port (with --grpc-url); else start one")
     parser.add_argument("--grpc-url", help="a running server's gRPC host:port (with --http-url)")
     parser.add_argument("--ports", default="0,0,0",
@@ -409,7 +415,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         http_url = args.http_url or server.http_url
         grpc_url = args.grpc_url or server.grpc_url
-        run(args.out, http_url, grpc_url, args.quick, models)
+        run(args.out, http_url, grpc_url, args.quick, models,
+            tuple(int(c) for c in args.levels.split(",")) if args.levels else None,
+            tuple(args.protocols.split(",")) if args.protocols else None)
     finally:
         if server is not None:
             server.stop()

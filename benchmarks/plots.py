@@ -1,4 +1,5 @@
-"""PNG plots of a suite run (matplotlib, no display needed): throughput vs concurrency, latency percentiles, TTFT."""
+"""PNG plots of a suite run (matplotlib, no display needed): throughput vs concurrency, latency percentiles, TTFT,
+and the repeat-share sweep."""
 
 from __future__ import annotations
 
@@ -73,6 +74,28 @@ def rag_ttft(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def repeat_sweep(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Requests/s and p50 time to first token vs the share of repeated or paraphrased questions, one line per
+    system (the sweep's rows: share, system, concurrency, req_per_s, ttft_p50_ms)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["system"]].append(row)
+    for system, group in groups.items():
+        group = sorted(group, key=lambda r: r["share"])
+        shares = [100 * r["share"] for r in group]
+        left.plot(shares, [r["req_per_s"] for r in group], marker="o", label=system)
+        right.plot(shares, [r["ttft_p50_ms"] / 1000 for r in group], marker="o", label=system)
+    c = rows[0]["concurrency"] if rows else "?"
+    left.set(title=f"RAG throughput, c={c}", xlabel="repeated or paraphrased questions (%)", ylabel="requests/s")
+    right.set(title=f"RAG p50 time to first token, c={c}", xlabel="repeated or paraphrased questions (%)",
+              ylabel="seconds")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
     return _save(fig, path)
 
 

@@ -2,18 +2,29 @@
 
 Steps, one after the other on the same machine (each starts and stops what it needs):
  1. component limits in this process: sentence-transformers encode, FAISS search + fetch, vLLM generate;
- 2. Triton on the committed repository: the served generator, the closed-loop RAG client, locust on
-    /generate(_stream), then perf_analyzer on every model (HTTP and gRPC; streaming for the decoupled ones);
- 3. the Ray Serve + ChromaDB baselines (benchmarks/baselines/, vLLM and transformers Chat): the same RAG client;
- 4. orchestration overhead: Triton with stand-in models vs the same four functions in one process.
+ 2. the engine limit (benchmarks/engine_limit.py), alone on the machine: tritonrag's in-process vLLM engine on the
+    very prompts, stop strings and sampling the pipeline sends for the RAG levels' questions, at their concurrency
+    levels, in their order;
+ 3. Triton on the committed repository: the served generator, the closed-loop RAG client, the repeat-share sweep,
+    locust on /generate(_stream), then perf_analyzer on every model (HTTP and gRPC; streaming for the decoupled ones);
+ 4. the Ray Serve + ChromaDB baselines (benchmarks/baselines/, vLLM and transformers Chat): the same RAG client
+    (and, for ray-serve, the same sweep);
+ 5. orchestration overhead: Triton with stand-in models vs the same four functions in one process.
 
-Both systems get the same settings file (written to <out>/config.toml): prefix caching off, since the question
-mix repeats and cache hits would flatter whoever runs later; quick mode also skips torch.compile (enforce_eager)
-and shortens answers ([generator] max_tokens_default, which RAG answers get). Everything else is the configuration
-in src/tritonrag/settings/defaults.toml.
+Both systems get the same settings file (written to <out>/config.toml): prefix caching on, as users run them (the
+question mix repeats across levels, so later levels find earlier prompts in vLLM's cache on both systems alike);
+quick mode also skips torch.compile (enforce_eager) and shortens answers ([generator] max_tokens_default, which RAG
+answers get). Everything else is the configuration in src/tritonrag/settings/defaults.toml.
 
-    scripts/bench.sh --quick          # ~7 minutes: c=8 only, short answers, results in <date>-quick/
-    scripts/bench.sh --full           # ~30 minutes on 2 cores: c=1,4,8,16, results in <date>/
+tritonrag's answer cache (rag's exact and semantic tiers) is bypassed (request parameter `cache: false`) in every
+RAG measurement but the repeat-share sweep, so they measure the pipeline itself. The sweep: throughput and TTFT of
+both systems at one concurrency (full 16, quick 8) over the share of repeated or paraphrased questions (0, 30, 50,
+70%; benchmarks/repeat_questions.yaml, common.repeat_mix: the same seeded sequence for both systems, no question in
+two levels); tritonrag's requests carry the cache on, with a tenant of their own per level and run
+(`tritonrag_cache_tenant`), and the rag model's `cache` output (exact, semantic, miss, off) is counted.
+
+    scripts/bench.sh --quick          # ~15 minutes: c=8 only, short answers, results in <date>-quick/
+    scripts/bench.sh --full           # ~45 minutes on 2 cores: c=1,4,8,16, results in <date>/
     .venv/bin/python benchmarks/suite.py --full --skip baseline,locust   # parts of it
 """
 
@@ -34,11 +45,28 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCHMARKS, REPOSITORY, ROOT, machine_description, write_csv, write_json, write_overlay
+from common import (
+    BENCHMARKS,
+    REPEAT_SHARES,
+    REPOSITORY,
+    ROOT,
+    load_repeat_pool,
+    machine_description,
+    repeat_mix,
+    write_csv,
+    write_json,
+    write_overlay,
+)
 
 from tritonrag.serving.contract import GENERATOR, RAG
 
-STEPS = ("limits", "perf", "generator", "rag", "locust", "baseline", "overhead")
+STEPS = ("limits", "engine", "perf", "generator", "rag", "repeat", "locust", "baseline", "overhead")
+# tritonrag's answer-cache request parameters (tritonrag.serving.contract RAG): the names it will have, where this
+# checkout's rag does not know them yet (then the suite sends neither: rag refuses unknown parameters)
+CACHE_PARAMETER = getattr(RAG, "cache", "cache")
+TENANT_PARAMETER = getattr(RAG, "cache_tenant", "tritonrag_cache_tenant")
+HAS_CACHE = CACHE_PARAMETER in RAG.parameters
+MIX_SEED = 18
 
 
 @dataclass(frozen=True)
@@ -52,15 +80,18 @@ class Mode:
     enforce_eager: bool
     # Ray Serve baselines: (system name, launcher arguments, concurrency levels)
     baselines: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...]
+    sweep_concurrency: int = 16  # the repeat-share sweep: one concurrency, sweep_requests per share level
+    sweep_requests: int = 48
+    sweep_systems: tuple[str, ...] = ("tritonrag", "ray-serve")
 
     def rag_requests(self, concurrency: int) -> int:
         return max(8, 2 * concurrency) if self.name == "full" else max(4, concurrency)
 
 
-QUICK = Mode("quick", [8], [8], 32, 20, 3.0, True, (("ray-serve", (), (8,)),))
+QUICK = Mode("quick", [8], [8], 32, 20, 3.0, True, (("ray-serve", (), (8,)),), 8, 24)
 # The original design's Chat may run on transformers: measured too, at c=8 only (one request at a time, slow).
 FULL = Mode("full", [1, 4, 8, 16], [8, 16], 96, 60, 10.0, False,
-            (("ray-serve", (), (1, 4, 8, 16)), ("ray-serve-transformers", ("--engine", "transformers"), (8,))))
+            (("ray-serve", (), (1, 4, 8, 16)), ("ray-serve-transformers", ("--engine", "transformers"), (8,))), 16, 48)
 
 
 @dataclass
@@ -73,6 +104,17 @@ class Run:
     failures: dict[str, str] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
+    _mix: dict[float, Any] | None = None
+
+    def mix(self) -> dict[float, Any]:
+        """The repeat-share sweep's requests, one list per share (the same for every system), saved in raw/."""
+        if self._mix is None:
+            self._mix = repeat_mix(load_repeat_pool(), REPEAT_SHARES, self.mode.sweep_requests, MIX_SEED,
+                                   gap=self.mode.sweep_concurrency)
+            write_json(self.out / "raw" / "repeat_mix.json",
+                       {f"{share:.0%}": [vars(a) for a in asks] for share, asks in self._mix.items()})
+        return self._mix
 
     def log(self, message: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
@@ -99,7 +141,7 @@ class Run:
 
 def write_config(path: Path, mode: Mode) -> Path:
     """The settings every system runs with: the user's TRITONRAG_CONFIG (if any) plus the suite's overrides."""
-    generator: dict[str, Any] = {"enable_prefix_caching": False, "max_tokens_default": mode.max_tokens}
+    generator: dict[str, Any] = {"enable_prefix_caching": True, "max_tokens_default": mode.max_tokens}
     if mode.enforce_eager:
         generator["enforce_eager"] = True
     return write_overlay(path, {"generator": generator},
@@ -136,6 +178,52 @@ def run_limits(run: Run) -> list[dict[str, Any]]:
     return rows
 
 
+def run_engine(run: Run) -> list[dict[str, Any]]:
+    """The engine limit, in its own process (its vLLM ends with it, before Triton starts)."""
+    json_path = run.out / "raw" / "engine_limit.json"
+    plan = ",".join(f"{c}:{run.mode.rag_requests(c)}" for c in run.mode.rag_levels)
+    command = [sys.executable, str(BENCHMARKS / "engine_limit.py"), "--plan", plan, "--json", str(json_path),
+               "--samples", str(run.out / "raw" / "engine_requests.csv")]
+    run.commands.append(shlex.join(command))
+    with (run.out / "raw" / "engine_limit.log").open("w") as log:
+        subprocess.run(command, check=True, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
+    rows = json.loads(json_path.read_text())
+    for row in rows:
+        run.log(f"[engine] c={row['concurrency']}: {row['requests']} ok, {row['errors']} errors, "
+                f"{row['req_per_s']:.2f} req/s, TTFT p50 {row['ttft_p50_ms']:.0f} ms")
+    return rows
+
+
+def pipeline_parameters(system: str) -> dict[str, Any]:
+    """Every RAG measurement but the sweep: tritonrag's answer cache bypassed, so the pipeline itself is measured
+    (the baseline has no answer cache)."""
+    return {CACHE_PARAMETER: False} if system == "tritonrag" and HAS_CACHE else {}
+
+
+def sweep_parameters(run: Run, system: str, share: float) -> dict[str, Any]:
+    """The sweep's tritonrag requests: the cache on, in a tenant of this run and share level of its own."""
+    if system != "tritonrag" or not HAS_CACHE:
+        return {}
+    return {CACHE_PARAMETER: True, TENANT_PARAMETER: f"suite-{run.run_id}-{round(share * 100)}"}
+
+
+def bypass_cache_in_perf(perf_models: Any) -> None:
+    """perf_analyzer's rag requests bypass the answer cache too (its question mix repeats): the request parameter
+    added to each rag command line, unless benchmarks/perf_models.py already sends one."""
+    if not HAS_CACHE or getattr(perf_models.command, "bypasses_cache", False):
+        return
+    original = perf_models.command
+
+    def command(binary: Any, job: Any, *args: Any, **kwargs: Any) -> list[str]:
+        line = original(binary, job, *args, **kwargs)
+        if job.model == RAG.model and not any(str(a).startswith(f"{CACHE_PARAMETER}:") for a in line):
+            line += ["--request-parameter", f"{CACHE_PARAMETER}:false:bool"]
+        return line
+
+    command.bypasses_cache = True  # type: ignore[attr-defined]
+    perf_models.command = command
+
+
 def start_triton(run: Run) -> Any:
     from tritonrag.deploy.server import Ports, TritonServer
     from tritonrag.settings import CONFIG_ENV, load_settings
@@ -160,9 +248,24 @@ def run_generator(run: Run, server: Any) -> list[dict[str, Any]]:
 def run_rag(run: Run, system: str, url: str, levels: list[int] | None = None) -> list[dict[str, Any]]:
     from rag_load import run_levels
 
-    levels = run_levels(system, url, levels or run.mode.rag_levels, run.mode.rag_requests, {}, log=run.log)
+    levels = run_levels(system, url, levels or run.mode.rag_levels, run.mode.rag_requests,
+                        pipeline_parameters(system), log=run.log)
     samples = [{"system": system, "concurrency": lv.concurrency, **vars(s)} for lv in levels for s in lv.samples]
     write_csv(run.out / "raw" / f"rag_{system}_requests.csv", samples)
+    return [lv.row() for lv in levels]
+
+
+def run_repeat(run: Run, system: str, url: str) -> list[dict[str, Any]]:
+    """The repeat-share sweep on a warm server (after the RAG levels)."""
+    from rag_load import run_shares
+
+    if system == "tritonrag" and not HAS_CACHE:
+        run.log("this checkout's rag has no answer cache (no `cache` request parameter): the sweep runs without it")
+    levels = run_shares(system, url, run.mode.sweep_concurrency, run.mix(),
+                        lambda share: sweep_parameters(run, system, share), log=run.log)
+    samples = [{"system": system, "share": lv.share, "concurrency": lv.concurrency, **vars(s)}
+               for lv in levels for s in lv.samples]
+    write_csv(run.out / "raw" / f"repeat_{system}_requests.csv", samples)
     return [lv.row() for lv in levels]
 
 
@@ -174,8 +277,9 @@ def run_locust(run: Run, server: Any) -> dict[str, Any]:
                "-u", str(users), "-r", str(users), "-t", f"{run.mode.locust_seconds}s", "--host", f"http://{server.http_url.removeprefix('http://')}",
                "--csv", str(prefix), "--only-summary", "--stop-timeout", "120"]
     run.commands.append(shlex.join(command))
+    env = {**os.environ, "RAG_PARAMETERS": json.dumps(pipeline_parameters("tritonrag"))}
     with (prefix.parent / "locust.log").open("w") as log:
-        subprocess.run(command, check=False, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
+        subprocess.run(command, check=False, env=env, stdout=log, stderr=subprocess.STDOUT)
     with (prefix.parent / "rag_stats.csv").open() as handle:
         stats = list(csv.DictReader(handle))
     rows = [{"name": r["Name"], "type": r["Type"], "requests": int(r["Request Count"]),
@@ -185,7 +289,7 @@ def run_locust(run: Run, server: Any) -> dict[str, Any]:
 
 
 def run_triton_steps(run: Run, steps: set[str]) -> None:
-    if not steps & {"perf", "generator", "rag", "locust"}:
+    if not steps & {"perf", "generator", "rag", "repeat", "locust"}:
         return
     server = run.step("triton start", lambda: start_triton(run))
     if server is None:
@@ -196,18 +300,24 @@ def run_triton_steps(run: Run, steps: set[str]) -> None:
         if "rag" in steps:
             url = f"http://{server.http_url.removeprefix('http://')}/v2/models/{RAG.model}/generate_stream"
             run.step("rag tritonrag", lambda: run_rag(run, "tritonrag", url))
+        if "repeat" in steps and "tritonrag" in run.mode.sweep_systems:
+            url = f"http://{server.http_url.removeprefix('http://')}/v2/models/{RAG.model}/generate_stream"
+            run.step("repeat tritonrag", lambda: run_repeat(run, "tritonrag", url))
         if "locust" in steps:
             run.step("locust", lambda: run_locust(run, server))
         if "perf" in steps:  # last: perf_analyzer ends each streaming level by cancelling what is still in flight
             import perf_models
 
+            bypass_cache_in_perf(perf_models)
             run.step("perf", lambda: perf_models.run(run.out / "raw" / "perf_analyzer", server.http_url,
                                                      server.grpc_url, run.mode.name == "quick"))
     finally:
         server.stop()
 
 
-def run_baseline(run: Run, system: str, args: tuple[str, ...], levels: tuple[int, ...]) -> list[dict[str, Any]]:
+def run_baseline(run: Run, system: str, args: tuple[str, ...], levels: tuple[int, ...],
+                 steps: set[str]) -> dict[str, Any]:
+    """Start one baseline; its RAG levels (step "rag <system>") and, if it is in the sweep, the sweep."""
     sys.path.insert(0, str(BENCHMARKS / "baselines"))
     from serve_baseline import BaselineServer
 
@@ -218,10 +328,16 @@ def run_baseline(run: Run, system: str, args: tuple[str, ...], levels: tuple[int
     port = free_port()
     with BaselineServer(port=port, env={CONFIG_ENV: str(run.config)}, args=args,
                         log_path=run.out / "raw" / f"{system}.log") as baseline:
-        run.log(f"{system} ready in {time.perf_counter() - started:.0f} s ({baseline.url})")
+        ready_s = time.perf_counter() - started
+        run.log(f"{system} ready in {ready_s:.0f} s ({baseline.url})")
         run.commands.append(f"TRITONRAG_CONFIG={run.config} .venv/bin/python benchmarks/baselines/serve_baseline.py "
                             f"--port {port} {shlex.join(args)}".strip())
-        return run_rag(run, system, f"{baseline.url}/generate_stream", list(levels))
+        url = f"{baseline.url}/generate_stream"
+        if "rag" in steps:
+            run.step(f"rag {system}", lambda: run_rag(run, system, url, list(levels)))
+        if "repeat" in steps and system in run.mode.sweep_systems:
+            run.step(f"repeat {system}", lambda: run_repeat(run, system, url))
+        return {"url": baseline.url, "ready_s": ready_s}
 
 
 def run_overhead(run: Run) -> dict[str, Any]:
@@ -263,10 +379,15 @@ def main() -> None:
         write_json(out / "machine.json", machine)
         if "limits" in steps:
             run.step("limits", lambda: run_limits(run))
+        if "engine" in steps:
+            run.step("engine", lambda: run_engine(run))
         run_triton_steps(run, steps)
-        if "baseline" in steps:
+        if "baseline" in steps and steps & {"rag", "repeat"}:
             for system, launcher_args, levels in mode.baselines:
-                run.step(f"rag {system}", lambda s=system, a=launcher_args, lv=levels: run_baseline(run, s, a, lv))
+                if "rag" not in steps and system not in mode.sweep_systems:
+                    continue
+                run.step(f"{system} server",
+                         lambda s=system, a=launcher_args, lv=levels: run_baseline(run, s, a, lv, steps))
         if "overhead" in steps:
             run.step("overhead", lambda: run_overhead(run))
         total = time.perf_counter() - started

@@ -58,6 +58,13 @@ if ! command -v haproxy >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-
   fi
 fi
 
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  step "redis-server (the answer cache's shared backend: tests/integration/test_answer_cache.py; from Debian)"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1; then
+    echo "redis-server not installed (no apt lists? run apt-get update): the Redis answer-cache tests skip"
+  fi
+fi
+
 if [ ! -x "$VENV/bin/promtool" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
   step "promtool (checks docker/prometheus and the dashboard's queries; from Debian's prometheus package)"
   tmp=$(mktemp -d)

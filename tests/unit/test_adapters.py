@@ -172,6 +172,7 @@ def test_the_in_flight_gauge_returns_to_zero_after_cancelled_and_finished_stream
                                           tokens=_Gauge(), finished=collections.defaultdict(_Gauge))
     model.metrics.ttft.observe = id
     model.by_cancel_key, model._count_lock, model._in_flight = {}, threading.Lock(), 0
+    model.sending = module.SenderThread(module._send_queued, "test-sender")
     params = dataclasses.replace(SamplingParams.from_request({}, model.settings), max_tokens=200)
     senders = [_Sender(cancel_after=3 if i % 2 else None) for i in range(96)]
 
@@ -187,4 +188,167 @@ def test_the_in_flight_gauge_returns_to_zero_after_cancelled_and_finished_stream
         thread.join()
     assert all(sender.final.wait(10) for sender in senders)
     model.engine.shutdown()
+    model.sending.stop()
     assert gauge.value == 0 and model._in_flight == 0
+
+
+class _Recorder:
+    """A response sender that keeps what it was sent (and whether it was the last)."""
+
+    def __init__(self):
+        self.responses, self.final = [], threading.Event()
+
+    def is_cancelled(self):
+        return False
+
+    def send(self, response=None, flags=0):
+        self.responses.append((response, flags))
+        if flags:
+            self.final.set()
+
+
+def _generator_model(module):
+    from tritonrag.settings import load_settings
+
+    model = module.TritonPythonModel()
+    model.settings = load_settings().generator
+    observe = types.SimpleNamespace(observe=id)
+    model.metrics = types.SimpleNamespace(in_flight=_Gauge(), ttft=observe, tpot=observe, tokens=_Gauge(),
+                                          finished=collections.defaultdict(_Gauge))
+    model.by_cancel_key, model._count_lock, model._in_flight = {}, threading.Lock(), 0
+    return model
+
+
+def test_the_generator_sends_text_queued_during_a_send_as_one_response_and_the_last_text_with_the_end(adapters):
+    from tritonrag.generation.sampling import Completion
+
+    module = adapters["generator"]
+    model = _generator_model(module)
+    gate = threading.Event()
+
+    def send_after_gate(stream):  # the first send blocks until every piece is queued: they must pile up
+        gate.wait(5)
+        module._send_queued(stream)
+
+    model.sending = module.SenderThread(send_after_gate, "test-sender")
+    sender = _Recorder()
+    stream = module._RequestStream(model, sender, stream=True)
+    for i in range(20):
+        assert stream.on_text(f" w{i}", 1)
+    stream.on_finish(Completion("length", 5, 20))
+    gate.set()
+    assert sender.final.wait(5)
+    model.sending.stop()
+    assert len(sender.responses) == 1  # 20 pieces and the end, all queued before the first send: one response
+    response, flags = sender.responses[0]
+    assert flags == 1 and _strings(response, "text_output") == ["".join(f" w{i}" for i in range(20))]
+    assert _strings(response, "finish_reason") == ["length"]
+
+
+def test_the_generator_sends_text_before_an_error_and_nothing_after_the_end(adapters):
+    module = adapters["generator"]
+    model = _generator_model(module)
+    model.sending = module.SenderThread(module._send_queued, "test-sender")
+    sender = _Recorder()
+    stream = module._RequestStream(model, sender, stream=True)
+    stream.on_text("partial", 1)
+    stream.on_error(RuntimeError("engine died"))
+    stream.on_text("late", 1)
+    assert sender.final.wait(5)
+    model.sending.stop()
+    texts = [_strings(r, "text_output") for r, _ in sender.responses if "text_output" in r.outputs]
+    assert texts == [["partial"]]
+    last, flags = sender.responses[-1]
+    assert flags == 1 and last.error is not None and "engine died" in last.error.message()
+
+
+def _bls_response(text, finish=None, error=None):
+    tensors = {"text_output": Tensor("text_output", np.array([text.encode()], dtype=object))}
+    if finish:
+        tensors["finish_reason"] = Tensor("finish_reason", np.array([finish.encode()], dtype=object))
+        tensors["num_input_tokens"] = Tensor("num_input_tokens", np.array([9], np.int32))
+        tensors["num_output_tokens"] = Tensor("num_output_tokens", np.array([3], np.int32))
+    return types.SimpleNamespace(tensors=tensors, has_error=lambda: error is not None, error=lambda: error)
+
+
+def _read_generation(bls, responses, wait_s=0.05):
+    """The chunks rag's pipeline would read from a BLS stream of ``responses``, once all of them have arrived."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    read = []
+
+    def iterator():
+        yield from responses
+        read.append("end")
+
+    async def main():
+        stages = bls.BlsStages(1, ThreadPoolExecutor(2))
+        generation = bls.BlsGeneration(stages, iterator(), "key")
+        await asyncio.sleep(wait_s)
+        chunks = []
+        try:
+            async for chunk in generation:
+                chunks.append(chunk)
+        except Exception as exc:
+            chunks.append(exc)
+        await generation.close()
+        return chunks
+
+    return asyncio.run(main()), read
+
+
+def test_bls_generation_yields_what_arrived_meanwhile_as_one_chunk(adapters, monkeypatch):
+    bls = adapters["bls_stages"]
+    monkeypatch.setattr(sys.modules["triton_python_backend_utils"], "get_output_tensor_by_name",
+                        lambda response, name: response.tensors.get(name), raising=False)
+    chunks, read = _read_generation(bls, [_bls_response(" a"), _bls_response(" b"), _bls_response(" c", "length")])
+    assert read == ["end"]
+    assert [c.text for c in chunks] == [" a b c"] and chunks[0].finish_reason == "length"
+    assert (chunks[0].usage.prompt_tokens, chunks[0].usage.completion_tokens) == (9, 3)
+
+
+def test_bls_generation_yields_the_text_before_an_error_then_raises_it_with_its_code(adapters, monkeypatch):
+    bls = adapters["bls_stages"]
+    stub = sys.modules["triton_python_backend_utils"]
+    monkeypatch.setattr(stub, "get_output_tensor_by_name", lambda response, name: response.tensors.get(name),
+                        raising=False)
+    error = TritonError("bad sampling", TritonError.INVALID_ARG)
+    chunks, read = _read_generation(bls, [_bls_response(" a"), _bls_response("", error=error)])
+    assert read == ["end"] and chunks[0].text == " a"
+    assert isinstance(chunks[1], bls.StageError) and chunks[1].code is ErrorCode.INVALID_ARG
+
+
+def test_rag_builds_the_prompt_in_process_as_the_prompt_builder_model_would(adapters, tmp_path):
+    import asyncio
+
+    from tritonrag.pipeline.errors import StageError
+    from tritonrag.pipeline.stages import PromptOptions
+    from tritonrag.pipeline.types import Passage
+    from tritonrag.prompts.builder import prompt_builder
+    from tritonrag.settings import load_settings
+
+    bls = adapters["bls_stages"]
+    settings = load_settings()
+    stages = bls.BlsStages(1, None, (prompt_builder(settings), settings.prompt_builder.template))
+    passages = [Passage(1, 0.9, "Fogg left London.", {"title": "Chapter I", "source": "book.txt"})]
+    prompt = asyncio.run(stages.build("Who left?", passages, PromptOptions()))
+    expected = prompt_builder(settings).build(settings.prompt_builder.template, "Who left?", [
+        bls.ContextDocument.from_metadata(p.text, p.metadata) for p in passages])
+    assert (prompt.text, prompt.stop, prompt.passages) == (expected.text, expected.stop, expected.passages)
+    with pytest.raises(StageError) as raised:
+        asyncio.run(stages.build("Who left?", passages, PromptOptions(template="no-such-template")))
+    assert raised.value.code is ErrorCode.INVALID_ARG and raised.value.stage == "prompt_builder"
+
+
+def test_rag_keeps_the_served_prompt_builder_when_the_spec_overrides_its_settings(adapters, tmp_path):
+    bls = adapters["bls_stages"]
+    (tmp_path / "rag").mkdir()
+    (tmp_path / "prompt_builder").mkdir()
+    config = tmp_path / "prompt_builder" / "config.pbtxt"
+    config.write_text('name: "prompt_builder"\n')
+    assert bls.prompt_builder_overrides(tmp_path / "rag") == set()
+    config.write_text('parameters [\n  {\n    key: "generator_models"\n    value: { string_value: "{}" }\n  },\n'
+                      '  {\n    key: "max_context_chars"\n    value: { string_value: "900" }\n  }\n]\n')
+    assert bls.prompt_builder_overrides(tmp_path / "rag") == {"max_context_chars"}
+    assert bls.prompt_builder_overrides(tmp_path / "nowhere" / "rag") is None

@@ -167,3 +167,104 @@ def test_ingress_overhead_paired_differences():
     assert out["paired_added_ttft_p50_ms"] == pytest.approx(0.75)
     unpaired = paired_added([cell("direct", 0, [0.01], c=16)], [cell("ingress", 0, [0.02], c=16)])
     assert unpaired["paired_n"] == 0 and unpaired["paired_added_total_p50_ms"] != unpaired["paired_added_total_p50_ms"]
+
+
+def test_repeat_mix_shares_kinds_and_fresh_questions_per_level():
+    from common import PARAPHRASE, REPEAT, PoolQuestion, load_repeat_pool, repeat_mix
+
+    pool = [PoolQuestion(f"q{i}", (f"q{i} again", f"q{i} once more")) for i in range(60)]
+    shares = (0.0, 0.3, 0.5, 0.7)
+    mix = repeat_mix(pool, shares, 20, seed=3, gap=4)
+    assert mix == repeat_mix(pool, shares, 20, seed=3, gap=4)  # seeded: every system gets the same sequence
+    assert list(mix) == list(shares) and all(len(asks) == 20 for asks in mix.values())
+    fresh_by_level = [{a.question for a in asks if a.kind == "fresh"} for asks in mix.values()]
+    assert sum(map(len, fresh_by_level)) == len(set().union(*fresh_by_level))  # no fresh question in two levels
+    originals = {q.question: q for q in pool}
+    for share, asks in mix.items():
+        again = [a for a in asks if a.kind in (REPEAT, PARAPHRASE)]
+        assert len(again) == round(share * 20) and asks[0].kind == "fresh"
+        assert abs(sum(a.kind == REPEAT for a in again) - sum(a.kind == PARAPHRASE for a in again)) <= 1
+        for position, ask in enumerate(asks):
+            if ask.kind == "fresh":
+                continue
+            source = asks[ask.source]
+            assert ask.source < position and source.kind == "fresh"
+            if ask.kind == REPEAT:
+                assert ask.question == source.question
+            else:
+                assert ask.question in originals[source.question].paraphrases
+        paraphrases = [a.question for a in asks if a.kind == PARAPHRASE]
+        assert len(paraphrases) == len(set(paraphrases))  # a paraphrase is sent once per level
+    # with a gap, the first gap requests (sent at once) are fresh where the rest has room for the repeats, and
+    # sources are settled ones (at least gap earlier)
+    for asks in mix.values():
+        assert all(a.kind == "fresh" for a in asks[:4])
+        assert all(i - a.source >= 4 for i, a in enumerate(asks) if a.kind == REPEAT)
+    crowded = repeat_mix(pool, (0.9,), 10, gap=4)[0.9]  # 9 repeats, 6 places after the gap: 3 before it
+    assert sum(a.kind != "fresh" for a in crowded[:4]) == 3 and crowded[0].kind == "fresh"
+    with pytest.raises(ValueError, match="too few"):
+        repeat_mix(pool[:30], shares, 20)
+    with pytest.raises(ValueError, match="share"):
+        repeat_mix(pool, (1.0,), 20)
+    committed = load_repeat_pool()  # the committed pool covers full mode's sweep (48 a level)
+    assert len(repeat_mix(committed, shares, 48, seed=18, gap=16)[0.7]) == 48
+
+
+def test_level_rows_count_kinds_and_cache_outcomes():
+    from rag_load import Level, Sample
+
+    samples = [Sample("a", True, 0.1, 1.0, 3, kind="fresh", cache="miss"),
+               Sample("a", True, 0.01, 0.02, 3, kind="repeat", cache="exact"),
+               Sample("a'", True, 0.02, 0.03, 3, kind="paraphrase", cache="semantic"),
+               Sample("b", False, 0.0, 1.0, error="HTTP 500", kind="fresh")]
+    row = Level("tritonrag", 4, 2.0, samples, share=0.5).row()
+    assert row["share"] == 0.5 and row["requests"] == 3 and row["errors"] == 1 and row["req_per_s"] == 1.5
+    assert (row["repeats"], row["paraphrases"]) == (1, 1)
+    assert (row["cache_exact"], row["cache_semantic"], row["cache_miss"], row["cache_hits"]) == (1, 1, 1, 2)
+    plain = Level("ray-serve", 4, 2.0, [Sample("a", True, 0.1, 1.0)]).row()
+    assert "share" not in plain and "cache_hits" not in plain
+
+
+def test_sweep_and_engine_targets():
+    from report import engine_fractions, sweep_comparison
+
+    ours = [{"share": 0.0, "concurrency": 16, "req_per_s": 1.4, "ttft_p50_ms": 900.0, "cache_hits": 0},
+            {"share": 0.5, "concurrency": 16, "req_per_s": 2.0, "ttft_p50_ms": 200.0, "cache_hits": 20}]
+    theirs = [{"share": 0.0, "concurrency": 16, "req_per_s": 1.0, "ttft_p50_ms": 1000.0},
+              {"share": 0.5, "concurrency": 16, "req_per_s": 1.0, "ttft_p50_ms": 900.0}]
+    comparison = sweep_comparison(ours, theirs)
+    assert [r["throughput_ratio"] for r in comparison] == pytest.approx([1.4, 2.0])
+    assert comparison[1]["ttft_ratio"] == pytest.approx(200 / 900)
+    rag = [{"concurrency": 8, "req_per_s": 0.9, "ttft_p50_ms": 1100.0},
+           {"concurrency": 16, "req_per_s": 1.0, "ttft_p50_ms": 1500.0}]
+    engine = [{"concurrency": 8, "req_per_s": 0.95, "ttft_p50_ms": 1000.0},
+              {"concurrency": 16, "req_per_s": 1.0, "ttft_p50_ms": 1000.0}, {"concurrency": 4, "req_per_s": 1.0}]
+    fractions = engine_fractions(rag, engine)
+    assert [r["concurrency"] for r in fractions] == [8, 16]
+    assert fractions[0]["throughput_fraction"] == pytest.approx(0.9 / 0.95) and fractions[1]["ttft_ratio"] == 1.5
+    rows = {r["target"]: r for r in target_rows({"repeat tritonrag": ours, "repeat ray-serve": theirs,
+                                                  "rag tritonrag": rag, "engine": engine})}
+    assert rows[">= 1.3x Ray Serve throughput on unique questions (0%), c=16"]["verdict"] == "met"
+    assert rows[">= 3x Ray Serve throughput at 50% repeats, c=16"]["verdict"] == "**missed**"
+    assert rows["TTFT p50 <= 1/3 of Ray Serve at 50% repeats, c=16"]["verdict"] == "met"
+    assert rows["end-to-end TTFT p50 at c=8 <= 1.2x the engine's"]["verdict"] == "met"
+    assert rows["end-to-end TTFT p50 at c=16 <= 1.2x the engine's"]["verdict"] == "**missed**"
+    assert rows["end-to-end throughput at c=8 >= 95% of the engine's"]["verdict"] == "**missed**"  # 0.947
+    assert rows["end-to-end throughput at c=16 >= 95% of the engine's"]["verdict"] == "met"
+
+
+def test_engine_limit_plan_and_suite_parameters():
+    from engine_limit import parse_plan
+
+    assert parse_plan("8:16, 16:32") == [(8, 16), (16, 32)]
+    for bad in ("", "8", "0:4", "4:0"):
+        with pytest.raises(ValueError):
+            parse_plan(bad)
+    import suite
+
+    if suite.HAS_CACHE:  # the cache bypassed in every measurement but the sweep, whose levels have tenants of their own
+        assert suite.pipeline_parameters("tritonrag") == {"cache": False}
+        run = suite.Run(suite.QUICK, Path("/nonexistent"), Path("/nonexistent/config.toml"), run_id="r1")
+        assert suite.sweep_parameters(run, "tritonrag", 0.3) == {"cache": True, "tritonrag_cache_tenant": "suite-r1-30"}
+        assert suite.sweep_parameters(run, "tritonrag", 0.3) != suite.sweep_parameters(run, "tritonrag", 0.5)
+    assert suite.pipeline_parameters("ray-serve") == {} and suite.sweep_parameters(None, "ray-serve", 0.5) == {}

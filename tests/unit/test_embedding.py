@@ -79,3 +79,43 @@ def test_token_spans_do_not_truncate_long_text(embedder):
     spans = embedder.token_spans(text)
     assert len(spans) == 1000
     assert spans[-1][1] == len(text)
+
+
+def test_torch_threads_apply_to_a_served_embedder_on_cpu_only():
+    from dataclasses import replace
+
+    from tritonrag.embedding.encoder import in_triton_stub, serving_threads
+
+    settings = load_settings().embedder
+    one, two, off = (replace(settings, torch_threads=n) for n in (1, 2, 0))
+    assert serving_threads(one, "cpu", serving=True) == 1
+    assert serving_threads(two, "cpu", serving=True) == 2
+    assert serving_threads(off, "cpu", serving=True) is None  # 0: torch's default
+    assert serving_threads(one, "cpu", serving=False) is None  # ingest and benchmarks keep torch's default
+    assert serving_threads(one, "cuda:0", serving=True) is None
+    assert not in_triton_stub()  # pytest is no Triton stub
+
+
+def test_a_triton_stub_is_recognised_by_its_backend_module(monkeypatch):
+    import sys
+    import types
+
+    from tritonrag.embedding.encoder import in_triton_stub
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    assert in_triton_stub()
+
+
+def test_torch_threads_setting_is_validated(tmp_path):
+    from dataclasses import replace
+
+    settings = load_settings().embedder
+    assert settings.torch_threads >= 0
+    with pytest.raises(ValueError, match="torch_threads"):
+        replace(settings, torch_threads=-1)
+    config = tmp_path / "threads.toml"
+    config.write_text("[embedder]\ntorch_threads = 3\n")
+    assert load_settings(config).embedder.torch_threads == 3
+    config.write_text("[embedder]\ntorch_threads = -2\n")
+    with pytest.raises(ValueError, match="torch_threads"):
+        load_settings(config)

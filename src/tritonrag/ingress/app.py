@@ -327,7 +327,7 @@ def _routes(app: FastAPI, ingress: Ingress) -> None:
         handed_over = False
         try:
             chat = parse_chat(await ingress.body(request))
-            call = to_rag_call(chat, config.max_messages, config.max_history_chars)
+            call = to_rag_call(chat, config.max_messages, config.max_history_chars, tenant=caller)
             parts = ingress.gateway.rag(call)
             first = await anext(parts)  # a request Triton rejects gets its status before any byte is sent
             completion = Completion(chat.model)

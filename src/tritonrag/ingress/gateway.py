@@ -147,10 +147,11 @@ class RagPart:
     usage: dict[str, int] | None = None
     query: str | None = None
     timing: dict[str, float] | None = None
+    cache: str | None = None
 
     def add_to(self, reply: RagReply) -> None:
         reply.text += self.text
-        for name in ("sources", "citations", "finish_reason", "usage", "query", "timing"):
+        for name in ("sources", "citations", "finish_reason", "usage", "query", "timing", "cache"):
             value = getattr(self, name)
             if value is not None:
                 setattr(reply, name, value)
@@ -256,6 +257,7 @@ class TritonGateway:
                     usage=_json(_first(result, RAG.usage)) if RAG.usage in names else None,
                     query=_first(result, RAG.query) if RAG.query in names else None,
                     timing=_json(_first(result, RAG.timing)) if RAG.timing in names else None,
+                    cache=_first(result, RAG.cache_status) if RAG.cache_status in names else None,
                 )
                 if final:
                     ended = await _finish(stream)

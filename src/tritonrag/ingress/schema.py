@@ -83,6 +83,7 @@ class ChatCompletionRequest(_Strict):
     rerank: StrictBool | None = None
     rerank_candidates: Int64 | None = None
     min_score: StrictFloat | None = None
+    cache: StrictBool | None = None  # false: answer anew, bypassing the answer cache
 
 
 class EmbeddingRequest(_Strict):

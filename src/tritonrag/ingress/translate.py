@@ -68,7 +68,7 @@ def validation_error(exc: ValidationError) -> ApiError:
     if kind == "extra_forbidden":
         return ApiError(422, f"unknown field {where!r}; see the OpenAI chat completions API and the README's extra "
                         "fields (top_k, filter, task, retrieval_mode, candidates, fusion, rerank, rerank_candidates, "
-                        "min_score)", param=where, code="unknown_field")
+                        "min_score, cache)", param=where, code="unknown_field")
     if kind == "missing":
         return ApiError(422, f"{where} is required", param=where, code="missing_field")
     value = first.get("input")
@@ -140,10 +140,11 @@ class RagCall:
 
 
 def to_rag_call(request: ChatCompletionRequest, max_messages: int, max_history_chars: int,
-                flows: Mapping[str, str] = FLOWS) -> RagCall:
+                flows: Mapping[str, str] = FLOWS, tenant: str = "") -> RagCall:
     """Map a chat request onto the `rag` model: system messages become the system prompt, the last message (the
     user's) the question, the others the history; OpenAI's sampling fields and the extra RAG fields become
-    parameters. Raises ApiError (404 unknown model, 400 a conversation this service cannot take)."""
+    parameters; ``tenant`` (the caller: an API key's name) scopes the answer cache. Raises ApiError (404 unknown
+    model, 400 a conversation this service cannot take)."""
     if request.model not in flows:
         raise ApiError(404, f"the model {request.model!r} does not exist; models (GET /v1/models): "
                        f"{', '.join(flows)}", param="model", code="model_not_found")
@@ -181,6 +182,8 @@ def to_rag_call(request: ChatCompletionRequest, max_messages: int, max_history_c
         RAG.rerank_candidates: request.rerank_candidates,
         RAG.min_score: request.min_score,
         RAG.system_prompt: "\n\n".join(system) if system else None,
+        RAG.cache: request.cache,
+        RAG.cache_tenant: tenant or None,
     }
     form = request.response_format
     if form is not None and form.type == "json_object":
@@ -204,6 +207,7 @@ class RagReply:
     usage: dict[str, int] | None = None
     query: str | None = None
     timing: dict[str, float] | None = None
+    cache: str | None = None
 
     def extras(self) -> dict[str, Any]:
         """The response's `rag` field: what an OpenAI response has no place for."""
@@ -214,6 +218,8 @@ class RagReply:
             out["query"] = self.query
         if self.timing is not None:
             out["timing"] = self.timing
+        if self.cache is not None:
+            out["cache"] = self.cache
         return out
 
 

@@ -172,16 +172,41 @@ def _search_group(kb: KnowledgeBase, members: Sequence[SearchRequest], settings:
     if mode != "dense":
         timing["fusion_ms"] = _ms(started)
     started = time.perf_counter()
+    wanted = []  # (ids, scores, similarities, found) of each query row of each request, cut to its top_k
+    for request in members:
+        n = request.top_k
+        for ids, scores, similarities, found in ranked[len(wanted):len(wanted) + request.rows]:
+            wanted.append((ids[:n], scores[:n], None if similarities is None else similarities[:n], found[:n]))
+    rows = _fetch_rows(kb, wanted)
     results, row = [], 0
     for request in members:
-        hits = []
-        for ids, scores, similarities, found in ranked[row:row + request.rows]:
-            n = request.top_k
-            hits.append(kb.fetch(ids[:n], scores[:n], None if similarities is None else similarities[:n], found[:n]))
-        results.append(hits)
+        results.append(rows[row:row + request.rows])
         row += request.rows
     timing["fetch_ms"] = _ms(started)
     return results, timing
+
+
+def _fetch_rows(kb: KnowledgeBase, wanted: Sequence[tuple[list[int], list[float], list[float] | None,
+                                                          list[dict[str, Found]]]]) -> list[list[Hit]]:
+    """The hits of every query row of a group from one docstore query (not one per row): ``kb.fetch`` of all rows
+    at once, split back by row. ``fetch`` keeps the order and only drops chunks the docstore lacks, so each row's hits
+    are the next ones whose ids are its ids, in order."""
+    if len(wanted) == 1:
+        return [kb.fetch(*wanted[0])]
+    if len({row[2] is None for row in wanted}) > 1:  # rows with and without similarities: not in one group
+        return [kb.fetch(*row) for row in wanted]
+    hits = kb.fetch([i for row in wanted for i in row[0]], [s for row in wanted for s in row[1]],
+                    None if wanted[0][2] is None else [s for row in wanted for s in row[2]],
+                    [f for row in wanted for f in row[3]])
+    out, at = [], 0
+    for row_ids, *_ in wanted:
+        row_hits = []
+        for chunk_id in row_ids:
+            if at < len(hits) and hits[at].chunk_id == int(chunk_id):
+                row_hits.append(hits[at])
+                at += 1
+        out.append(row_hits)
+    return out
 
 
 def run_searches(kb: KnowledgeBase, requests: Sequence[SearchRequest],

@@ -115,6 +115,31 @@ def published_version(root: Path) -> str | None:
     return name
 
 
+class PublishedVersionWatch:
+    """``published_version(root)`` for callers that ask per request (the answer cache): the pointer is read again
+    only when its file changed (a stat per call); an unreadable pointer reads as None."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / POINTER_FILE
+        self._stamp: tuple[int, int, int] | None = None
+        self._version: str | None = None
+
+    def __call__(self) -> str | None:
+        try:
+            info = self.path.stat()
+            stamp = (info.st_mtime_ns, info.st_ino, info.st_size)
+        except OSError:
+            self._stamp = self._version = None
+            return None
+        if stamp != self._stamp:
+            try:
+                self._version = published_version(self.path.parent)
+            except MissingVersion:
+                self._version = None
+            self._stamp = stamp
+        return self._version
+
+
 def missing_version_error(root: Path, name: str) -> MissingVersion:
     return MissingVersion(f"the pointer {Path(root) / POINTER_FILE} names version {name}, which is not in "
                           f"{versions_dir(root)}: {VERSIONS_HINT}, then rerun")

@@ -39,6 +39,9 @@ class FinalEvent:
     usage: str | None = field(default=None, compare=False)
     # the question the flow searched with (rag-chat: the condensed one); not part of equality
     query: str | None = field(default=None, compare=False)
+    # the answer cache's part: "exact", "semantic", "miss" or "off" (tritonrag.pipeline.answer_cache); not part of
+    # equality
+    cache: str | None = field(default=None, compare=False)
 
 
 class ErrorCode(Enum):

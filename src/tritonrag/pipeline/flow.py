@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from tritonrag.errors import InvalidInput
+from tritonrag.pipeline.answer_cache import MISS, OFF, AnswerCache, CachedAnswer, Hit, Plan, answer_from
 from tritonrag.pipeline.citations import CitationFilter, citations_json
 from tritonrag.pipeline.critic import AnswerCheck
 from tritonrag.pipeline.errors import RequestCancelled, failure
@@ -51,6 +52,21 @@ class Flow:
     steps: tuple[Step, ...]
     check: AnswerCheck | None = None
     cite: bool = True
+
+    @property
+    def retrieves(self) -> bool:
+        """Its answers read the knowledge base (so they are only as current as its version)."""
+        return any(isinstance(step, Retrieve) for step in self.steps)
+
+    @property
+    def reads_history(self) -> bool:
+        """Its answers depend on the conversation's earlier turns."""
+        return any(isinstance(step, Condense) or (isinstance(step, BuildPrompt) and step.conversation)
+                   for step in self.steps)
+
+    @property
+    def embeds(self) -> bool:
+        return any(isinstance(step, EmbedQuery) for step in self.steps)
 
 
 def standard_flows(stages: Stages, critic_generator: str | None = None, critic_max_tokens: int = 12,
@@ -94,33 +110,78 @@ class RagPipeline:
     """Runs requests through named flows over one set of stages."""
 
     def __init__(self, stages: Stages, flows: Mapping[str, Flow] | None = None,
-                 cancel_check_s: float = CANCEL_CHECK_S) -> None:
+                 cancel_check_s: float = CANCEL_CHECK_S, cache: AnswerCache | None = None) -> None:
         self.stages = stages
         self.flows = dict(flows) if flows is not None else standard_flows(stages)
         self.cancel_check_s = cancel_check_s
+        self.cache = cache
 
     async def run(self, request: RagRequest, is_cancelled: Callable[[], bool] = lambda: False,
                   flow: str = DEFAULT_FLOW) -> AsyncIterator[Event]:
-        """The events answering ``request``; never raises (a failure is the terminal event)."""
+        """The events answering ``request``; never raises (a failure is the terminal event). With an answer cache:
+        an exact hit skips every step, a semantic one every step after embedding; an answer generated after a miss
+        is cached (tritonrag.pipeline.answer_cache)."""
         watch = CancelWatch(is_cancelled, self.cancel_check_s)
+        plan, leading = None, False
         try:
             chosen = self._flow(request.params.flow or flow)
             state = RagState(request, cite=chosen.cite)
-            for step in chosen.steps:
-                await step.run(state)
-            if state.abstention:
+            plan, hit = await self._look_up(chosen, state)
+            leading = plan is not None and hit is None and self.cache.lead(plan)
+            if hit is None:
+                hit = await self._prepare(chosen, state, plan)
+            if hit is not None:
+                answer = replay(state, hit.answer)
+            elif state.abstention:
                 answer = abstain(state)
             elif chosen.check is not None:
                 answer = chosen.check.answer(state, watch, lambda: generate(self.stages.generator, state, watch,
                                                                             stream=False))
             else:
                 answer = generate(self.stages.generator, state, watch)
+            status = hit.tier if hit is not None else MISS if plan is not None else OFF
+            kept = Transcript() if plan is not None and hit is None else None
             async for event in answer:
+                if kept is not None:
+                    kept.add(event)
                 if isinstance(event, FinalEvent):
-                    event = replace(event, timing=state.timing_json(), usage=state.usage.to_json(), query=state.query)
+                    if kept is not None and not state.abstention and event.finish_reason in CACHEABLE_FINISHES:
+                        await self.cache.put(plan, kept.answer(event, state.query), state.embedding, state.kb_version)
+                    if leading:
+                        self.cache.done(plan)  # before the client has it: whoever waits replays it meanwhile
+                    event = replace(event, timing=state.timing_json(), usage=state.usage.to_json(), query=state.query,
+                                    cache=status)
                 yield event
         except Exception as exc:
             yield CancelledEvent() if _client_gone(is_cancelled) else failure(exc)
+        finally:
+            if leading:
+                self.cache.done(plan)
+
+    async def _look_up(self, chosen: Flow, state: RagState) -> tuple[Plan | None, Hit | None]:
+        """The request's cache plan (None: no cache, or bypassed) and its exact hit."""
+        if self.cache is None:
+            return None, None
+        started = time.perf_counter()
+        plan = await self.cache.plan(state.request, chosen.name, chosen.retrieves, chosen.reads_history,
+                                     chosen.embeds)
+        hit = await self.cache.exact(plan) if plan is not None else None
+        state.timed("cache", started)
+        return plan, hit
+
+    async def _prepare(self, chosen: Flow, state: RagState, plan: Plan | None) -> Hit | None:
+        """Run the flow's steps; once the question is embedded, ask the cache's semantic tier (a hit ends them)."""
+        for step in chosen.steps:
+            await step.run(state)
+            if plan is not None and isinstance(step, EmbedQuery):
+                started = time.perf_counter()
+                hit = await self.cache.semantic(plan, state.embedding)
+                state.timed("cache_semantic", started)
+                if hit is not None:
+                    return hit
+        if plan is not None:
+            self.cache.missed()
+        return None
 
     def _flow(self, name: str) -> Flow:
         if name not in self.flows:
@@ -133,6 +194,38 @@ def _client_gone(is_cancelled: Callable[[], bool]) -> bool:
         return bool(is_cancelled())
     except Exception:  # asking failed: the client is most likely gone, and there is nobody to tell
         return True
+
+
+CACHEABLE_FINISHES = ("stop", "length")  # answers worth replaying (not abstentions, errors or cancellations)
+
+
+class Transcript:
+    """What a streamed or whole answer said, kept to cache it: its sources and text."""
+
+    def __init__(self) -> None:
+        self.sources: str | None = None
+        self.pieces: list[str] = []
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, SourcesEvent):
+            self.sources = event.sources
+        elif isinstance(event, TextEvent):
+            self.pieces.append(event.text)
+
+    def answer(self, final: FinalEvent, question: str) -> CachedAnswer:
+        text = final.text or "".join(self.pieces)
+        return answer_from(text, final.finish_reason, final.sources or self.sources, final.citations, question)
+
+
+async def replay(state: RagState, answer: CachedAnswer) -> AsyncIterator[Event]:
+    """A cached answer in the shape of a generated one: (stream) sources, the text, final; or the final alone."""
+    if state.request.stream:
+        yield SourcesEvent(answer.sources)
+        if answer.text:
+            yield TextEvent(answer.text)
+        yield FinalEvent("", answer.finish_reason, citations=answer.citations)
+    else:
+        yield FinalEvent(answer.text, answer.finish_reason, answer.sources, answer.citations)
 
 
 async def abstain(state: RagState) -> AsyncIterator[Event]:
@@ -160,7 +253,7 @@ async def generate(generator: GenerateStage, state: RagState, watch: CancelWatch
     sampling = params.sampling()
     if prompt.json_output and not params.structured:
         sampling["json_object"] = True  # a JSON template without a schema: any JSON object
-    citations = None if state.json_answer or not state.cite else CitationFilter(prompt.passages)
+    citations = None if state.json_answer or not state.cite else CitationFilter(prompt.passages, prompt.order)
     sources = state.sources
     if stream_mode:
         yield SourcesEvent(sources)

@@ -52,7 +52,7 @@ class LocalStages:
                               {k: v for k, v in parameters.items() if v is not None}, self._retriever, [query])
         (result,) = run_searches(self._kb, [search], self._retriever)
         return Retrieval([Passage(h.chunk_id, h.score, h.text, h.metadata(), h.similarity, h.found_json())
-                          for h in result.rows[0]], result.timing)
+                          for h in result.rows[0]], result.timing, self._kb.version)
 
     async def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
         if self._rescorer is None:
@@ -65,7 +65,7 @@ class LocalStages:
         built = self._builder.build(options.template or self._template, query, documents, options.system_prompt,
                                     options.generator, json.dumps(options.schema) if options.schema else "",
                                     options.answer or "", options.history)
-        return Prompt(built.text, built.stop, built.passages, built.json_output)
+        return Prompt(built.text, built.stop, built.passages, built.json_output, built.order)
 
     async def start(self, prompt: Prompt, sampling: Mapping[str, Any], stream: bool,
                     generator: str | None = None) -> LocalGeneration:

@@ -45,6 +45,8 @@ class RagParams:
     rerank: bool = False
     rerank_candidates: int = 20  # passages retrieved for the reranker to score (at least keep)
     keep: int = 4  # passages kept after reranking: top_k, or the retriever's default
+    cache: bool = True  # false: bypass the answer cache (tritonrag.pipeline.answer_cache)
+    tenant: str = ""  # whose answer-cache entries this request may read (the ingress: the API key's name)
 
     @property
     def retrieved(self) -> int | None:
@@ -101,6 +103,8 @@ class RagParams:
             rerank=rerank,
             rerank_candidates=rerank_candidates,
             keep=keep,
+            cache=_flag(raw, RAG.cache, True),
+            tenant=_tenant(raw.get(RAG.cache_tenant, "")),
         )
 
     @property
@@ -140,3 +144,13 @@ def _min_score(value: Any) -> float:
     if not -1.0 <= score <= 1.0:
         raise InvalidInput(f"min_score must be between -1 and 1 (a cosine similarity; 0 disables), got {score}")
     return score
+
+
+MAX_TENANT_CHARS = 200
+
+
+def _tenant(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TENANT_CHARS:
+        raise InvalidInput(f"{RAG.cache_tenant} must be a string of at most {MAX_TENANT_CHARS} characters (the API "
+                           f"key's name), got {shown(value)}")
+    return value

@@ -1,5 +1,6 @@
 """The steps a flow runs before generation, each filling in part of the request's state. Reranking and rag-chat's
-question condensing are steps of this kind; a later stage (an answer cache) would be one too."""
+question condensing are steps of this kind; the answer cache asks before the first and after EmbedQuery
+(tritonrag.pipeline.flow)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class RagState:
     abstention: Abstention | None = None  # set: answer that, generate nothing
     cite: bool = True  # the answer may cite passages (its citations are checked); False: a flow without retrieval
     usage: Usage = field(default_factory=Usage)  # tokens of every generation so far (the response's `usage`)
+    kb_version: str | None = None  # the knowledge-base version the passages came from (None: none read)
     timing: dict[str, float] = field(default_factory=dict)  # milliseconds of each step (the response's `timing`)
     started: float = field(default_factory=time.perf_counter)
 
@@ -142,6 +144,7 @@ class Retrieve:
         state.timed(self.name, started)
         state.timing.update(found.timing)
         state.passages = found.passages
+        state.kb_version = found.version
         if not state.passages:
             if params.filter:
                 raise InvalidInput(f"the filter {params.filter.to_json()} matches no document in the knowledge base")

@@ -60,10 +60,12 @@ class Passage:
 
 @dataclass(frozen=True)
 class Retrieval:
-    """The retriever's answer: passages best first, and the milliseconds each of its steps took."""
+    """The retriever's answer: passages best first, the milliseconds each of its steps took, and the knowledge-base
+    version it searched (None: unknown)."""
 
     passages: list[Passage]
     timing: Mapping[str, float] = field(default_factory=dict)
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Prompt:
     stop: tuple[str, ...] = ()
     passages: int = 0
     json_output: bool = False
+    order: tuple[int, ...] = ()  # BuiltPrompt.order: prompt passage n is passages[order[n - 1]] (empty: as given)
 
 
 @dataclass(frozen=True)

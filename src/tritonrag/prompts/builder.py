@@ -32,22 +32,46 @@ class ContextDocument:
     title: str = ""
     source: str = ""
     section: str = ""
+    position: int | None = None  # the chunk's position in its source (not shown): [prompt_builder] passage_order
 
     @classmethod
     def from_metadata(cls, text: str, metadata: Mapping[str, Any]) -> ContextDocument:
-        """A chunk's text with the fields of its metadata a template may read (others are ignored)."""
-        return cls(text, **{k: str(metadata.get(k, "")) for k in ("title", "source", "section")})
+        """A chunk's text with the fields of its metadata a template may read (others are ignored), and its
+        position in its source (metadata "position", an integer; else None)."""
+        position = metadata.get("position")
+        position = position if isinstance(position, int) and not isinstance(position, bool) else None
+        return cls(text, **{k: str(metadata.get(k, "")) for k in ("title", "source", "section")}, position=position)
+
+
+def passage_order(documents: Sequence[ContextDocument], order: str) -> tuple[int, ...]:
+    """The indices of ``documents`` (given best first) in the order a prompt shows them, numbered [1]..[n]:
+    "rank" keeps them as given; "document" sorts them by their place in the knowledge base (source, then position;
+    a document without a position after those of its source, in rank order), so that questions that retrieve the
+    same passages get the same prompt prefix whatever their ranks."""
+    if order == "rank":
+        return tuple(range(len(documents)))
+    if order == "document":
+        return tuple(sorted(range(len(documents)), key=lambda i: (
+            documents[i].source, documents[i].position is None, documents[i].position or 0, i)))
+    raise InvalidInput(f"unknown passage order {order!r}; use rank or document")
 
 
 @dataclass(frozen=True)
 class BuiltPrompt:
     """The prompt text, its stop strings, how many passages it holds (numbered 1..passages, what an answer may
-    cite), and whether the template asks for a JSON answer."""
+    cite), whether the template asks for a JSON answer, and ``order``: for each passage number n of the prompt,
+    the index (0-based) of its document in the list given, best first (empty: as given, 0..passages-1)."""
 
     text: str
     stop: tuple[str, ...]
     passages: int
     json_output: bool = False
+    order: tuple[int, ...] = ()
+
+    def source_number(self, n: int) -> int:
+        """The number (1-based, best first: the order of the documents given, the response's sources) of the
+        passage the prompt numbers ``n``."""
+        return self.order[n - 1] + 1 if self.order else n
 
 
 class PromptBuilder:
@@ -57,7 +81,11 @@ class PromptBuilder:
                  template_dir: str | None = None,
                  chat_format: Callable[[str | None], ChatFormat] = lambda _: ChatFormat.plain(),
                  max_history_tokens: int = 1024,
-                 token_counter: Callable[[str | None], Callable[[str], int]] = lambda _: estimate_tokens) -> None:
+                 token_counter: Callable[[str | None], Callable[[str], int]] = lambda _: estimate_tokens,
+                 passage_order: str = "rank") -> None:
+        if passage_order not in ("rank", "document"):
+            raise ValueError(f"[prompt_builder] passage_order must be rank or document, got {passage_order!r}")
+        self.passage_order = passage_order
         self.max_query_chars = max_query_chars
         self.max_context_chars = max_context_chars
         self.max_system_chars = max_system_chars
@@ -85,7 +113,8 @@ class PromptBuilder:
               answer: str = "", history: Sequence[Turn | Mapping[str, str]] = ()) -> BuiltPrompt:
         """Render template ``name`` for the chat format of ``generator`` (None: the default generator's).
 
-        Passages beyond ``max_context_chars`` are dropped whole, from the last; ``system_prompt`` (None: the
+        Passages beyond ``max_context_chars`` are dropped whole, from the last (the worst ranked); the rest are
+        numbered in the builder's passage order (BuiltPrompt.order maps the numbers back); ``system_prompt`` (None: the
         template's) replaces the template's system prompt. ``history``, the conversation's earlier turns, keeps its
         most recent turns that fit ``max_history_tokens`` of the generator's tokenizer; a chat template with history
         "turns" gets them as chat turns before the user's message, every template as its ``history`` variable.
@@ -112,6 +141,8 @@ class PromptBuilder:
                 break
             kept.append(doc)
             used += len(doc.text)
+        order = passage_order(kept, self.passage_order)
+        shown = [kept[i] for i in order]
         as_turns = spec.history == "turns"
         turns = self._history(parse_history(list(history)), generator, clean.text if as_turns else clean.inline)
         variables = {
@@ -120,18 +151,18 @@ class PromptBuilder:
             "history": [t.to_dict() for t in turns],
             "documents": [{"n": i, "text": clean.inline(d.text), "title": clean.inline(d.title),
                            "source": clean.inline(d.source), "section": clean.inline(d.section)}
-                          for i, d in enumerate(kept, 1)],
+                          for i, d in enumerate(shown, 1)],
             "schema": clean.text(schema),
             "answer": clean.inline(answer),
         }
         body = self._templates[name].render(**variables).strip()
         if spec.kind == "completion":
-            return BuiltPrompt(body, spec.stop, len(kept), spec.json_output)
+            return BuiltPrompt(body, spec.stop, len(kept), spec.json_output, order)
         system = clean.text(system_prompt if system_prompt is not None else spec.system).strip()
         messages = ([{"role": "system", "content": system}] if system else []) + \
                    ([t.to_dict() for t in turns] if as_turns else []) + [{"role": "user", "content": body}]
         return BuiltPrompt(chat.render(messages), tuple(dict.fromkeys(spec.stop + chat.stop)), len(kept),
-                           spec.json_output)
+                           spec.json_output, order)
 
     def _history(self, history: Sequence[Turn], generator: str | None, clean: Callable[[str], str]) -> list[Turn]:
         """The turns of ``history`` neutralised by ``clean``, the most recent that fit the token budget."""
@@ -192,4 +223,5 @@ def prompt_builder(settings: Settings, generator_models: Mapping[str, str | None
     p = settings.prompt_builder
     return PromptBuilder(p.max_query_chars, p.max_context_chars, p.max_system_chars, p.template_dir,
                          chat_formats(p.chat_template, settings.generator.model, generator_models),
-                         p.max_history_tokens, token_counters(settings.generator.model, generator_models))
+                         p.max_history_tokens, token_counters(settings.generator.model, generator_models),
+                         p.passage_order)

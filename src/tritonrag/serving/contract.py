@@ -33,6 +33,7 @@ class RetrieverContract:
     metadata: str = "metadata"  # JSON per chunk
     found_by: str = "found_by"  # JSON per chunk: {"dense": {"rank", "score"}, "sparse": {...}, "similarity"}
     timing: str = "timing"  # JSON per request: milliseconds of each step of its batch (dense, sparse, fusion, fetch)
+    kb_version: str = "kb_version"  # the knowledge-base version that answered ("" when none is loaded)
     # request parameters
     mode: str = "mode"  # dense | sparse | hybrid
     candidates: str = "candidates"  # hybrid: candidates each side contributes to the fusion
@@ -61,6 +62,7 @@ class PromptBuilderContract:
     stop: str = "stop"  # the template's and the chat format's stop strings
     passages: str = "passages"  # INT32: how many passages the prompt holds, numbered 1..passages (citable)
     json_output: str = "json_output"  # BOOL: the template asks for a JSON answer
+    order: str = "order"  # INT32 [passages]: prompt passage n is context row order[n - 1] (passage_order)
 
 
 @dataclass(frozen=True)
@@ -130,12 +132,21 @@ class RagContract:
     timing: str = "timing"  # output: JSON, milliseconds of each step, on the final response
     usage: str = "usage"  # output: JSON {"prompt_tokens", "completion_tokens", "total_tokens"}, final response
     query: str = "query"  # output: the question the flow searched with (rag-chat: the condensed one), final response
+    cache: str = "cache"  # request parameter (bool): false bypasses the answer cache
+    # request parameter (string): whose cache entries a request may read (the ingress sends the authenticated API
+    # key's name; entries are never shared across tenants unless [cache] share_across_keys). Triton's own endpoints
+    # trust it as they trust every caller: keep them private (they are, on 127.0.0.1, by default).
+    cache_tenant: str = "tritonrag_cache_tenant"
+    # output, final response: "exact" or "semantic" (answered from that tier of the answer cache), "miss" (looked up,
+    # not found: the answer is cached now) or "off" (not looked up: cache false, the cache off, or a random answer)
+    cache_status: str = "cache"
 
     @property
     def parameters(self) -> tuple[str, ...]:
         return (self.top_k, self.template, self.max_tokens, self.temperature, self.top_p, self.seed, self.stream,
                 self.filter, self.min_score, self.system_prompt, self.json_schema, self.json_object, self.flow,
-                self.mode, self.candidates, self.fusion, self.rerank, self.rerank_candidates)
+                self.mode, self.candidates, self.fusion, self.rerank, self.rerank_candidates, self.cache,
+                self.cache_tenant)
 
 
 EMBEDDER = EmbedderContract()
@@ -187,7 +198,7 @@ MODEL_IO: tuple[ModelIO, ...] = (
                 TensorSpec(R.stats, "TYPE_BOOL", (1,), optional=True)),
         outputs=(TensorSpec(R.chunk_ids, "TYPE_INT64", (-1,)), TensorSpec(R.scores, "TYPE_FP32", (-1,)),
                  TensorSpec(R.similarities, "TYPE_FP32", (-1,)), _string(R.texts, (-1,)), _string(R.metadata, (-1,)),
-                 _string(R.found_by, (-1,)), _string(R.timing), _string(R.stats)),
+                 _string(R.found_by, (-1,)), _string(R.timing), _string(R.stats), _string(R.kb_version)),
     ),
     ModelIO(P.model, inputs=(_string(P.query), _string(P.context, (-1,), optional=True),
                              _string(P.metadata, (-1,), optional=True), _string(P.template, optional=True),
@@ -195,7 +206,7 @@ MODEL_IO: tuple[ModelIO, ...] = (
                              _string(P.json_schema, optional=True), _string(P.answer, optional=True),
                              _string(P.history, optional=True)),
             outputs=(_string(P.prompt), _string(P.stop, (-1,)), TensorSpec(P.passages, "TYPE_INT32", (1,)),
-                     TensorSpec(P.json_output, "TYPE_BOOL", (1,)))),
+                     TensorSpec(P.json_output, "TYPE_BOOL", (1,)), TensorSpec(P.order, "TYPE_INT32", (-1,)))),
     ModelIO(RERANKER.model,
             inputs=(_string(RERANKER.query), TensorSpec(RERANKER.passages, "TYPE_STRING", (-1,), ragged=True)),
             outputs=(TensorSpec(RERANKER.scores, "TYPE_FP32", (-1,)),)),
@@ -208,7 +219,7 @@ MODEL_IO: tuple[ModelIO, ...] = (
                              _string(Q.history, optional=True)),
             outputs=(_string(Q.text_output, (-1,)), _string(Q.sources, (-1,)), _string(Q.finish_reason, (-1,)),
                      _string(Q.citations, (-1,)), _string(Q.timing, (-1,)), _string(Q.usage, (-1,)),
-                     _string(Q.query, (-1,))),
+                     _string(Q.query, (-1,)), _string(Q.cache_status, (-1,))),
             decoupled=True),
 )
 MODELS = tuple(m.name for m in MODEL_IO)

@@ -14,7 +14,9 @@ from tritonrag.settings.loader import (
     resolve_model_ref,
 )
 from tritonrag.settings.sections import (
+    CACHE_BACKENDS,
     RERANKER_KINDS,
+    CacheSettings,
     ChunkingSettings,
     EmbedderSettings,
     GeneratorSettings,
@@ -29,7 +31,8 @@ from tritonrag.settings.sections import (
 )
 
 __all__ = [
-    "CONFIG_ENV", "GENERATOR_ENGINES", "HOME_ENV", "RERANKER_KINDS", "ChunkingSettings", "EmbedderSettings",
-    "GeneratorSettings", "IndexSettings", "IngressSettings", "PromptBuilderSettings", "RagSettings", "RerankerSettings",
-    "RetrieverSettings", "ServerSettings", "Settings", "default_home", "load_settings", "override", "resolve_model_ref",
+    "CACHE_BACKENDS", "CONFIG_ENV", "GENERATOR_ENGINES", "HOME_ENV", "RERANKER_KINDS", "CacheSettings",
+    "ChunkingSettings", "EmbedderSettings", "GeneratorSettings", "IndexSettings", "IngressSettings",
+    "PromptBuilderSettings", "RagSettings", "RerankerSettings", "RetrieverSettings", "ServerSettings", "Settings",
+    "default_home", "load_settings", "override", "resolve_model_ref",
 ]

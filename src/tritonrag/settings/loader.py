@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from tritonrag.serving.contract import MODELS
 from tritonrag.settings.sections import (
+    CacheSettings,
     ChunkingSettings,
     EmbedderSettings,
     GeneratorSettings,
@@ -117,6 +118,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         generator=_build(GeneratorSettings, "generator", raw, home),
         rag=_build(RagSettings, "rag", raw, home),
         reranker=_build(RerankerSettings, "reranker", raw, home),
+        cache=_build(CacheSettings, "cache", raw, home),
         ingress=_build(IngressSettings, "ingress", raw, home),
     )
 

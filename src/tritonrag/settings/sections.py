@@ -38,6 +38,12 @@ class EmbedderSettings:
     instructor_pooling: bool
     query_instruction: str
     document_instruction: str
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.torch_threads < 0:
+            raise ValueError(f"[embedder] torch_threads must be 0 (torch's default: one per core) or more, "
+                             f"got {self.torch_threads}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,10 @@ class RetrieverSettings:
             raise ValueError("[retriever] rrf_k, dense_weight and sparse_weight must not be negative")
 
 
+# [prompt_builder] passage_order values: "rank" (best first), "document" (knowledge-base order)
+PASSAGE_ORDERS = ("rank", "document")
+
+
 @dataclass(frozen=True)
 class PromptBuilderSettings:
     template: str
@@ -91,11 +101,19 @@ class PromptBuilderSettings:
     max_context_chars: int
     max_system_chars: int
     max_history_tokens: int
+    passage_order: str = "rank"
 
     def __post_init__(self) -> None:
         if self.max_history_tokens < 0:
             raise ValueError(f"[prompt_builder] max_history_tokens must be 0 (no history) or more, "
                              f"got {self.max_history_tokens}")
+        if self.passage_order not in PASSAGE_ORDERS:
+            raise ValueError(f"[prompt_builder] passage_order must be one of {', '.join(PASSAGE_ORDERS)}, "
+                             f"got {self.passage_order!r}")
+
+
+# [generator] speculative_method values: "" (off), "ngram" (prompt lookup: drafts copied from the prompt)
+SPECULATIVE_METHODS = ("", "ngram")
 
 
 @dataclass(frozen=True)
@@ -120,6 +138,26 @@ class GeneratorSettings:
     repetition_penalty_default: float
     max_stop_strings: int
     max_stop_chars: int
+    speculative_method: str = ""
+    speculative_tokens: int = 2
+    prompt_lookup_max: int = 4
+    prompt_lookup_min: int = 2
+    cpu_nice: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cpu_nice <= 19:
+            raise ValueError(f"[generator] cpu_nice must be 0 (unchanged) to 19, got {self.cpu_nice}")
+        if self.speculative_method not in SPECULATIVE_METHODS:
+            raise ValueError(f"[generator] speculative_method must be one of "
+                             f"{', '.join(repr(m) for m in SPECULATIVE_METHODS)}, got {self.speculative_method!r}")
+        if self.speculative_method and self.engine != "vllm":
+            raise ValueError(f"[generator] speculative_method = {self.speculative_method!r} needs engine = \"vllm\"; "
+                             f"the {self.engine} engine has no speculative decoding: set speculative_method = \"\"")
+        if self.speculative_tokens < 1:
+            raise ValueError(f"[generator] speculative_tokens must be at least 1, got {self.speculative_tokens}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("[generator] prompt_lookup_min and prompt_lookup_max must satisfy 1 <= min <= max, got "
+                             f"{self.prompt_lookup_min} and {self.prompt_lookup_max}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +175,7 @@ class RagSettings:
     rerank_fusion: str
     max_history_messages: int
     condense_max_tokens: int
+    build_prompt_in_process: bool = True
 
     def __post_init__(self) -> None:
         if self.rerank_fusion not in ("none", "rrf"):
@@ -171,6 +210,42 @@ class RerankerSettings:
                 raise ValueError(f"[reranker] {name} must be at least 1, got {getattr(self, name)}")
         if self.cache_passages < 0:
             raise ValueError(f"[reranker] cache_passages must be 0 (no cache) or more, got {self.cache_passages}")
+
+
+# [cache] backend values (tritonrag.pipeline.cache_store)
+CACHE_BACKENDS = ("memory", "redis")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The rag orchestrator's answer cache (tritonrag.pipeline.answer_cache)."""
+
+    enabled: bool
+    semantic: bool
+    semantic_threshold: float
+    max_entries: int
+    max_mib: float
+    only_deterministic: bool
+    share_across_keys: bool
+    backend: str
+    redis_url: str
+    redis_prefix: str
+    ttl_s: float
+    semantic_max_entries: int
+    coalesce: bool
+    coalesce_wait_s: float
+
+    def __post_init__(self) -> None:
+        if self.backend not in CACHE_BACKENDS:
+            raise ValueError(f"[cache] backend must be one of {', '.join(CACHE_BACKENDS)}, got {self.backend!r}")
+        if not 0.0 < self.semantic_threshold <= 1.0:
+            raise ValueError("[cache] semantic_threshold must be a cosine similarity above 0 and at most 1, got "
+                             f"{self.semantic_threshold}")
+        for name in ("max_entries", "max_mib", "ttl_s", "semantic_max_entries", "coalesce_wait_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"[cache] {name} must be positive, got {getattr(self, name)}")
+        if self.backend == "redis" and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"[cache] redis_url must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +292,7 @@ class Settings:
     generator: GeneratorSettings
     rag: RagSettings
     reranker: RerankerSettings
+    cache: CacheSettings
     ingress: IngressSettings
 
     @property

@@ -525,7 +525,7 @@
       if (!view.text && !failed) {
         view.answer.replaceChildren(el("span", "muted", "(no answer)"));
       }
-      view.foot.textContent = seconds + " s";
+      view.foot.textContent = seconds + " s" + (view.cached ? " · answered from the cache (" + view.cached + ")" : "");
       if (!failed && view.text) {
         state.history.push({ role: "user", content: question }, { role: "assistant", content: view.text });
       }
@@ -545,6 +545,7 @@
       view.query.replaceChildren(el("span", "query-label", "Searched for: "), document.createTextNode(rag.query));
       view.query.hidden = false;
     }
+    if (rag.cache === "exact" || rag.cache === "semantic") view.cached = rag.cache;
     if (rag.finish_reason === "length") notice(view, "The answer was cut at the token limit.", "warn");
     if (rag.finish_reason === "abstained") notice(view, "The documents do not support an answer.", "warn");
   }

@@ -16,6 +16,7 @@ from tritonrag.errors import InvalidInput
 from tritonrag.generation.device_settings import generator_settings
 from tritonrag.generation.engine import create_engine
 from tritonrag.generation.sampling import SamplingParams
+from tritonrag.serving.coalescing import Batch, Outbox, SenderThread
 from tritonrag.serving.contract import GENERATOR
 from tritonrag.serving.instance import instance_config
 from tritonrag.serving.tensors import error_response, read_scalar, read_string, request_parameters, string_tensor
@@ -67,10 +68,16 @@ class Metrics:
 
 
 class _RequestStream:
-    """Sends one request's output as the engine produces it (the engine's GenerationSink)."""
+    """Sends one request's output as the engine produces it (the engine's GenerationSink).
+
+    A streamed request's text goes through its outbox to the model's sender thread (``send_batch``), not out from the
+    engine's thread: text that piles up while the sender sends the previous response leaves in one response, and the
+    last text rides in the final response. The engine's thread never waits for a send, and no text waits for more.
+    """
 
     def __init__(self, model, sender, stream, cancel_key=None):
         self.model, self.sender, self.stream, self.cancel_key = model, sender, stream, cancel_key
+        self.outbox = Outbox()
         self.started = time.perf_counter()
         self.first_at = None
         self.pieces = []
@@ -95,8 +102,8 @@ class _RequestStream:
             self._report_tokens()
             self.next_token_report = now + TOKEN_METRIC_S
         if self.stream:
-            if text:
-                self.sender.send(_text_response(text))
+            if text and self.outbox.put(text):
+                self.model.sending.schedule(self)
         else:
             self.pieces.append(text)
         return True
@@ -112,16 +119,39 @@ class _RequestStream:
         if completion.completion_tokens > 1 and self.first_at is not None:
             per_token = (time.perf_counter() - self.first_at) / (completion.completion_tokens - 1)
             self.model.metrics.tpot.observe(per_token)
-        if completion.finish_reason == "cancelled":
-            self._close()
-            return
-        text = "" if self.stream else "".join(self.pieces)
-        self._close(_text_response(text, completion))
+        self._end(completion)
 
     def on_error(self, error):
         self._report_tokens()
         self.model.request_done("error", self)
-        self._close(error_response(error))
+        self._end(error)
+
+    def _end(self, end):
+        """A completion or an error ends the stream: streamed, after the text still in the outbox (the sender
+        thread sends them in order); else at once, from this thread."""
+        if not self.stream:
+            self.send_batch(Batch("", end, True))
+        elif self.outbox.finish(end):
+            self.model.sending.schedule(self)
+
+    def send_batch(self, batch):
+        """Send what the outbox held (on the sender thread): its text, and the final response if the stream ended;
+        text queued before the end rides in the final response."""
+        if not batch.ended:
+            if batch.text:
+                self.sender.send(_text_response(batch.text))
+            return
+        end = batch.end
+        if isinstance(end, BaseException):
+            try:
+                if batch.text:
+                    self.sender.send(_text_response(batch.text))
+            finally:  # the stream ends even when its last text could not go out
+                self._close(error_response(end))
+        elif end.finish_reason == "cancelled":
+            self._close(_text_response(batch.text) if batch.text else None)
+        else:
+            self._close(_text_response(batch.text if self.stream else "".join(self.pieces), end))
 
     def _close(self, response=None):
         """Send the final response; a client that already went away cannot take it, which is fine."""
@@ -134,6 +164,11 @@ class _RequestStream:
             pb_utils.Logger.log_verbose(f"generator: final response not delivered: {exc}")
 
 
+def _send_queued(stream):
+    """The sender thread's turn for ``stream``: what its outbox holds now."""
+    stream.send_batch(stream.outbox.take())
+
+
 class TritonPythonModel:
     def initialize(self, args):
         settings, gpus = instance_config(args, load_settings(), GENERATOR.model)
@@ -143,6 +178,9 @@ class TritonPythonModel:
         self.metrics = Metrics({"model": args["model_name"], "version": args["model_version"],
                                 "engine": self.engine.name})
         self.by_cancel_key = {}  # streams a BLS caller may cancel by key (see rag's _cancel_generation)
+        # every streamed response leaves from this one thread, each stream's text merged while a send is under way
+        self.sending = SenderThread(_send_queued, "generator-sender",
+                                    lambda exc: pb_utils.Logger.log_verbose(f"generator: response not sent: {exc}"))
         # The in-flight gauge counts here, under one lock: +1 when a request is submitted, -1 when its stream ends
         # (exactly once, whichever way), and the gauge is set inside the lock, so no late setter overwrites it.
         self._count_lock = threading.Lock()
@@ -208,3 +246,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.shutdown()
+        self.sending.stop()

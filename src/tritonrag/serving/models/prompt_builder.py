@@ -50,6 +50,7 @@ class TritonPythonModel:
             string_tensor(P.prompt, [built.text]), string_tensor(P.stop, list(built.stop)),
             pb_utils.Tensor(P.passages, np.array([built.passages], np.int32)),
             pb_utils.Tensor(P.json_output, np.array([built.json_output], bool)),
+            pb_utils.Tensor(P.order, np.array(built.order or range(built.passages), np.int32)),
         ])
 
     def execute(self, requests):
