@@ -32,7 +32,10 @@ def test_the_service_recovers_from_a_killed_process_under_load(serve, fault):
     result = inject(serve, fault, concurrency=3, max_tokens=4, recover_timeout_s=RECOVERY_BOUND_S, settle_s=1.5)
     assert result.killed_processes >= 1
     assert result.recovery_s is not None, f"{fault}: no answer {RECOVERY_BOUND_S}s after the kill; see {serve.log_file}"
-    assert result.not_ready_seen, f"{fault}: the supervisor's readiness never turned false"
+    if fault == "prompt_builder":  # rag builds its prompts in process: no request needs that model any more
+        assert result.failed_requests == 0, (result.statuses, result.samples)
+    else:
+        assert result.not_ready_seen, f"{fault}: the supervisor's readiness never turned false"
     assert result.answered_requests > 0
     # what a client of the ingress sees meanwhile: a 503 that says to retry, never a 500, a 4xx or no answer
     assert set(result.statuses) <= {"503"}, (result.statuses, result.samples)

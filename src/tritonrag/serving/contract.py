@@ -94,7 +94,10 @@ class GeneratorContract:
 # How Triton 2.51 words a model that cannot answer now, in an INTERNAL error: its Python stub died (the supervisor is
 # restoring it), or it is unloaded or being loaded again. rag's BLS stages and the ingress both read these as
 # UNAVAILABLE (a 503 to retry), not as a bug.
-TRITON_UNAVAILABLE_WORDS = ("is not healthy", "is not ready", "Model version not ready", "has no available versions")
+# "Internal error from Core": what a request in flight got once while tritonserver itself was being killed (the
+# gRPC front end outlived the core for a moment).
+TRITON_UNAVAILABLE_WORDS = ("is not healthy", "is not ready", "Model version not ready", "has no available versions",
+                            "Internal error from Core")
 
 
 @dataclass(frozen=True)
