@@ -53,7 +53,10 @@ def test_embedder_instruction_changes_the_vector(client):
 def test_embedder_stacks_concurrent_requests_into_batches(server):
     client = httpclient.InferenceServerClient(server.http_url, concurrency=16)
     before = client.get_inference_statistics("embedder")["model_stats"][0]
-    texts = [f"sentence number {i} about travelling around the world" for i in range(48)]
+    # Long texts (the encoder's whole window) keep each execution busy long enough for the requests behind it to
+    # queue: a short sentence encodes faster than the client sends the next request, and nothing would stack.
+    filler = " ".join(["Phileas Fogg wagered that he could travel around the world in eighty days."] * 20)
+    texts = [f"passage number {i}: {filler}" for i in range(48)]
     pending = [client.async_infer("embedder", [bytes_input("text", [t], [1, 1], httpclient)]) for t in texts]
     results = [p.get_result().as_numpy("embedding")[0] for p in pending]
     single = embed_one(httpclient.InferenceServerClient(server.http_url), texts[5])
