@@ -8,10 +8,9 @@ question mix of benchmarks/common.py, in the same order, after a warm-up of 2 re
   first_token: the generator's first token after the stream was started), so the first token's wait splits into
   the stages before generation, the generator's own first token, and the rest (HTTP, Triton's queues, BLS hops,
   the first token's way back).
-* ``engine``: the in-process engine (tritonrag.generation.vllm_engine.VllmEngine, the served generator's code) on
-  the very prompts and sampling parameters the pipeline sends: this process first runs the same pipeline
-  (tritonrag.pipeline, in-process stages) with an engine that only records what it is asked, then times the real
-  engine on those requests (stop strings included). Its TTFT is the bound the served pipeline is compared with.
+* ``engine``: the in-process engine on the very prompts and sampling parameters the pipeline sends
+  (benchmarks/engine_limit.py's requests and closed loop: tritonrag's VllmEngine, the served generator's code, stop
+  strings included). Its TTFT is the bound the served pipeline is compared with.
 
     flock /tmp/tritonrag-bench.lock .venv/bin/python benchmarks/ttft_breakdown.py e2e \
         --url http://127.0.0.1:8000/v2/models/rag/generate_stream -c 8,16 --label after --json out.json
@@ -29,7 +28,6 @@ import asyncio
 import json
 import statistics
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,132 +165,31 @@ def run_e2e(args: argparse.Namespace) -> list[tuple[dict[str, Any], list[Sample]
 # ---------------------------------------------------------------------------------------------------- in process
 
 
-class Recorder:
-    """An engine that records what the pipeline asks of it and answers nothing (one finish per request)."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, Any]] = []
-
-    @property
-    def in_flight(self) -> int:
-        return 0
-
-    def submit(self, prompt: str, params: Any, sink: Any) -> str:
-        from tritonrag.generation.sampling import Completion
-
-        self.requests.append((prompt, params))
-        sink.on_finish(Completion("stop", 0, 0))
-        return f"recorded-{len(self.requests)}"
-
-    def shutdown(self) -> None:
-        pass
-
-
-def pipeline_requests(texts: list[str], settings: Any) -> list[tuple[str, Any]]:
-    """The (prompt, sampling parameters) the pipeline sends the generator for each question, in order."""
-    from tritonrag.embedding.encoder import TextEmbedder
-    from tritonrag.kb.search import KnowledgeBase
-    from tritonrag.pipeline.flow import RagPipeline
-    from tritonrag.pipeline.local_stages import LocalStages
-    from tritonrag.pipeline.request import RagParams
-    from tritonrag.pipeline.types import RagRequest
-    from tritonrag.prompts.builder import prompt_builder
-
-    r, p = settings.retriever, settings.prompt_builder
-    recorder = Recorder()
-    stages = LocalStages(TextEmbedder(settings.embedder, "cpu"),
-                         KnowledgeBase(settings.index_dir, "cpu", r.nprobe, r.ef_search, r.filter_exact_max), r,
-                         prompt_builder(settings), p.template, recorder, settings.generator)
-    pipeline = RagPipeline(stages)
-
-    async def ask(text: str) -> None:
-        async for _ in pipeline.run(RagRequest(text, RagParams(stream=True))):
-            pass
-
-    for text in texts:
-        asyncio.run(ask(text))
-    if len(recorder.requests) != len(texts):
-        raise RuntimeError(f"the pipeline generated for {len(recorder.requests)} of {len(texts)} questions "
-                           "(an abstention?)")
-    return recorder.requests
-
-
-class _Timer:
-    """A GenerationSink that notes the first text and wakes its waiter at the end."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.first: float | None = None
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-    def on_text(self, text: str, tokens: int) -> bool:
-        if text and self.first is None:
-            self.first = time.perf_counter()
-        return True
-
-    def on_finish(self, completion: Any) -> None:
-        self.ended = time.perf_counter()
-        self.done.set()
-
-    def on_error(self, error: BaseException) -> None:
-        self.error, self.ended = error, time.perf_counter()
-        self.done.set()
-
-
-def engine_level(engine: Any, work: list[tuple[str, str, Any]], concurrency: int) -> tuple[float, list[Sample]]:
-    """``work`` ((question, prompt, params) in order) through ``concurrency`` closed-loop workers."""
-    pending = list(reversed(work))
-    samples: list[Sample] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if not pending:
-                    return
-                question, prompt, params = pending.pop()
-            timer = _Timer()
-            engine.submit(prompt, params, timer)
-            timer.done.wait(900)
-            ok = timer.error is None
-            first = timer.first if timer.first is not None else timer.ended
-            samples.append(Sample(question, ok, first - timer.started, timer.ended - timer.started,
-                                  error=repr(timer.error) if timer.error else ""))
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, samples
-
-
 def run_engine(args: argparse.Namespace) -> list[tuple[dict[str, Any], list[Sample]]]:
+    """The engine limit (benchmarks/engine_limit.py: the pipeline's very requests, in-process vLLM) at each level."""
     from dataclasses import replace
+
+    from engine_limit import closed_loop, pipeline_requests
 
     from tritonrag.generation.vllm_engine import VllmEngine
     from tritonrag.settings import load_settings
 
-    settings = load_settings()
-    count = max([args.requests or 2 * c for c in args.levels] + [2])
-    texts = questions(count)
-    recorded = pipeline_requests(texts, settings)
+    texts = questions(max([args.requests or 2 * c for c in args.levels] + [2]))
+    built = pipeline_requests(texts)
     if args.max_tokens:
-        recorded = [(prompt, replace(params, max_tokens=args.max_tokens)) for prompt, params in recorded]
-    work = [(text, prompt, params) for text, (prompt, params) in zip(texts, recorded)]
-    print(f"[engine] {len(work)} prompts recorded ({statistics.fmean(len(p) for _, p, _ in work):.0f} chars, "
-          f"stop {list(work[0][2].stop)}, max_tokens {work[0][2].max_tokens}); starting vLLM...", flush=True)
-    engine = VllmEngine(settings.generator)
+        built = {q: replace(r, sampling=replace(r.sampling, max_tokens=args.max_tokens)) if r.prompt else r
+                 for q, r in built.items()}
+    print(f"[engine] {len(built)} prompts recorded; starting vLLM...", flush=True)
+    engine = VllmEngine(load_settings().generator)
     out = []
     try:
-        engine_level(engine, work[:2], 1)  # warm-up
+        closed_loop(engine, [built[q] for q in texts[:2]], 1)  # warm-up
         for c in args.levels:
-            seconds, samples = engine_level(engine, work[: args.requests or 2 * c], c)
-            out.append((summarize(args.label or "engine", c, seconds, samples), samples))
+            raw: list[dict[str, Any]] = []
+            row = closed_loop(engine, [built[q] for q in texts[: args.requests or 2 * c]], c, samples=raw)
+            samples = [Sample(s["question"], s["ok"], s["ttft_s"], s["latency_s"], error=s["error"],
+                              head=s["answer"][:40]) for s in raw]
+            out.append((summarize(args.label or "engine", c, row["seconds"], samples), samples))
             print_row(out[-1][0])
     finally:
         engine.shutdown()

@@ -1,6 +1,6 @@
 """Processes as Linux's /proc shows them: a process's parent and descendants, its threads, and lowering the CPU
 priority of every thread of a process tree (on Linux a nice value is a thread's). Used by the generator's engine
-([generator] cpu_nice); no dependency on the serving or deploy layers."""
+([generator] cpu_nice) and the supervisor; no dependency on the serving or deploy layers."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ PROC = Path("/proc")
 NICE_MAX = 19
 
 
+def stat_fields(stat: str) -> list[str]:
+    """The fields after the command in the text of a /proc/PID/stat file: state, ppid, pgrp, ... (field 3 onwards
+    of proc(5)); the command may hold spaces and parentheses, so they start after the last ')'."""
+    return stat[stat.rindex(")") + 1:].split()
+
+
 def parent_pid(stat: str) -> int:
-    """The parent's pid in the text of a /proc/PID/stat file (its command may hold spaces and parentheses: the
-    fields after it start after the last ')')."""
-    fields = stat[stat.rindex(")") + 1:].split()
-    return int(fields[1])  # state, then ppid
+    """The parent's pid in the text of a /proc/PID/stat file."""
+    return int(stat_fields(stat)[1])  # state, then ppid
 
 
 def descendant_pids(pid: int, proc: Path = PROC) -> list[int]:

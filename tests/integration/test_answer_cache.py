@@ -5,8 +5,6 @@ it; the ingress keeps API keys' entries apart; hits, misses and invalidations sh
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +16,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tritonrag.deploy.ingress_process import IngressProcess
-from tritonrag.deploy.server import Ports, TritonServer
+from tritonrag.deploy.server import Ports
 from tritonrag.serving.contract import RAG
-from tritonrag.settings import CONFIG_ENV, load_settings
+from tritonrag.settings import CONFIG_ENV
 
 from .helpers import bytes_input, grpc_stream, outputs_of, post_json
+from .servers import redis_server, triton_with
 
 ROOT = Path(__file__).resolve().parents[2]
-REPOSITORY = ROOT / "model_repository"
 CLI = [sys.executable, "-m", "tritonrag.cli"]
 KEYS = {"alice": "alice-key-" + "1" * 24, "bob": "bob-key-" + "2" * 24}
 QUESTION = "How many lamps did Phileas Fogg count on the bridge?"
@@ -67,12 +65,8 @@ enabled = true
 
 @pytest.fixture(scope="module")
 def triton(env):
-    settings = load_settings(env["config"])
-    server = TritonServer(REPOSITORY, settings.home, Ports.choose(0, 0, 0), env={CONFIG_ENV: str(env["config"])},
-                          log_file=env["base"] / "triton.log")
-    server.start(settings.server.startup_timeout_s)
-    yield server
-    server.stop()
+    with triton_with(env["config"], env["base"] / "triton.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -217,42 +211,20 @@ def test_retriever_reports_its_version(triton):
 
 @pytest.fixture()
 def redis_url(tmp_path):
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed (scripts/setup.sh installs it from Debian)")
-    port = Ports.choose(0, 0, 0).http
-    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
+    with redis_server(tmp_path) as url:
+        yield url
 
 
 def test_two_replicas_share_one_redis_cache(env, redis_url, tmp_path):
     """Two tritonservers (replicas) with backend redis: what one answered, the other replays."""
     config = write_config(tmp_path / "redis.toml", env["base"] / "kb", backend="redis", redis_url=redis_url,
                           redis_prefix="replicas")
-    settings = load_settings(config)
-    replicas = [TritonServer(REPOSITORY, settings.home, Ports.choose(0, 0, 0), env={CONFIG_ENV: str(config)},
-                             log_file=tmp_path / f"triton-{i}.log") for i in range(2)]
-    try:
-        for replica in replicas:
-            replica.start(settings.server.startup_timeout_s)
+    with (triton_with(config, tmp_path / "triton-0.log") as first,
+          triton_with(config, tmp_path / "triton-1.log") as second):
         question = "What did Phileas Fogg cross in chapter 4?"
-        answered = ask_http(replicas[0], question)
+        answered = ask_http(first, question)
         assert answered[RAG.cache_status] == "miss"
-        replayed = ask_http(replicas[1], question.upper())
+        replayed = ask_http(second, question.upper())
         assert replayed[RAG.cache_status] == "exact" and replayed[RAG.text_output] == answered[RAG.text_output]
-        _, streamed = ask_stream(replicas[1], question)
+        _, streamed = ask_stream(second, question)
         assert streamed[RAG.cache_status] == "exact"
-    finally:
-        for replica in replicas:
-            replica.stop()

@@ -21,15 +21,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonrag_client import retriever_stats
 
-from tritonrag.deploy.server import Ports, TritonServer
 from tritonrag.kb.docstore import BUSY_TIMEOUT_ENV
 from tritonrag.kb.versions import POINTER_FILE, published_version, versions_dir
-from tritonrag.settings import CONFIG_ENV, load_settings
+from tritonrag.settings import CONFIG_ENV
 
 from .helpers import bytes_input
+from .servers import triton_with
 
 ROOT = Path(__file__).resolve().parents[2]
-REPOSITORY = ROOT / "model_repository"
 STAND_IN = ROOT / "benchmarks" / "stand_in.toml"
 CLI = [sys.executable, "-m", "tritonrag.cli"]
 TMPFS_SIZE = "64m"
@@ -84,13 +83,8 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def triton(env):
-    settings = load_settings(env["config"])
-    server = TritonServer(REPOSITORY, settings.home, Ports.choose(0, 0, 0), env={CONFIG_ENV: str(env["config"])},
-                          log_file=env["base"] / "triton.log",
-                          models=("retriever",))
-    server.start(settings.server.startup_timeout_s)
-    yield server
-    server.stop()
+    with triton_with(env["config"], env["base"] / "triton.log", models=("retriever",)) as server:
+        yield server
 
 
 def served(triton):

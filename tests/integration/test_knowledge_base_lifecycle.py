@@ -10,18 +10,15 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonrag_client import retriever_stats
 
-from tritonrag.deploy.server import Ports, TritonServer
-
 from .helpers import bytes_input
+from .servers import triton_with
 
-REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 CLI = [sys.executable, "-m", "tritonrag.cli"]
 QUESTION = "How tall is Mount Glorp, the highest mountain of Freedonia?"
 DOCS = {
@@ -45,19 +42,13 @@ def env(tmp_path_factory):
                       "[index]\nembed_batch_size = 8\n")
     environ = {**os.environ, "TRITONRAG_CONFIG": str(config)}
     run_cli(environ, "ingest", str(docs))
-    return {"root": root, "kb": root / "kb", "environ": environ}
+    return {"root": root, "kb": root / "kb", "config": config, "environ": environ}
 
 
 @pytest.fixture(scope="module")
-def triton(env, settings):
-    server = TritonServer(
-        REPOSITORY, settings.home, Ports.choose(0, 0, 0), env={"TRITONRAG_CONFIG": env["environ"]["TRITONRAG_CONFIG"]},
-        log_file=env["root"] / "triton.log",
-        models=("embedder", "retriever"),
-    )
-    server.start(settings.server.startup_timeout_s)
-    yield server
-    server.stop()
+def triton(env):
+    with triton_with(env["config"], env["root"] / "triton.log", models=("embedder", "retriever")) as server:
+        yield server
 
 
 def run_cli(environ, *args, timeout=600):

@@ -30,6 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
+from tritonrag.procfs import stat_fields
+
 log = logging.getLogger(__name__)
 STUB = "triton_python_backend_stub"
 
@@ -54,7 +56,7 @@ def _read_proc(pid: int) -> Proc | None:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+    fields = stat_fields(stat)
     if fields[0] == "Z":  # a zombie has exited already
         return None
     return Proc(pid, int(fields[1]), int(fields[19]), tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a))

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonrag.pipeline.cache_store import CacheStore
+from tritonrag.pipeline.cache_store import CacheStore, MemoryStore, RedisStore
 from tritonrag.pipeline.request import RagParams
 from tritonrag.pipeline.types import RagRequest
 from tritonrag.prompts.history import history_json
@@ -276,8 +276,6 @@ def answer_from(text: str, finish_reason: str, sources: str | None, citations: s
 
 def make_store(settings: CacheSettings) -> CacheStore:
     """The store [cache] backend names."""
-    from tritonrag.pipeline.cache_store import MemoryStore, RedisStore
-
     if settings.backend == "redis":
         return RedisStore(settings.redis_url, settings.redis_prefix, settings.ttl_s, settings.semantic_max_entries)
     return MemoryStore(settings.max_entries, int(settings.max_mib * 2**20), settings.semantic_max_entries)
