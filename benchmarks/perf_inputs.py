@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import QUESTIONS, write_json
 
-from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RAG, RETRIEVER
+from tritonrag.serving.contract import EMBEDDER, GENERATOR, PROMPT_BUILDER, RAG, RERANKER, RETRIEVER
 
 QUICK_MAX_TOKENS = 32
 
@@ -181,6 +181,12 @@ def prompt_builder_data(rows: list[Retrieved], template: str) -> list[dict[str, 
     ]
 
 
+def reranker_data(rows: list[Retrieved]) -> list[dict[str, Any]]:
+    """Each question with the passages retrieved for it, as the rerank step sends them."""
+    r = RERANKER
+    return [{r.query: tensor([row.question], [1]), r.passages: tensor(row.texts)} for row in rows if row.texts]
+
+
 def generator_data(rows: list[Retrieved], max_tokens: int, temperature: float) -> list[dict[str, Any]]:
     sampling = json.dumps({"max_tokens": max_tokens, "temperature": temperature})
     g = GENERATOR
@@ -213,6 +219,7 @@ def build_inputs(out_dir: Path, max_tokens: int | None = None, n_passages: int =
         EMBEDDER.model: embedder_data(questions, passages(kb, n_passages)),
         RETRIEVER.model: retriever_data(rows, top_k),
         PROMPT_BUILDER.model: prompt_builder_data(rows, template),
+        RERANKER.model: reranker_data(rows),
         GENERATOR.model: generator_data(rows, max_tokens, settings.generator.temperature_default),
         RAG.model: rag_data(questions),
     }

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPOSITORY, machine_description, machine_markdown, markdown_table, percentile, write_csv, write_json
 from perf_inputs import QUICK_MAX_TOKENS, build_inputs
 
-from tritonrag.serving.contract import EMBEDDER, GENERATOR, MODEL_IO, MODELS, PROMPT_BUILDER, RAG, RETRIEVER
+from tritonrag.serving.contract import EMBEDDER, GENERATOR, MODEL_IO, MODELS, PROMPT_BUILDER, RAG, RERANKER, RETRIEVER
 
 # model_transaction_policy { decoupled: true }: gRPC streaming only
 DECOUPLED = tuple(model.name for model in MODEL_IO if model.decoupled)
@@ -91,6 +91,9 @@ PLANS: dict[str, Plan] = {
     EMBEDDER.model: Plan((1, 8), (1, 2, 4, 8, 16), Windows(40, 20, fixed=True), Windows(100, 25, 15, 8)),
     RETRIEVER.model: Plan((1, 8), (1, 2, 4, 8, 16), Windows(200, 100, fixed=True), Windows(300, 50, 15, 8)),
     PROMPT_BUILDER.model: Plan((1, 8), (1, 2, 4, 8, 16), Windows(200, 100, fixed=True), Windows(300, 50, 15, 8)),
+    # A request scores a question's retrieved passages (top_k of them) in one forward pass of its bi-encoder: a few
+    # requests/s on a 2-core CPU, so fixed windows as for generation.
+    RERANKER.model: Plan((1, 8), (1, 4, 16), Windows(4, 2, fixed=True), Windows(16, 4, fixed=True)),
     # Generation runs ~40 tokens/s in total on a 2-core CPU: a handful of requests per level (quick: 2, or one per
     # slot); full mode sends one fixed window of 2 requests per slot (at least 4): a stability search would take
     # tens of minutes, and benchmarks/rag_load.py measures end-to-end generation more thoroughly anyway.

@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from common import fmt, markdown_table, percentile, questions
-from perf_models import export_throughput, parse_csv, streaming_latencies
+from perf_models import PLANS, export_throughput, parse_csv, streaming_latencies
 from report import best_served, target_rows
 
 
@@ -31,6 +31,14 @@ def test_parse_perf_analyzer_csv(tmp_path):
     path.write_text("Concurrency,Inferences/Second,p50 latency,p99 latency,Avg latency\n8,123.5,2000,9000,2500\n")
     row = parse_csv(path)
     assert row == {"infer_per_s": 123.5, "p50_ms": 2.0, "p99_ms": 9.0, "avg_ms": 2.5}
+
+
+def test_every_served_model_has_a_perf_plan():
+    """perf_analyzer profiles every model of the contract (the reranker, added without a plan, stopped the suite's
+    perf step with a KeyError)."""
+    from tritonrag.serving.contract import MODELS
+
+    assert set(PLANS) == set(MODELS)
 
 
 def test_streaming_export_latencies():
