@@ -324,16 +324,19 @@ def test_threshold_tables_count_paraphrase_and_wrong_hits():
 
 
 class SlowStream:
-    """A generation that takes a while (so concurrent requests overlap), or fails midway."""
+    """A generation that takes a while (so concurrent requests overlap), or fails (after ``fail_after`` chunks), or
+    waits for ``gate`` after its first chunk."""
 
-    def __init__(self, chunks, fail=False):
-        self.chunks, self.fail = chunks, fail
+    def __init__(self, chunks, fail=False, fail_after=0, gate=None):
+        self.chunks, self.fail, self.fail_after, self.gate = chunks, fail, fail_after, gate
 
     async def __aiter__(self):
-        for chunk in self.chunks:
+        for i, chunk in enumerate(self.chunks):
             await asyncio.sleep(0.02)
-            if self.fail:
+            if self.fail and i >= self.fail_after:
                 raise ConnectionError("engine died")
+            if self.gate is not None and i == 1:
+                await asyncio.wait_for(self.gate.wait(), 5)
             yield chunk
 
     async def cancel(self):
@@ -391,3 +394,85 @@ def test_coalescing_off():
     stages.start = start
     ask_together(pipeline, ["Who left London?"] * 3)
     assert len(starts) == 3
+
+
+def test_a_streamed_follower_gets_each_piece_as_the_first_request_generates_it():
+    """A request for a question being answered follows that answer live: the text sent so far at once, then each
+    piece, long before the answer ends (it does not wait for the whole answer)."""
+    pipeline, stages, cache, _ = make()
+    gate = asyncio.Event()
+    starts = []
+
+    async def start(prompt, sampling, stream, generator=None):
+        starts.append(prompt)
+        return SlowStream(CHUNKS, gate=gate)
+    stages.start = start
+
+    async def run():
+        async def stream(query):
+            return pipeline.run(RagRequest(query, RagParams(stream=True))).__aiter__()
+        first = await stream("Who left London?")
+        first_events = [await first.__anext__(), await first.__anext__()]  # sources, "Fogg " (then it waits)
+        second = await stream("who left london")
+        second_events = [await second.__anext__(), await second.__anext__()]  # before the first request ends
+        gate.set()
+        first_events += [event async for event in first]
+        second_events += [event async for event in second]
+        return first_events, second_events
+
+    first, second = asyncio.run(run())
+    assert len(starts) == 1
+    assert isinstance(second[0], SourcesEvent) and second[0].sources == first[0].sources
+    assert isinstance(second[1], TextEvent) and second[1] == first[1]  # the first piece, before the answer ended
+    assert "".join(e.text for e in second if isinstance(e, TextEvent)) == "Fogg left [1]."
+    assert [type(e) for e in second].count(SourcesEvent) == 1
+    assert final(second).cache == "exact" and final(first).cache == "miss"
+    assert final(second).citations == final(first).citations
+    assert cache.stats.coalesced == 1 and not cache._generating
+
+
+def test_a_follower_already_sent_text_fails_as_unavailable_when_the_first_request_fails():
+    pipeline, stages, cache, _ = make()
+    gate = asyncio.Event()
+
+    async def start(prompt, sampling, stream, generator=None):
+        return SlowStream(CHUNKS, fail=True, fail_after=1, gate=gate)
+    stages.start = start
+
+    async def run():
+        first = pipeline.run(RagRequest("Who left London?", RagParams(stream=True))).__aiter__()
+        head = [await first.__anext__(), await first.__anext__()]  # sources and the first piece were sent
+        second = pipeline.run(RagRequest("Who left London?", RagParams(stream=True))).__aiter__()
+        followed = [await second.__anext__(), await second.__anext__()]
+        gate.set()
+        return head + [e async for e in first], followed + [e async for e in second]
+
+    first, second = asyncio.run(run())
+    assert isinstance(first[-1], FailedEvent)
+    assert isinstance(second[1], TextEvent) and second[1] == first[1]
+    assert isinstance(second[-1], FailedEvent) and second[-1].code.name == "UNAVAILABLE"
+    assert "retry" in second[-1].message and not cache._generating
+
+
+def test_a_streamed_follower_answers_itself_when_the_first_fails_before_any_text():
+    pipeline, stages, cache, _ = make()
+    starts = []
+
+    async def start(prompt, sampling, stream, generator=None):
+        starts.append(prompt)
+        return SlowStream(CHUNKS, fail=len(starts) == 1)
+    stages.start = start
+
+    async def run():
+        first = pipeline.run(RagRequest("Who left London?", RagParams(stream=True))).__aiter__()
+        head = [await first.__anext__()]  # its sources: it is answering now
+        second = pipeline.run(RagRequest("Who left London?", RagParams(stream=True))).__aiter__()
+        followed = [await second.__anext__()]  # the sources it follows
+        return head + [e async for e in first], followed + [e async for e in second]
+
+    first, second = asyncio.run(run())
+    assert isinstance(first[-1], FailedEvent)
+    assert isinstance(second[0], SourcesEvent) and second[0] == first[0]
+    assert final(second).cache == "miss" and len(starts) == 2 and cache.stats.coalesced == 0
+    assert [type(e) for e in second].count(SourcesEvent) == 1  # the sources it was sent while following, once
+    assert "".join(e.text for e in second if isinstance(e, TextEvent)) == "Fogg left [1]."

@@ -10,8 +10,10 @@ ingress authenticated, unless [cache] share_across_keys). Only deterministic ans
 seed) unless [cache] only_deterministic is off; abstentions, failures, cancelled and JSON-schema-failed answers never.
 
 Concurrent requests for one exact key are coalesced in each process (single flight): while one of them generates,
-the others wait for its answer (at most [cache] coalesce_wait_s) and replay it, instead of generating the same
-answer again; if the first fails or is cancelled, they run themselves.
+the others follow it (a ``LiveAnswer``): they are sent what it has sent so far at once, then each piece as it is
+generated, instead of generating the same answer again. If the first fails, is cancelled or stalls for [cache]
+coalesce_wait_s before a follower was sent any text, the follower answers itself; after that, it fails as
+UNAVAILABLE (retry), since the text it was sent cannot be taken back.
 
 The cache never fails a request: a store that errs (Redis down) counts an error and the request runs uncached.
 """
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from tritonrag.pipeline.cache_store import CacheStore, MemoryStore, RedisStore
+from tritonrag.pipeline.events import Event, FinalEvent, SourcesEvent, TextEvent
 from tritonrag.pipeline.request import RagParams
 from tritonrag.pipeline.types import RagRequest
 from tritonrag.prompts.history import history_json
@@ -106,11 +109,56 @@ class CachedAnswer:
             return None
 
 
+class LiveAnswer:
+    """An answer as it is generated after a miss: the sources and text its client was sent so far and, once it
+    ended, the answer cached (None: none, it failed, was cancelled or is not cacheable). Requests for the same exact
+    key that arrive meanwhile follow it (``AnswerCache.exact``)."""
+
+    def __init__(self) -> None:
+        self.sources: str | None = None
+        self.pieces: list[str] = []
+        self.ended = False
+        self.answer: CachedAnswer | None = None
+        self._changed = asyncio.Event()
+
+    def add(self, event: Event) -> None:
+        """Note an event its client is about to be sent (sources and text; others change nothing)."""
+        if isinstance(event, SourcesEvent):
+            self.sources = event.sources
+        elif isinstance(event, TextEvent):
+            self.pieces.append(event.text)
+        else:
+            return
+        self._notify()
+
+    def answer_of(self, final: FinalEvent, question: str) -> CachedAnswer:
+        """The answer to cache once ``final`` ended it (a streamed answer's text is the pieces sent)."""
+        text = final.text or "".join(self.pieces)
+        return answer_from(text, final.finish_reason, final.sources or self.sources, final.citations, question)
+
+    def end(self, answer: CachedAnswer | None) -> None:
+        """It ended, with ``answer`` to replay (None: followers answer themselves); only the first call counts."""
+        if not self.ended:
+            self.ended, self.answer = True, answer
+            self._notify()
+
+    async def changed(self, timeout_s: float) -> None:
+        """Wait until something is added or it ends; TimeoutError after ``timeout_s``."""
+        await asyncio.wait_for(self._changed.wait(), timeout_s)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
 @dataclass(frozen=True)
 class Hit:
-    answer: CachedAnswer
+    """A cached answer of a tier, or (``live``) an answer being generated now for the same exact key."""
+
+    answer: CachedAnswer | None
     tier: str  # EXACT or SEMANTIC
     similarity: float = 1.0
+    live: LiveAnswer | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +183,7 @@ class CacheStats:
     evictions: int = 0
     invalidations: int = 0  # entries dropped because a new knowledge-base version was published
     errors: int = 0  # a backend call failed (the request ran uncached)
-    coalesced: int = 0  # exact hits that waited for a request generating the same answer (also in exact_hits)
+    coalesced: int = 0  # exact hits that followed a request generating the same answer (also in exact_hits)
 
     def lookups(self) -> dict[str, int]:
         return {EXACT: self.exact_hits, SEMANTIC: self.semantic_hits, MISS: self.misses, OFF: self.bypassed}
@@ -153,7 +201,7 @@ class AnswerCache:
     temperature_default: float = 0.0
     stats: CacheStats = field(default_factory=CacheStats)
     _version_seen: str | None = None
-    _generating: dict[str, asyncio.Event] = field(default_factory=dict)  # exact key -> set when its answer is ready
+    _generating: dict[str, LiveAnswer] = field(default_factory=dict)  # exact key -> the answer being generated
 
     def deterministic(self, params: RagParams) -> bool:
         temperature = self.temperature_default if params.temperature is None else params.temperature
@@ -185,22 +233,19 @@ class AnswerCache:
         return version
 
     async def exact(self, plan: Plan) -> Hit | None:
-        """The cached answer to this very question (not counted as a miss: the semantic tier may still answer)."""
+        """The cached answer to this very question, or the one being generated for it now (to follow, then count
+        with ``followed``); None is not counted as a miss: the semantic tier may still answer."""
         answer = await self._load(plan.key)
-        ready = self._generating.get(plan.key) if answer is None and self.settings.coalesce else None
-        if ready is not None:  # the same question is being answered right now: wait for it, then replay it
-            try:
-                await asyncio.wait_for(ready.wait(), self.settings.coalesce_wait_s)
-            except TimeoutError:
-                return None
-            answer = await self._load(plan.key)
-            if answer is None:
-                return None  # it failed, was cancelled or not cacheable: answer anew
-            self.stats.coalesced += 1
-        if answer is None:
-            return None
+        if answer is not None:
+            self.stats.exact_hits += 1
+            return Hit(answer, EXACT)
+        live = self._generating.get(plan.key) if self.settings.coalesce else None
+        return Hit(None, EXACT, live=live) if live is not None else None
+
+    def followed(self) -> None:
+        """A request followed a live answer to its end."""
         self.stats.exact_hits += 1
-        return Hit(answer, EXACT)
+        self.stats.coalesced += 1
 
     async def semantic(self, plan: Plan, vector: np.ndarray | None) -> Hit | None:
         """The cached answer to the most similar question of the plan's scope, if similar enough."""
@@ -218,19 +263,20 @@ class AnswerCache:
     def missed(self) -> None:
         self.stats.misses += 1
 
-    def lead(self, plan: Plan) -> bool:
-        """After an exact miss: True when this request now answers its key for others asking meanwhile (it must
-        then call ``done``, whatever happens)."""
+    def lead(self, plan: Plan) -> LiveAnswer | None:
+        """After a miss: the live answer that requests for the same key arriving meanwhile follow, registered for
+        ``plan``'s key (None: coalescing is off, or another request leads it). Whoever gets one must call ``done``,
+        whatever happens."""
         if not self.settings.coalesce or plan.key in self._generating:
-            return False
-        self._generating[plan.key] = asyncio.Event()
-        return True
+            return None
+        live = self._generating[plan.key] = LiveAnswer()
+        return live
 
-    def done(self, plan: Plan) -> None:
-        """The answer of ``plan``'s key is cached, or will not be: wake whoever waits for it."""
-        ready = self._generating.pop(plan.key, None)
-        if ready is not None:
-            ready.set()
+    def done(self, plan: Plan, live: LiveAnswer, answer: CachedAnswer | None) -> None:
+        """``live`` ended with ``answer`` (None: not cached): its followers finish or answer themselves."""
+        live.end(answer)
+        if self._generating.get(plan.key) is live:
+            del self._generating[plan.key]
 
     async def put(self, plan: Plan, answer: CachedAnswer, vector: np.ndarray | None,
                   version: str | None) -> None:

@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 
-from tritonrag.errors import InvalidInput
-from tritonrag.pipeline.answer_cache import MISS, OFF, AnswerCache, CachedAnswer, Hit, Plan, answer_from
+from tritonrag.errors import InvalidInput, Unavailable
+from tritonrag.pipeline.answer_cache import EXACT, MISS, OFF, AnswerCache, CachedAnswer, Hit, LiveAnswer, Plan
 from tritonrag.pipeline.citations import CitationFilter, citations_json
 from tritonrag.pipeline.critic import AnswerCheck
 from tritonrag.pipeline.errors import RequestCancelled, failure
@@ -98,6 +98,10 @@ class CancelWatch:
         self._next = 0.0
         self.cancelled = False
 
+    @property
+    def interval(self) -> float:
+        return self._interval
+
     def check(self) -> bool:
         now = self._clock()
         if not self.cancelled and now >= self._next:
@@ -122,12 +126,23 @@ class RagPipeline:
         an exact hit skips every step, a semantic one every step after embedding; an answer generated after a miss
         is cached (tritonrag.pipeline.answer_cache)."""
         watch = CancelWatch(is_cancelled, self.cancel_check_s)
-        plan, leading = None, False
+        plan, live = None, None
         try:
             chosen = self._flow(request.params.flow or flow)
             state = RagState(request, cite=chosen.cite)
             plan, hit = await self._look_up(chosen, state)
-            leading = plan is not None and hit is None and self.cache.lead(plan)
+            shown = Shown()
+            if hit is not None and hit.live is not None:  # the same question is being answered now: follow it
+                async for event in follow(state, hit.live, watch, self.cache.settings.coalesce_wait_s, shown):
+                    if isinstance(event, FinalEvent):
+                        self.cache.followed()
+                        event = replace(event, timing=state.timing_json(), usage=state.usage.to_json(),
+                                        query=state.query, cache=EXACT)
+                    yield event
+                if shown.finished:
+                    return
+                hit = None  # it ended uncached before this request was sent any text: answer it anew
+            live = self.cache.lead(plan) if plan is not None and hit is None else None
             if hit is None:
                 hit = await self._prepare(chosen, state, plan)
             if hit is not None:
@@ -140,23 +155,26 @@ class RagPipeline:
             else:
                 answer = generate(self.stages.generator, state, watch)
             status = hit.tier if hit is not None else MISS if plan is not None else OFF
-            kept = Transcript() if plan is not None and hit is None else None
+            kept = (live or LiveAnswer()) if plan is not None and hit is None and not state.abstention else None
             async for event in answer:
                 if kept is not None:
-                    kept.add(event)
+                    kept.add(event)  # followers get it as this request's client does
+                if isinstance(event, SourcesEvent) and shown.sources is not None and event.sources == shown.sources:
+                    continue  # sent already while following
                 if isinstance(event, FinalEvent):
-                    if kept is not None and not state.abstention and event.finish_reason in CACHEABLE_FINISHES:
-                        await self.cache.put(plan, kept.answer(event, state.query), state.embedding, state.kb_version)
-                    if leading:
-                        self.cache.done(plan)  # before the client has it: whoever waits replays it meanwhile
+                    if kept is not None and event.finish_reason in CACHEABLE_FINISHES:
+                        cached = kept.answer_of(event, state.query)
+                        await self.cache.put(plan, cached, state.embedding, state.kb_version)
+                        if live is not None:
+                            self.cache.done(plan, live, cached)
                     event = replace(event, timing=state.timing_json(), usage=state.usage.to_json(), query=state.query,
                                     cache=status)
                 yield event
         except Exception as exc:
             yield CancelledEvent() if _client_gone(is_cancelled) else failure(exc)
         finally:
-            if leading:
-                self.cache.done(plan)
+            if live is not None:
+                self.cache.done(plan, live, None)  # (no-op when it ended with its answer)
 
     async def _look_up(self, chosen: Flow, state: RagState) -> tuple[Plan | None, Hit | None]:
         """The request's cache plan (None: no cache, or bypassed) and its exact hit."""
@@ -199,22 +217,60 @@ def _client_gone(is_cancelled: Callable[[], bool]) -> bool:
 CACHEABLE_FINISHES = ("stop", "length")  # answers worth replaying (not abstentions, errors or cancellations)
 
 
-class Transcript:
-    """What a streamed or whole answer said, kept to cache it: its sources and text."""
+@dataclass
+class Shown:
+    """What a request following a live answer was sent: its sources, whether any text, and whether it finished."""
 
-    def __init__(self) -> None:
-        self.sources: str | None = None
-        self.pieces: list[str] = []
+    sources: str | None = None
+    text: str = ""
+    finished: bool = False
 
-    def add(self, event: Event) -> None:
-        if isinstance(event, SourcesEvent):
-            self.sources = event.sources
-        elif isinstance(event, TextEvent):
-            self.pieces.append(event.text)
 
-    def answer(self, final: FinalEvent, question: str) -> CachedAnswer:
-        text = final.text or "".join(self.pieces)
-        return answer_from(text, final.finish_reason, final.sources or self.sources, final.citations, question)
+FOLLOW_POLL_MIN_S = 0.01
+FOLLOW_CUT = ("the identical request this one was sharing an answer with was cancelled or failed after part of the "
+              "answer was sent; retry")
+
+
+async def follow(state: RagState, live: LiveAnswer, watch: CancelWatch, wait_s: float,
+                 shown: Shown) -> AsyncIterator[Event]:
+    """Another request's answer to the same question as it is generated: (stream) what it has sent so far at once,
+    then each piece as it comes, then its final event from the cached answer; or the final alone. Ends without a
+    final (``shown.finished`` False) when it ends uncached, or stalls for ``wait_s``, before any text was sent here;
+    raises Unavailable after that. Raises RequestCancelled when this request's client goes away."""
+    stream, idle = state.request.stream, 0.0
+    poll_s = max(watch.interval, FOLLOW_POLL_MIN_S)  # how often an idle wait looks at this request's client
+    while True:
+        if stream and shown.sources is None and live.sources is not None:
+            shown.sources = live.sources
+            yield SourcesEvent(live.sources)
+        text = "".join(live.pieces)
+        if stream and len(text) > len(shown.text):
+            piece, shown.text = text[len(shown.text):], text
+            yield TextEvent(piece)
+        if live.ended or idle >= wait_s:
+            break
+        step = min(poll_s, wait_s - idle)
+        try:
+            await live.changed(step)
+            idle = 0.0
+        except TimeoutError:
+            idle += step
+        if watch.check():
+            raise RequestCancelled
+    answer = live.answer if live.ended else None
+    if answer is None or not answer.text.startswith(shown.text):
+        if shown.text:
+            raise Unavailable(FOLLOW_CUT)
+        return
+    shown.finished = True
+    if not stream:
+        yield FinalEvent(answer.text, answer.finish_reason, answer.sources, answer.citations)
+        return
+    if shown.sources is None:
+        yield SourcesEvent(answer.sources)
+    if len(answer.text) > len(shown.text):
+        yield TextEvent(answer.text[len(shown.text):])
+    yield FinalEvent("", answer.finish_reason, citations=answer.citations)
 
 
 async def replay(state: RagState, answer: CachedAnswer) -> AsyncIterator[Event]:

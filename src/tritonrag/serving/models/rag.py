@@ -154,7 +154,7 @@ class CacheMetrics:
             "errors": family("tritonrag_answer_cache_errors_total", "Cache backend calls that failed",
                              family.COUNTER),
             "coalesced": family("tritonrag_answer_cache_coalesced_total",
-                                "Exact hits that waited for the same question's answer in flight", family.COUNTER),
+                                "Exact hits that followed the same question's answer in flight", family.COUNTER),
             "entries": family("tritonrag_answer_cache_entries", "Answers cached now", family.GAUGE),
             "bytes": family("tritonrag_answer_cache_bytes", "Bytes of answers cached now (memory backend)",
                             family.GAUGE),
