@@ -346,6 +346,18 @@ class SlowStream:
         pass
 
 
+def slow_generation(stages, fail_first=False, **options):
+    """Make ``stages`` generate slowly (SlowStream with ``options``; ``fail_first``: the first generation fails);
+    returns the prompts it is asked to generate for."""
+    starts = []
+
+    async def start(prompt, sampling, stream, generator=None):
+        starts.append(prompt)
+        return SlowStream(CHUNKS, **({"fail": True} if fail_first and len(starts) == 1 else {}), **options)
+    stages.start = start
+    return starts
+
+
 def ask_together(pipeline, questions):
     async def one(query):
         return [event async for event in pipeline.run(RagRequest(query, RagParams()))]
@@ -357,12 +369,7 @@ def ask_together(pipeline, questions):
 
 def test_concurrent_requests_for_one_answer_generate_it_once():
     pipeline, stages, cache, _ = make()
-    starts = []
-
-    async def start(prompt, sampling, stream, generator=None):
-        starts.append(prompt)
-        return SlowStream(CHUNKS)
-    stages.start = start
+    starts = slow_generation(stages)
     answers = ask_together(pipeline, ["Who left London?", "who left london", "Who left London?"])
     assert len(starts) == 1
     assert sorted(final(a).cache for a in answers) == ["exact", "exact", "miss"]
@@ -372,12 +379,7 @@ def test_concurrent_requests_for_one_answer_generate_it_once():
 
 def test_when_the_first_request_fails_the_waiting_ones_answer_themselves():
     pipeline, stages, cache, _ = make()
-    starts = []
-
-    async def start(prompt, sampling, stream, generator=None):
-        starts.append(prompt)
-        return SlowStream(CHUNKS, fail=len(starts) == 1)
-    stages.start = start
+    starts = slow_generation(stages, fail_first=True)
     answers = ask_together(pipeline, ["Who left London?", "Who left London?"])
     assert isinstance(answers[0][-1], FailedEvent)
     assert final(answers[1]).text == "Fogg left [1]." and final(answers[1]).cache == "miss"
@@ -386,12 +388,7 @@ def test_when_the_first_request_fails_the_waiting_ones_answer_themselves():
 
 def test_coalescing_off():
     pipeline, stages, _, _ = make(coalesce=False)
-    starts = []
-
-    async def start(prompt, sampling, stream, generator=None):
-        starts.append(prompt)
-        return SlowStream(CHUNKS)
-    stages.start = start
+    starts = slow_generation(stages)
     ask_together(pipeline, ["Who left London?"] * 3)
     assert len(starts) == 3
 
@@ -401,12 +398,7 @@ def test_a_streamed_follower_gets_each_piece_as_the_first_request_generates_it()
     piece, long before the answer ends (it does not wait for the whole answer)."""
     pipeline, stages, cache, _ = make()
     gate = asyncio.Event()
-    starts = []
-
-    async def start(prompt, sampling, stream, generator=None):
-        starts.append(prompt)
-        return SlowStream(CHUNKS, gate=gate)
-    stages.start = start
+    starts = slow_generation(stages, gate=gate)
 
     async def run():
         async def stream(query):
@@ -434,10 +426,7 @@ def test_a_streamed_follower_gets_each_piece_as_the_first_request_generates_it()
 def test_a_follower_already_sent_text_fails_as_unavailable_when_the_first_request_fails():
     pipeline, stages, cache, _ = make()
     gate = asyncio.Event()
-
-    async def start(prompt, sampling, stream, generator=None):
-        return SlowStream(CHUNKS, fail=True, fail_after=1, gate=gate)
-    stages.start = start
+    slow_generation(stages, fail=True, fail_after=1, gate=gate)
 
     async def run():
         first = pipeline.run(RagRequest("Who left London?", RagParams(stream=True))).__aiter__()
@@ -456,12 +445,7 @@ def test_a_follower_already_sent_text_fails_as_unavailable_when_the_first_reques
 
 def test_a_streamed_follower_answers_itself_when_the_first_fails_before_any_text():
     pipeline, stages, cache, _ = make()
-    starts = []
-
-    async def start(prompt, sampling, stream, generator=None):
-        starts.append(prompt)
-        return SlowStream(CHUNKS, fail=len(starts) == 1)
-    stages.start = start
+    starts = slow_generation(stages, fail_first=True)
 
     async def run():
         first = pipeline.run(RagRequest("Who left London?", RagParams(stream=True))).__aiter__()
