@@ -257,8 +257,8 @@ class Profiler:
             row.update(rates if job.protocol == "grpc-stream" else {"infer_per_s": rates.get("infer_per_s")})
         if job.protocol == "grpc-stream":
             row.update(streaming_latencies(requests))
-        elif export_path is not None:
-            export_path.unlink(missing_ok=True)  # large (every input of every request) and no longer needed
+        if export_path is not None:
+            export_path.unlink(missing_ok=True)  # large (every input of every request), read into the row
         row["seconds"] = round(time.monotonic() - started, 1)
         return row
 
