@@ -18,13 +18,12 @@ REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
 
 @contextlib.contextmanager
-def triton_with(config: Path, log_file: Path, models: Sequence[str] | None = None) -> Iterator[TritonServer]:
+def triton_with(config: Path, log_file: Path, models: Sequence[str] = ("*",)) -> Iterator[TritonServer]:
     """A started tritonserver on free ports reading ``config`` (TRITONRAG_CONFIG), loading ``models`` (default:
     all), logging to ``log_file``; stopped on exit."""
     settings = load_settings(config)
-    extra = {"models": tuple(models)} if models is not None else {}
     server = TritonServer(REPOSITORY, settings.home, Ports.choose(0, 0, 0), env={CONFIG_ENV: str(config)},
-                          log_file=log_file, **extra)
+                          log_file=log_file, models=tuple(models))
     server.start(settings.server.startup_timeout_s)
     try:
         yield server
